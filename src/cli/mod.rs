@@ -1,0 +1,186 @@
+//! The `adanoise` command line: argument parsing and dispatch to the library.
+
+mod commands;
+
+use crate::device::DeviceKind;
+use crate::models::ModelKind;
+use crate::optim::OptimizerKind;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "adanoise", version, about = "Adaptive noise injection for CNN training on CIFAR-10")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (or resume an interrupted run).
+    Train(TrainArgs),
+    /// List the models with their trainable parameter counts.
+    Models {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the learning rate of every step as CSV (step,epoch,lr).
+    LrSchedule(LrScheduleArgs),
+    /// Time training steps and print the median images per second.
+    Bench(BenchArgs),
+    /// Manage the CIFAR-10 data.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Download, verify and extract CIFAR-10's binary release.
+    Download {
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Write a small synthetic dataset in the binary format (for trying the pipeline offline).
+    Synthetic {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        train: usize,
+        #[arg(long, default_value_t = 200)]
+        test: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+/// Options of `train`. Every field that is also a config key overrides the `--config` file.
+#[derive(Args, Debug, Serialize, Default)]
+pub struct TrainArgs {
+    /// TOML file with any of the options below (flags override it).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Run directory (default: runs/<model>-<optimizer>-<noise>-lr<X>-s<seed>).
+    #[arg(long)]
+    #[serde(skip)]
+    pub out: Option<PathBuf>,
+    /// Continue the interrupted run in the run directory.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: bool,
+    /// Never download the dataset.
+    #[arg(long)]
+    #[serde(skip)]
+    pub offline: bool,
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelKind>,
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerKind>,
+    /// Initial peak learning rate.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u64>,
+    /// Length of the LR schedule in epochs (default: --epochs).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_epochs: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKind>,
+    /// Folder with cifar-10-batches-bin/ or train/<class>/ and test/<class>/ images.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Train on the first N images of a fixed seeded shuffle of the training set.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_subset: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr_final_max: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr_min: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_epochs: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub t_mult: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f32>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct LrScheduleArgs {
+    #[arg(long)]
+    pub epochs: u64,
+    #[arg(long)]
+    pub steps_per_epoch: u64,
+    #[arg(long)]
+    pub lr_max: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr_final_max: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub lr_min: f64,
+    #[arg(long, default_value_t = 50)]
+    pub restart_epochs: u64,
+    #[arg(long, default_value_t = 1.0)]
+    pub t_mult: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum)]
+    pub model: ModelKind,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::SgdMomentum)]
+    pub optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses the command line, runs it, and prints any error as sentences.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! adanoise: training the CNNs of "Effect of Adaptive Noise Injection in
+//! Convolutional Neural Network Training" on CIFAR-10 with Burn, exactly as the
+//! project's `method.md` specifies.
+//!
+//! - [`data`]: CIFAR-10 readers, download, augmentation.
+//! - [`models`]: baby-cnn, tiny-cnn, simple-cnn, resnet18.
+//! - [`optim`]: SGD, SGD with momentum and Adam with PyTorch semantics.
+//! - [`schedule`]: cosine annealing with decaying restarts (a Burn `LrScheduler`).
+//! - [`train`]: the training loop, run directories, checkpoints.
+//! - [`bench`]: training-step throughput.
+//! - [`cli`]: the `adanoise` command.
+
+pub mod bench;
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod fsio;
+pub mod models;
+pub mod optim;
+pub mod rng;
+pub mod schedule;
+pub mod train;

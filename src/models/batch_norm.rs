@@ -1,0 +1,66 @@
+//! 2-D batch normalisation with PyTorch's semantics: the running variance is
+//! updated with the *unbiased* batch variance (`n / (n - 1)`), where Burn's own
+//! `BatchNorm` uses the biased one. Momentum 0.1 and eps 1e-5 as in PyTorch.
+
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::tensor::Tensor;
+use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::Device;
+
+pub const MOMENTUM: f64 = 0.1;
+pub const EPSILON: f64 = 1e-5;
+
+#[derive(Module, Debug)]
+pub struct BatchNorm2d {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+    training: Param<Flag>,
+    running_mean: RunningState<Tensor<1>>,
+    running_var: RunningState<Tensor<1>>,
+}
+
+impl BatchNorm2d {
+    /// Weight 1, bias 0, running mean 0 and variance 1.
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self {
+            gamma: Param::from_tensor(Tensor::ones([channels], device)),
+            beta: Param::from_tensor(Tensor::zeros([channels], device)),
+            training: Param::from_bool(true),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+        }
+    }
+
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let device = input.device();
+        if !(device.is_autodiff() && self.training.is_enabled()) {
+            let mean = self.running_mean.value().to_device(&device);
+            let var = self.running_var.value().to_device(&device);
+            return batch_norm(input, self.gamma.val(), self.beta.val(), mean, var, EPSILON);
+        }
+        let [batch, _, height, width] = input.dims();
+        let n = (batch * height * width) as f64;
+        let out = batch_norm_train(input, self.gamma.val(), self.beta.val(), EPSILON);
+        let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let mean = self
+            .running_mean
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - MOMENTUM)
+            .add(out.mean.detach().mul_scalar(MOMENTUM));
+        let var = self
+            .running_var
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - MOMENTUM)
+            .add(out.variance.detach().mul_scalar(MOMENTUM * unbiased));
+        self.running_mean.update(mean.detach());
+        self.running_var.update(var.detach());
+        out.output
+    }
+
+    /// The running statistics (mean, variance), for tests and inspection.
+    pub fn running_stats(&self) -> (Tensor<1>, Tensor<1>) {
+        (self.running_mean.value_sync(), self.running_var.value_sync())
+    }
+}

@@ -1,0 +1,122 @@
+//! The paper's four CNNs, built with PyTorch-default initialisation, and the
+//! helpers every model shares (trainable parameter count, forward dispatch).
+
+pub mod batch_norm;
+mod layers;
+pub mod plain_cnns;
+pub mod resnet;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use plain_cnns::PlainCnn;
+use resnet::ResNet18;
+use serde::{Deserialize, Serialize};
+
+/// Which architecture to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    BabyCnn,
+    TinyCnn,
+    SimpleCnn,
+    Resnet18,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 4] = [Self::BabyCnn, Self::TinyCnn, Self::SimpleCnn, Self::Resnet18];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BabyCnn => "baby-cnn",
+            Self::TinyCnn => "tiny-cnn",
+            Self::SimpleCnn => "simple-cnn",
+            Self::Resnet18 => "resnet18",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::BabyCnn => "conv 3->8, ReLU, pool; linear 2048->10 (underfits: does noise help it escape?)",
+            Self::TinyCnn => "conv 3->32->64 with ReLU and pools; linear 4096->128->10",
+            Self::SimpleCnn => "conv 3->256->512->512 with ReLU and pools; linear 8192->2048->1024->512->10, no regularisation",
+            Self::Resnet18 => "CIFAR ResNet-18: 3x3 stem, BN, max-pool, BasicBlocks [2,2,2,2] of 64-512, avg-pool, linear 512->10",
+        }
+    }
+
+    /// Builds the model, initialised on `device` (draws from the device's seeded RNG).
+    pub fn build(self, classes: usize, device: &Device) -> Model {
+        match self {
+            Self::BabyCnn => Model::Plain(plain_cnns::baby_cnn(classes, device)),
+            Self::TinyCnn => Model::Plain(plain_cnns::tiny_cnn(classes, device)),
+            Self::SimpleCnn => Model::Plain(plain_cnns::simple_cnn(classes, device)),
+            Self::Resnet18 => Model::Resnet(ResNet18::new(classes, device)),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Any of the four models, behind one forward pass.
+#[derive(Module, Debug)]
+pub enum Model {
+    Plain(PlainCnn),
+    Resnet(ResNet18),
+}
+
+impl Model {
+    /// Logits `[batch, classes]` for images `[batch, 3, 32, 32]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Model::Plain(m) => m.forward(images),
+            Model::Resnet(m) => m.forward(images),
+        }
+    }
+}
+
+/// Counts trainable scalars: parameters that require gradients (not BN running statistics).
+struct TrainableCount(usize);
+
+impl ModuleVisitor for TrainableCount {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.is_require_grad() {
+            self.0 += param.shape().num_elements();
+        }
+    }
+}
+
+/// The number of trainable parameters, as PyTorch's `sum(p.numel() for p in parameters())`.
+/// Only parameters on an autodiff device report that they require gradients.
+pub fn trainable_params<M: Module>(model: &M) -> usize {
+    let mut count = TrainableCount(0);
+    model.visit(&mut count);
+    count.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_match_the_paper() {
+        let device = Device::flex().autodiff();
+        let expected = [20_714, 545_098, 22_954_506, 11_173_962];
+        for (kind, want) in ModelKind::ALL.into_iter().zip(expected) {
+            let model = kind.build(10, &device);
+            assert_eq!(trainable_params(&model), want, "{kind}");
+        }
+    }
+
+    #[test]
+    fn forward_gives_logits_per_class() {
+        let device = Device::flex();
+        for kind in [ModelKind::BabyCnn, ModelKind::TinyCnn, ModelKind::Resnet18] {
+            let model = kind.build(10, &device);
+            let x = Tensor::<4>::zeros([2, 3, 32, 32], &device);
+            assert_eq!(model.forward(x).dims(), [2, 10], "{kind}");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The paper's three custom CNNs: baby-cnn, tiny-cnn and simple-cnn
+//! (conv 3x3 + ReLU + max-pool stages, then fully connected layers).
+
+use super::layers::{conv3x3, linear, max_pool2};
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
+use burn::nn::Linear;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+/// Conv stages followed by a ReLU MLP; the last linear layer has no activation.
+#[derive(Module, Debug)]
+pub struct PlainCnn {
+    convs: Vec<Conv2d>,
+    pool: MaxPool2d,
+    linears: Vec<Linear>,
+}
+
+impl PlainCnn {
+    /// `channels`: input channels then the width of each conv stage (each halves the image);
+    /// `widths`: the fully connected layers' sizes after flattening, ending with the classes.
+    pub fn new(channels: &[usize], widths: &[usize], device: &Device) -> Self {
+        let convs = channels.windows(2).map(|w| conv3x3(w[0], w[1], device)).collect();
+        let side = 32 >> (channels.len() - 1);
+        let flat = channels[channels.len() - 1] * side * side;
+        let mut sizes = vec![flat];
+        sizes.extend_from_slice(widths);
+        let linears = sizes.windows(2).map(|w| linear(w[0], w[1], device)).collect();
+        Self {
+            convs,
+            pool: max_pool2(),
+            linears,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = x;
+        for conv in &self.convs {
+            x = self.pool.forward(relu(conv.forward(x)));
+        }
+        let mut x: Tensor<2> = x.flatten(1, 3);
+        let last = self.linears.len() - 1;
+        for (i, layer) in self.linears.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = relu(x);
+            }
+        }
+        x
+    }
+}
+
+pub fn baby_cnn(classes: usize, device: &Device) -> PlainCnn {
+    PlainCnn::new(&[3, 8], &[classes], device)
+}
+
+pub fn tiny_cnn(classes: usize, device: &Device) -> PlainCnn {
+    PlainCnn::new(&[3, 32, 64], &[128, classes], device)
+}
+
+pub fn simple_cnn(classes: usize, device: &Device) -> PlainCnn {
+    PlainCnn::new(&[3, 256, 512, 512], &[2048, 1024, 512, classes], device)
+}

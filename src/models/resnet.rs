@@ -1,0 +1,95 @@
+//! The CIFAR ResNet-18 of the PyTorch_CIFAR10 repository the paper built on:
+//! 3x3 stem without bias, BN, ReLU, 3x3/2 max-pool, four stages of two
+//! BasicBlocks (64/128/256/512), global average pooling, linear 512 -> classes.
+
+use super::batch_norm::BatchNorm2d;
+use super::layers::{linear, resnet_conv};
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Linear, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+#[derive(Module, Debug)]
+pub struct Downsample {
+    conv: Conv2d,
+    bn: BatchNorm2d,
+}
+
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    downsample: Option<Downsample>,
+}
+
+impl BasicBlock {
+    fn new(input: usize, output: usize, stride: usize, device: &Device) -> Self {
+        let downsample = (stride != 1 || input != output).then(|| Downsample {
+            conv: resnet_conv(input, output, 1, stride, device),
+            bn: BatchNorm2d::new(output, device),
+        });
+        Self {
+            conv1: resnet_conv(input, output, 3, stride, device),
+            bn1: BatchNorm2d::new(output, device),
+            conv2: resnet_conv(output, output, 3, 1, device),
+            bn2: BatchNorm2d::new(output, device),
+            downsample,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let identity = match &self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let out = relu(self.bn1.forward(self.conv1.forward(x)));
+        let out = self.bn2.forward(self.conv2.forward(out));
+        relu(out + identity)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ResNet18 {
+    stem: Conv2d,
+    stem_bn: BatchNorm2d,
+    stem_pool: MaxPool2d,
+    blocks: Vec<BasicBlock>,
+    pool: AdaptiveAvgPool2d,
+    fc: Linear,
+}
+
+impl ResNet18 {
+    pub fn new(classes: usize, device: &Device) -> Self {
+        let mut blocks = Vec::new();
+        let mut input = 64;
+        for (stage, width) in [64, 128, 256, 512].into_iter().enumerate() {
+            let stride = if stage == 0 { 1 } else { 2 };
+            blocks.push(BasicBlock::new(input, width, stride, device));
+            blocks.push(BasicBlock::new(width, width, 1, device));
+            input = width;
+        }
+        Self {
+            stem: resnet_conv(3, 64, 3, 1, device),
+            stem_bn: BatchNorm2d::new(64, device),
+            stem_pool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            blocks,
+            pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            fc: linear(512, classes, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem_pool.forward(relu(self.stem_bn.forward(self.stem.forward(x))));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.fc.forward(self.pool.forward(x).flatten(1, 3))
+    }
+}

@@ -1,0 +1,5 @@
+//! Learning-rate schedules.
+
+pub mod cosine_restarts;
+
+pub use cosine_restarts::{CosineRestarts, CosineRestartsConfig, ScheduleError};

@@ -1,0 +1,217 @@
+//! Every option of a training run in one serialisable struct. A run's
+//! `config.toml` is this struct; a `--config` file may hold any subset of it,
+//! and command-line flags override the file.
+
+use crate::device::DeviceKind;
+use crate::models::ModelKind;
+use crate::optim::{OptimizerKind, WEIGHT_DECAY};
+use crate::schedule::CosineRestartsConfig;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The resolved configuration of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelKind,
+    pub optimizer: OptimizerKind,
+    /// Initial peak learning rate (`eta_max`).
+    pub lr: f64,
+    #[serde(default = "defaults::epochs")]
+    pub epochs: u64,
+    /// Length of the LR schedule (`E_max`); defaults to `epochs`.
+    #[serde(default)]
+    pub schedule_epochs: Option<u64>,
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub device: DeviceKind,
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// Train on the first N images of a fixed seeded shuffle of the training set.
+    #[serde(default)]
+    pub train_subset: Option<usize>,
+    #[serde(default = "defaults::lr_final_max")]
+    pub lr_final_max: f64,
+    #[serde(default = "defaults::lr_min")]
+    pub lr_min: f64,
+    #[serde(default = "defaults::restart_epochs")]
+    pub restart_epochs: u64,
+    #[serde(default = "defaults::t_mult")]
+    pub t_mult: f64,
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f32,
+    /// CPU threads for the CPU backend (all cores when absent).
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn epochs() -> u64 {
+        300
+    }
+    pub fn batch_size() -> usize {
+        128
+    }
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("data")
+    }
+    pub fn lr_final_max() -> f64 {
+        1e-5
+    }
+    pub fn lr_min() -> f64 {
+        1e-6
+    }
+    pub fn restart_epochs() -> u64 {
+        50
+    }
+    pub fn t_mult() -> f64 {
+        1.0
+    }
+    pub fn weight_decay() -> f32 {
+        super::WEIGHT_DECAY
+    }
+}
+
+/// Options that say where or how fast a run executes, not what it computes: a run may be
+/// resumed with other values for these.
+const LOCATION_KEYS: [&str; 2] = ["data_dir", "threads"];
+
+impl TrainConfig {
+    /// Builds a config from a TOML table (a config file with overrides merged in).
+    pub fn from_table(table: toml::Table) -> Result<Self> {
+        let config: TrainConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
+            .context("the training configuration is invalid (model, optimizer and lr are required: pass --model, --optimizer and --lr or set them in the --config file)")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML config file into a table.
+    pub fn read_table(path: &Path) -> Result<toml::Table> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the config file {}", path.display()))?;
+        text.parse::<toml::Table>()
+            .with_context(|| format!("{} is not valid TOML", path.display()))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a TrainConfig always serialises")
+    }
+
+    /// `E_max`: the schedule length (the run's epoch count unless set on its own).
+    pub fn schedule_length(&self) -> u64 {
+        self.schedule_epochs.unwrap_or(self.epochs)
+    }
+
+    /// The LR schedule for a given number of steps per epoch.
+    pub fn lr_schedule(&self, steps_per_epoch: u64) -> CosineRestartsConfig {
+        CosineRestartsConfig {
+            lr_max: self.lr,
+            lr_final_max: self.lr_final_max,
+            lr_min: self.lr_min,
+            schedule_epochs: self.schedule_length(),
+            restart_epochs: self.restart_epochs,
+            t_mult: self.t_mult,
+            steps_per_epoch,
+        }
+    }
+
+    /// Checks what can be checked before any data is read.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if self.schedule_length() < self.epochs {
+            bail!(
+                "--schedule-epochs {} is shorter than --epochs {}: the LR schedule must cover the whole run",
+                self.schedule_length(),
+                self.epochs
+            );
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("weight_decay must be a finite number >= 0 (got {})", self.weight_decay);
+        }
+        self.lr_schedule(1).validate()?;
+        Ok(())
+    }
+
+    /// The default run directory name: `<model>-<optimizer>-<noise>-lr<X>-s<seed>`.
+    pub fn default_run_name(&self) -> String {
+        format!("{}-{}-none-lr{}-s{}", self.model, self.optimizer, self.lr, self.seed)
+    }
+
+    /// The differences that forbid resuming a run made with `other`, as "key: a -> b" lines.
+    pub fn differences(&self, other: &TrainConfig) -> Vec<String> {
+        let a = toml::Table::try_from(self).expect("serialises");
+        let b = toml::Table::try_from(other).expect("serialises");
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| !LOCATION_KEYS.contains(&k.as_str()))
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k))))
+            .collect()
+    }
+}
+
+fn show(v: Option<&toml::Value>) -> String {
+    v.map_or_else(|| "(unset)".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let c = TrainConfig::from_table(table("model = 'tiny-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.05")).unwrap();
+        assert_eq!(c.epochs, 300);
+        assert_eq!(c.batch_size, 128);
+        assert_eq!(c.restart_epochs, 50);
+        assert_eq!(c.lr_final_max, 1e-5);
+        assert_eq!(c.weight_decay, 1e-4);
+        assert_eq!(c.default_run_name(), "tiny-cnn-sgd-momentum-none-lr0.05-s0");
+        // The written config reads back to the same thing.
+        let again = TrainConfig::from_table(c.to_toml().parse().unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn bad_configs_are_explained() {
+        let err = format!("{:#}", TrainConfig::from_table(table("model = 'vgg'\noptimizer = 'sgd'\nlr = 0.1")).unwrap_err());
+        assert!(err.contains("vgg"), "{err}");
+        let err = format!("{:#}", TrainConfig::from_table(table("optimizer = 'sgd'\nlr = 0.1")).unwrap_err());
+        assert!(err.contains("model"), "{err}");
+        let err = format!(
+            "{:#}",
+            TrainConfig::from_table(table("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\nlr_min = 1.0")).unwrap_err()
+        );
+        assert!(err.contains("lr_min"), "{err}");
+        assert!(TrainConfig::from_table(table("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\nbogus = 1")).is_err());
+    }
+
+    #[test]
+    fn differences_ignore_location_only() {
+        let a = TrainConfig::from_table(table("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1")).unwrap();
+        let mut b = a.clone();
+        b.data_dir = "elsewhere".into();
+        b.threads = Some(1);
+        assert!(a.differences(&b).is_empty());
+        b.lr = 0.2;
+        assert_eq!(a.differences(&b), vec!["lr: 0.1 -> 0.2".to_string()]);
+    }
+}

@@ -1,0 +1,70 @@
+//! What a run records: one [`EpochMetrics`] line per epoch in `metrics.jsonl`
+//! and a [`Summary`] of the final and best epochs in `summary.json`.
+
+use serde::{Deserialize, Serialize};
+
+/// The measurements of one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: u64,
+    /// Mean cross-entropy over the epoch's training images as trained (augmented).
+    pub train_loss: f64,
+    pub train_acc: f64,
+    /// Cross-entropy over the whole test set after the epoch, in evaluation mode.
+    pub val_loss: f64,
+    pub val_acc: f64,
+    /// Mean over the epoch's steps of the global L2 norm of the loss gradient.
+    pub grad_norm: f64,
+    /// `||w_e - w_{e-1}|| / ||w_{e-1}||` over all trainable parameters.
+    pub weight_update: f64,
+    /// Learning rate of the epoch's last optimiser step.
+    pub lr: f64,
+    /// Global optimiser steps taken by the end of the epoch.
+    pub steps: u64,
+    /// Wall time of the epoch (training and evaluation).
+    pub seconds: f64,
+    /// Training images per second (training part only).
+    pub images_per_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Running,
+    Finished,
+    /// The loss became NaN or infinite; the run stopped.
+    Diverged,
+}
+
+/// `summary.json`: the state of the run and its final and best epochs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub status: RunStatus,
+    pub epochs_done: u64,
+    pub epochs: u64,
+    pub final_epoch: Option<EpochMetrics>,
+    /// The epoch with the highest validation accuracy (the earliest on a tie).
+    pub best_epoch: Option<EpochMetrics>,
+    pub message: Option<String>,
+}
+
+impl Summary {
+    pub fn from_history(history: &[EpochMetrics], epochs: u64, status: RunStatus, message: Option<String>) -> Self {
+        let best = history
+            .iter()
+            .fold(None::<&EpochMetrics>, |best, m| match best {
+                Some(b) if b.val_acc >= m.val_acc => Some(b),
+                _ => Some(m),
+            })
+            .cloned();
+        Summary {
+            status,
+            epochs_done: history.len() as u64,
+            epochs,
+            final_epoch: history.last().cloned(),
+            best_epoch: best,
+            message,
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Training: the run configuration, the loop, what it records and where
+//! (run directory, checkpoint), and its progress display.
+
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod param_stats;
+pub mod progress;
+pub mod run_dir;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use metrics::{EpochMetrics, RunStatus, Summary};
+pub use trainer::{Outcome, RunOptions, train};
