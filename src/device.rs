@@ -6,7 +6,9 @@ use anyhow::{Result, bail};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceKind {
     /// Burn's `flex` CPU backend (SIMD, rayon threads).
@@ -63,7 +65,11 @@ impl DeviceKind {
             None => bail!(
                 "this adanoise was built without the {name} backend (built with: {have}); rebuild with `cargo build --release --features {name}`",
                 name = self.name(),
-                have = Self::compiled_in().iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                have = Self::compiled_in()
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -79,6 +85,8 @@ impl std::fmt::Display for DeviceKind {
 /// Only the first call in a process takes effect.
 pub fn set_cpu_threads(threads: Option<usize>) {
     if let Some(n) = threads.filter(|&n| n > 0) {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
 }

@@ -5,6 +5,7 @@
 //! - [`data`]: CIFAR-10 readers, download, augmentation.
 //! - [`models`]: baby-cnn, tiny-cnn, simple-cnn, resnet18.
 //! - [`optim`]: SGD, SGD with momentum and Adam with PyTorch semantics.
+//! - [`noise`]: the adaptive noise scheduler and noise injection.
 //! - [`schedule`]: cosine annealing with decaying restarts (a Burn `LrScheduler`).
 //! - [`train`]: the training loop, run directories, checkpoints.
 //! - [`bench`]: training-step throughput.
@@ -16,6 +17,7 @@ pub mod data;
 pub mod device;
 pub mod fsio;
 pub mod models;
+pub mod noise;
 pub mod optim;
 pub mod rng;
 pub mod schedule;

@@ -13,7 +13,8 @@ pub enum Purpose {
     EpochOrder = 2,
     Augmentation = 3,
     ModelInit = 4,
-    Noise = 5,
+    GradientNoise = 5,
+    WeightNoise = 6,
 }
 
 /// The generator for `purpose` in `epoch` of a run seeded with `seed`.
@@ -28,8 +29,14 @@ pub fn stream(seed: u64, purpose: Purpose, epoch: u64) -> ChaCha8Rng {
 pub static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Seeds `device` and runs `draw` while no other code in the process can reseed it.
-pub fn with_seeded_device<T>(device: &burn::tensor::Device, seed: u64, draw: impl FnOnce() -> T) -> T {
-    let _guard = DEVICE_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+pub fn with_seeded_device<T>(
+    device: &burn::tensor::Device,
+    seed: u64,
+    draw: impl FnOnce() -> T,
+) -> T {
+    let _guard = DEVICE_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     device.seed(seed);
     draw()
 }

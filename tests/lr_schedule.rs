@@ -17,7 +17,10 @@ fn every_reference_epoch_start_matches() {
         let want: f64 = fields[2].parse().unwrap();
         assert_eq!(step, epoch * 391);
         let got = config.lr_at(step);
-        assert!(((got - want) / want).abs() < 1e-9, "step {step}: got {got:e}, want {want:e}");
+        assert!(
+            ((got - want) / want).abs() < 1e-9,
+            "step {step}: got {got:e}, want {want:e}"
+        );
         rows += 1;
     }
     assert_eq!(rows, 300);
@@ -26,7 +29,17 @@ fn every_reference_epoch_start_matches() {
 #[test]
 fn command_prints_one_row_per_step() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_adanoise"))
-        .args(["lr-schedule", "--epochs", "4", "--steps-per-epoch", "3", "--lr-max", "0.1", "--restart-epochs", "2"])
+        .args([
+            "lr-schedule",
+            "--epochs",
+            "4",
+            "--steps-per-epoch",
+            "3",
+            "--lr-max",
+            "0.1",
+            "--restart-epochs",
+            "2",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -37,14 +50,30 @@ fn command_prints_one_row_per_step() {
     assert_eq!(lines[1], "0,0,1.000000000000e-1");
     assert!(lines[7].starts_with("6,2,"));
     // At least 10 significant digits.
-    let mantissa = lines[2].split(',').nth(2).unwrap().split('e').next().unwrap();
+    let mantissa = lines[2]
+        .split(',')
+        .nth(2)
+        .unwrap()
+        .split('e')
+        .next()
+        .unwrap();
     assert!(mantissa.len() >= 11, "{mantissa}");
 }
 
 #[test]
 fn command_rejects_lr_min_above_lr_max() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_adanoise"))
-        .args(["lr-schedule", "--epochs", "4", "--steps-per-epoch", "3", "--lr-max", "0.001", "--lr-min", "0.01"])
+        .args([
+            "lr-schedule",
+            "--epochs",
+            "4",
+            "--steps-per-epoch",
+            "3",
+            "--lr-max",
+            "0.001",
+            "--lr-min",
+            "0.01",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -39,7 +39,12 @@ fn run_directory_holds_config_metrics_summary_and_checkpoint() {
     let outcome = train(&config(&data, ""), &out, &quiet()).unwrap();
     assert_eq!(outcome.summary.status, RunStatus::Finished);
     assert_eq!(outcome.history.len(), 3);
-    for file in ["config.toml", "metrics.jsonl", "summary.json", "checkpoint.bin"] {
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.bin",
+    ] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join(METRICS_FILE))
@@ -50,7 +55,16 @@ fn run_directory_holds_config_metrics_summary_and_checkpoint() {
     assert_eq!(lines.len(), 3);
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["epoch"], i as u64 + 1);
-        for key in ["train_loss", "train_acc", "val_loss", "val_acc", "grad_norm", "weight_update", "lr", "seconds"] {
+        for key in [
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "grad_norm",
+            "weight_update",
+            "lr",
+            "seconds",
+        ] {
             assert!(line[key].as_f64().unwrap().is_finite(), "{key}");
         }
     }
@@ -61,9 +75,19 @@ fn run_directory_holds_config_metrics_summary_and_checkpoint() {
     assert!(last.val_acc > 0.3, "val acc {}", last.val_acc);
     assert!(last.train_loss < outcome.history[0].train_loss);
     // A finished run is never overwritten, with or without --resume under another config.
-    let err = train(&config(&data, ""), &out, &quiet()).unwrap_err().to_string();
+    let err = train(&config(&data, ""), &out, &quiet())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("finished"), "{err}");
-    let resumed = train(&config(&data, ""), &out, &RunOptions { resume: true, ..quiet() }).unwrap();
+    let resumed = train(
+        &config(&data, ""),
+        &out,
+        &RunOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap();
     assert_eq!(resumed.history, outcome.history);
 }
 
@@ -72,7 +96,10 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data_dir(tmp.path());
     // resnet18 also covers BatchNorm running statistics and Adam's state in the checkpoint.
-    for (model, optimizer) in [(ModelKind::BabyCnn, OptimizerKind::SgdMomentum), (ModelKind::Resnet18, OptimizerKind::Adam)] {
+    for (model, optimizer) in [
+        (ModelKind::BabyCnn, OptimizerKind::SgdMomentum),
+        (ModelKind::Resnet18, OptimizerKind::Adam),
+    ] {
         let cfg = |_: &str| {
             let mut c = config(&data, "");
             c.model = model;
@@ -83,24 +110,56 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
         let straight = train(&cfg(""), &tmp.path().join(format!("{model}-a")), &quiet()).unwrap();
 
         let out = tmp.path().join(format!("{model}-b"));
-        let first = train(&cfg(""), &out, &RunOptions { stop_after: Some(1), ..quiet() }).unwrap();
+        let first = train(
+            &cfg(""),
+            &out,
+            &RunOptions {
+                stop_after: Some(1),
+                ..quiet()
+            },
+        )
+        .unwrap();
         assert_eq!(first.summary.status, RunStatus::Running);
         // Killed after writing epoch 2's metrics line but before its checkpoint, mid-way through
         // a third line: both must be dropped on resume.
         let metrics = out.join(METRICS_FILE);
         let mut text = std::fs::read_to_string(&metrics).unwrap();
-        let fake = text.lines().next().unwrap().replace("\"epoch\":1", "\"epoch\":2");
+        let fake = text
+            .lines()
+            .next()
+            .unwrap()
+            .replace("\"epoch\":1", "\"epoch\":2");
         text.push_str(&fake);
         text.push_str("\n{\"epoch\":3,\"train_lo");
         std::fs::write(&metrics, text).unwrap();
 
         let err = train(&cfg(""), &out, &quiet()).unwrap_err().to_string();
         assert!(err.contains("--resume"), "{err}");
-        let resumed = train(&cfg(""), &out, &RunOptions { resume: true, ..quiet() }).unwrap();
+        let resumed = train(
+            &cfg(""),
+            &out,
+            &RunOptions {
+                resume: true,
+                ..quiet()
+            },
+        )
+        .unwrap();
         assert_eq!(resumed.summary.status, RunStatus::Finished);
         let strip = |h: &[adanoise::train::EpochMetrics]| {
             h.iter()
-                .map(|m| (m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.grad_norm, m.weight_update, m.lr, m.steps))
+                .map(|m| {
+                    (
+                        m.epoch,
+                        m.train_loss,
+                        m.train_acc,
+                        m.val_loss,
+                        m.val_acc,
+                        m.grad_norm,
+                        m.weight_update,
+                        m.lr,
+                        m.steps,
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(strip(&resumed.history), strip(&straight.history), "{model}");
@@ -114,10 +173,27 @@ fn resume_refuses_a_different_config() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data_dir(tmp.path());
     let out = tmp.path().join("run");
-    train(&config(&data, ""), &out, &RunOptions { stop_after: Some(1), ..quiet() }).unwrap();
+    train(
+        &config(&data, ""),
+        &out,
+        &RunOptions {
+            stop_after: Some(1),
+            ..quiet()
+        },
+    )
+    .unwrap();
     let mut other = config(&data, "");
     other.lr = 0.002;
-    let err = train(&other, &out, &RunOptions { resume: true, ..quiet() }).unwrap_err().to_string();
+    let err = train(
+        &other,
+        &out,
+        &RunOptions {
+            resume: true,
+            ..quiet()
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("lr: 0.01 -> 0.002"), "{err}");
 }
 
@@ -132,13 +208,17 @@ fn divergence_stops_with_a_message_and_keeps_what_was_recorded() {
     cfg.lr_final_max = 1e-5;
     let err = train(&cfg, &out, &quiet()).unwrap_err().to_string();
     assert!(err.contains("diverged"), "{err}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["status"], "diverged");
     assert!(out.join("config.toml").is_file());
 }
 
 fn adanoise(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_adanoise")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_adanoise"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -148,10 +228,21 @@ fn cli_trains_from_a_config_file_with_flag_overrides() {
     let cfg = tmp.path().join("run.toml");
     std::fs::write(&cfg, format!("model = 'baby-cnn'\noptimizer = 'adam'\nlr = 0.5\nepochs = 1\nbatch_size = 64\ndata_dir = '{}'\n", data.display())).unwrap();
     let out = tmp.path().join("run");
-    let o = adanoise(&["train", "--config", cfg.to_str().unwrap(), "--lr", "0.001", "--out", out.to_str().unwrap()]);
+    let o = adanoise(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--lr",
+        "0.001",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let written = std::fs::read_to_string(out.join("config.toml")).unwrap();
-    assert!(written.contains("lr = 0.001") && written.contains("optimizer = \"adam\""), "{written}");
+    assert!(
+        written.contains("lr = 0.001") && written.contains("optimizer = \"adam\""),
+        "{written}"
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("epoch 1/1"), "{stdout}");
 }
@@ -163,11 +254,77 @@ fn cli_errors_are_sentences_not_panics() {
     let d = data.to_str().unwrap();
     let out = tmp.path().join("never");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["train", "--model", "vgg16", "--optimizer", "sgd", "--lr", "0.1"], "vgg16"),
-        (vec!["train", "--model", "baby-cnn", "--optimizer", "sgd", "--lr", "0.001", "--lr-min", "0.01", "--data-dir", d], "lr_min"),
-        (vec!["train", "--optimizer", "sgd", "--lr", "0.1", "--data-dir", d], "model"),
-        (vec!["train", "--model", "baby-cnn", "--optimizer", "sgd", "--lr", "0.1", "--offline", "--data-dir", "/nonexistent/x"], "image folder"),
-        (vec!["train", "--model", "baby-cnn", "--optimizer", "sgd", "--lr", "0.1", "--data-dir", d, "--train-subset", "100000"], "train-subset"),
+        (
+            vec![
+                "train",
+                "--model",
+                "vgg16",
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.1",
+            ],
+            "vgg16",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                "baby-cnn",
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.001",
+                "--lr-min",
+                "0.01",
+                "--data-dir",
+                d,
+            ],
+            "lr_min",
+        ),
+        (
+            vec![
+                "train",
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.1",
+                "--data-dir",
+                d,
+            ],
+            "model",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                "baby-cnn",
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.1",
+                "--offline",
+                "--data-dir",
+                "/nonexistent/x",
+            ],
+            "image folder",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                "baby-cnn",
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.1",
+                "--data-dir",
+                d,
+                "--train-subset",
+                "100000",
+            ],
+            "train-subset",
+        ),
     ];
     for (mut args, needle) in cases {
         args.extend(["--out", out.to_str().unwrap()]);
@@ -176,7 +333,10 @@ fn cli_errors_are_sentences_not_panics() {
         assert!(!o.status.success(), "{args:?} should fail");
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
-        assert!(!out.exists(), "{args:?}: bad input must not leave a run directory");
+        assert!(
+            !out.exists(),
+            "{args:?}: bad input must not leave a run directory"
+        );
     }
 }
 
@@ -188,9 +348,24 @@ fn corrupt_batch_file_is_named() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.truncate(bytes.len() - 100);
     std::fs::write(&file, bytes).unwrap();
-    let o = adanoise(&["train", "--model", "baby-cnn", "--optimizer", "sgd", "--lr", "0.1", "--data-dir", data.to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap()]);
+    let o = adanoise(&[
+        "train",
+        "--model",
+        "baby-cnn",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        tmp.path().join("r").to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("data_batch_2.bin"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("data_batch_2.bin"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -201,7 +376,12 @@ fn models_json_lists_exact_counts() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["name"].as_str().unwrap().to_string(), m["params"].as_u64().unwrap()))
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["params"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         pairs,

@@ -1,8 +1,10 @@
 //! What each subcommand does, on top of the library.
 
-use super::{BenchArgs, Command, DataCommand, LrScheduleArgs, TrainArgs};
+use super::{BenchArgs, Command, DataCommand, LrScheduleArgs, NoiseReplayArgs, TrainArgs};
 use crate::bench::{self, BenchOptions};
 use crate::models::{ModelKind, trainable_params};
+use crate::noise::NoiseSchedulerConfig;
+use crate::noise::replay::{read_observations, replay};
 use crate::schedule::CosineRestartsConfig;
 use crate::train::{RunOptions, TrainConfig, train};
 use anyhow::{Context, Result};
@@ -16,15 +18,29 @@ pub fn run(command: Command) -> Result<()> {
         Command::Models { json } => models_command(json),
         Command::LrSchedule(args) => lr_schedule_command(&args),
         Command::Bench(args) => bench_command(&args),
+        Command::NoiseReplay(args) => noise_replay_command(&args),
         Command::Data(DataCommand::Download { data_dir }) => {
             crate::data::download::ensure_cifar10(&data_dir)?;
             crate::data::cifar_binary::load(&data_dir)?;
-            println!("CIFAR-10 is ready in {}", data_dir.join(crate::data::cifar_binary::BATCHES_DIR).display());
+            println!(
+                "CIFAR-10 is ready in {}",
+                data_dir
+                    .join(crate::data::cifar_binary::BATCHES_DIR)
+                    .display()
+            );
             Ok(())
         }
-        Command::Data(DataCommand::Synthetic { data_dir, train, test, seed }) => {
+        Command::Data(DataCommand::Synthetic {
+            data_dir,
+            train,
+            test,
+            seed,
+        }) => {
             crate::data::synthetic::write_binary_release(&data_dir, train, test, seed)?;
-            println!("wrote a synthetic dataset ({train} train / {test} test images) into {}", data_dir.display());
+            println!(
+                "wrote a synthetic dataset ({train} train / {test} test images) into {}",
+                data_dir.display()
+            );
             Ok(())
         }
     }
@@ -36,8 +52,9 @@ pub fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         Some(path) => TrainConfig::read_table(path)?,
         None => toml::Table::new(),
     };
-    let overrides = toml::Table::try_from(args).context("could not read the command-line options")?;
-    table.extend(overrides);
+    let overrides =
+        toml::Table::try_from(args).context("could not read the command-line options")?;
+    TrainConfig::merge_tables(&mut table, overrides);
     TrainConfig::from_table(table)
 }
 
@@ -81,7 +98,12 @@ fn models_command(json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&list)?);
     } else {
         for (kind, params) in rows {
-            println!("{:<11} {:>11} params  {}", kind.name(), group_thousands(params), kind.description());
+            println!(
+                "{:<11} {:>11} params  {}",
+                kind.name(),
+                group_thousands(params),
+                kind.description()
+            );
         }
     }
     Ok(())
@@ -114,12 +136,52 @@ fn lr_schedule_command(args: &LrScheduleArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     writeln!(out, "step,epoch,lr")?;
     for step in 0..args.epochs * args.steps_per_epoch {
-        let written = writeln!(out, "{step},{},{:.12e}", step / args.steps_per_epoch, config.lr_at(step));
+        let written = writeln!(
+            out,
+            "{step},{},{:.12e}",
+            step / args.steps_per_epoch,
+            config.lr_at(step)
+        );
         if written.is_err() {
             return Ok(()); // the reader closed the pipe (e.g. `| head`)
         }
     }
     let _ = out.flush();
+    Ok(())
+}
+
+fn noise_replay_command(args: &NoiseReplayArgs) -> Result<()> {
+    let mut table = toml::Table::new();
+    let mut schedule_epochs = 300;
+    if let Some(path) = &args.config {
+        let file = TrainConfig::read_table(path)?;
+        if let Some(toml::Value::Table(t)) = file.get("noise_scheduler") {
+            table = t.clone();
+        }
+        let length = file.get("schedule_epochs").or_else(|| file.get("epochs"));
+        if let Some(n) = length.and_then(|v| v.as_integer()).filter(|n| *n > 0) {
+            schedule_epochs = n as u64;
+        }
+    }
+    TrainConfig::merge_tables(&mut table, toml::Table::try_from(&args.thresholds)?);
+    let config: NoiseSchedulerConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
+        .context("the noise scheduler's thresholds are invalid")?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("the noise scheduler's {e}"))?;
+    let schedule_epochs = args.epochs.unwrap_or(schedule_epochs);
+    if schedule_epochs == 0 {
+        anyhow::bail!("--epochs (E_max) must be at least 1");
+    }
+    let observations = read_observations(&args.metrics)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for decision in replay(&observations, config, schedule_epochs) {
+        writeln!(out, "{}", serde_json::to_string(&decision)?)?;
+    }
+    out.flush()?;
     Ok(())
 }
 
@@ -132,17 +194,24 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
         warmup: args.warmup,
         device: args.device,
         threads: args.threads,
+        grad_norm: args.grad_norm,
+        grad_noise: args.grad_noise,
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         println!(
-            "{} {} batch {} on {} ({} threads): {:.1} images/s (median step {:.1} ms, min {:.1}, max {:.1}, {} steps)",
+            "{} {} batch {} on {} ({} threads{}): {:.1} images/s (median step {:.1} ms, min {:.1}, max {:.1}, {} steps)",
             result.model,
             result.optimizer,
             result.batch_size,
             result.device,
             result.threads,
+            match (result.grad_noise, result.grad_norm) {
+                (Some(s), _) => format!(", grad norm + gradient noise {s}"),
+                (None, true) => ", grad norm".to_string(),
+                _ => String::new(),
+            },
             result.images_per_s,
             result.median_step_ms,
             result.min_step_ms,

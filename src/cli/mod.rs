@@ -4,6 +4,7 @@ mod commands;
 
 use crate::device::DeviceKind;
 use crate::models::ModelKind;
+use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -11,7 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "adanoise", version, about = "Adaptive noise injection for CNN training on CIFAR-10")]
+#[command(
+    name = "adanoise",
+    version,
+    about = "Adaptive noise injection for CNN training on CIFAR-10"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -29,6 +34,8 @@ pub enum Command {
     },
     /// Print the learning rate of every step as CSV (step,epoch,lr).
     LrSchedule(LrScheduleArgs),
+    /// Replay the noise scheduler on a metrics file and print its decisions as JSONL.
+    NoiseReplay(NoiseReplayArgs),
     /// Time training steps and print the median images per second.
     Bench(BenchArgs),
     /// Manage the CIFAR-10 data.
@@ -128,6 +135,84 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Noise distribution: none (decide and record only), gaussian or uniform.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseKind>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "NoiseArgs::is_empty")]
+    pub noise_scheduler: NoiseArgs,
+}
+
+/// Thresholds of the noise scheduler (defaults: the paper's Table V).
+#[derive(Args, Debug, Serialize, Default, Clone)]
+pub struct NoiseArgs {
+    /// Epochs before the flag checks start [70].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_epochs_before_flag: Option<u64>,
+    /// Window, in epochs, of the trend checks [10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flag_window: Option<u64>,
+    /// Minimum relative val-loss improvement over the window [1e-4].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_plateau_delta: Option<f64>,
+    /// Epochs of rising val loss (train loss not rising) for the overfit flag [3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overfit_epochs: Option<u64>,
+    /// Minimum relative grad-norm improvement over the window [0.025].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_plateau: Option<f64>,
+    /// Threshold on the mean relative weight update over the window [5e-4].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub low_weight_update: Option<f64>,
+    /// Smallest noise standard deviation [0.01].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_min: Option<f64>,
+    /// Largest noise standard deviation [0.05].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma_max: Option<f64>,
+    /// Consecutive noisy decisions that trigger a cooldown [10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_trigger: Option<u64>,
+    /// Shortest cooldown, in epochs [3].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_min: Option<f64>,
+    /// Longest cooldown, in epochs [10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_max: Option<f64>,
+}
+
+impl NoiseArgs {
+    pub fn is_empty(&self) -> bool {
+        toml::Table::try_from(self)
+            .map(|t| t.is_empty())
+            .unwrap_or(true)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct NoiseReplayArgs {
+    /// A metrics.jsonl (a run's own, or any JSONL with epoch, train_loss, val_loss, grad_norm, weight_update).
+    pub metrics: PathBuf,
+    /// E_max of the noise damping [the --config run's schedule length, else 300 as in the paper].
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Start from this TOML file's [noise_scheduler] table (a run's config.toml works).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub thresholds: NoiseArgs,
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +250,12 @@ pub struct BenchArgs {
     pub device: DeviceKind,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also compute the global gradient norm every step, as training does.
+    #[arg(long)]
+    pub grad_norm: bool,
+    /// Add Gaussian gradient noise of this standard deviation every step (implies --grad-norm).
+    #[arg(long)]
+    pub grad_noise: Option<f64>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -59,7 +59,14 @@ impl Batch {
 
 /// Writes one image shifted by a crop offset (`dy`, `dx` in `0..=8`, 4 = centred) and
 /// optionally mirrored; pixels that fall in the zero padding become normalised zeros.
-pub fn augment_into(src: &[u8], dst: &mut [f32], dy: usize, dx: usize, flip: bool, table: &[[f32; 256]; 3]) {
+pub fn augment_into(
+    src: &[u8],
+    dst: &mut [f32],
+    dy: usize,
+    dx: usize,
+    flip: bool,
+    table: &[[f32; 256]; 3],
+) {
     let n = IMAGE_SIZE;
     for (c, lut) in table.iter().enumerate() {
         let plane = &src[c * n * n..(c + 1) * n * n];
@@ -70,7 +77,11 @@ pub fn augment_into(src: &[u8], dst: &mut [f32], dy: usize, dx: usize, flip: boo
                 let ox = if flip { n - 1 - x } else { x };
                 let sx = (ox + dx) as isize - CROP_PADDING as isize;
                 let inside = (0..n as isize).contains(&sy) && (0..n as isize).contains(&sx);
-                let byte = if inside { plane[sy as usize * n + sx as usize] } else { 0 };
+                let byte = if inside {
+                    plane[sy as usize * n + sx as usize]
+                } else {
+                    0
+                };
                 out[y * n + x] = lut[byte as usize];
             }
         }
@@ -91,7 +102,13 @@ pub struct BatchStream {
 impl BatchStream {
     /// Starts producing epoch `epoch` (1-based) of a run seeded with `seed`: the order and the
     /// augmentation are drawn from streams of that seed and epoch, so they are reproducible.
-    pub fn start(split: Arc<Split>, batch_size: usize, norm: Normalization, seed: u64, epoch: u64) -> Self {
+    pub fn start(
+        split: Arc<Split>,
+        batch_size: usize,
+        norm: Normalization,
+        seed: u64,
+        epoch: u64,
+    ) -> Self {
         let (sender, receiver) = sync_channel(4);
         let worker = std::thread::Builder::new()
             .name("adanoise-data".into())
@@ -153,7 +170,14 @@ pub fn eval_batches(split: &Split, batch_size: usize, norm: Normalization) -> Ve
             let mut images = vec![0f32; chunk.len() * IMAGE_BYTES];
             for (slot, &i) in chunk.iter().enumerate() {
                 let dst = &mut images[slot * IMAGE_BYTES..(slot + 1) * IMAGE_BYTES];
-                augment_into(split.image(i), dst, CROP_PADDING, CROP_PADDING, false, &table);
+                augment_into(
+                    split.image(i),
+                    dst,
+                    CROP_PADDING,
+                    CROP_PADDING,
+                    false,
+                    &table,
+                );
             }
             Batch {
                 images,
@@ -213,12 +237,20 @@ mod tests {
             images: (0..10 * IMAGE_BYTES).map(|i| (i % 256) as u8).collect(),
             labels: (0..10).collect(),
         });
-        let a: Vec<Batch> = BatchStream::start(split.clone(), 4, Normalization::CIFAR10, 1, 2).collect();
-        let b: Vec<Batch> = BatchStream::start(split.clone(), 4, Normalization::CIFAR10, 1, 2).collect();
+        let a: Vec<Batch> =
+            BatchStream::start(split.clone(), 4, Normalization::CIFAR10, 1, 2).collect();
+        let b: Vec<Batch> =
+            BatchStream::start(split.clone(), 4, Normalization::CIFAR10, 1, 2).collect();
         let c: Vec<Batch> = BatchStream::start(split, 4, Normalization::CIFAR10, 1, 3).collect();
         assert_eq!(a.iter().map(Batch::len).collect::<Vec<_>>(), vec![4, 4, 2]);
-        assert_eq!(a.iter().map(|x| &x.images).collect::<Vec<_>>(), b.iter().map(|x| &x.images).collect::<Vec<_>>());
-        assert_ne!(a.iter().map(|x| &x.labels).collect::<Vec<_>>(), c.iter().map(|x| &x.labels).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|x| &x.images).collect::<Vec<_>>(),
+            b.iter().map(|x| &x.images).collect::<Vec<_>>()
+        );
+        assert_ne!(
+            a.iter().map(|x| &x.labels).collect::<Vec<_>>(),
+            c.iter().map(|x| &x.labels).collect::<Vec<_>>()
+        );
         let mut labels: Vec<i64> = a.iter().flat_map(|x| x.labels.clone()).collect();
         labels.sort();
         assert_eq!(labels, (0..10).collect::<Vec<_>>());

@@ -24,7 +24,9 @@ pub const TEST_FILE: &str = "test_batch.bin";
 /// Parses one batch file's bytes; `name` is only used in error messages.
 pub fn parse_batch(bytes: &[u8], name: &str) -> Result<Split> {
     if bytes.is_empty() {
-        bail!("{name} is empty; a CIFAR-10 batch file holds {RECORDS_PER_FILE} records of {RECORD_BYTES} bytes. Delete it and run `adanoise data download` again");
+        bail!(
+            "{name} is empty; a CIFAR-10 batch file holds {RECORDS_PER_FILE} records of {RECORD_BYTES} bytes. Delete it and run `adanoise data download` again"
+        );
     }
     if bytes.len() % RECORD_BYTES != 0 {
         bail!(
@@ -125,14 +127,21 @@ mod tests {
     fn truncated_file_is_rejected_with_its_name() {
         let mut bytes = records(2);
         bytes.pop();
-        let err = parse_batch(&bytes, "data_batch_3.bin").unwrap_err().to_string();
-        assert!(err.contains("data_batch_3.bin") && err.contains("truncated"), "{err}");
+        let err = parse_batch(&bytes, "data_batch_3.bin")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data_batch_3.bin") && err.contains("truncated"),
+            "{err}"
+        );
     }
 
     #[test]
     fn oversized_file_is_rejected() {
         let bytes = records(RECORDS_PER_FILE + 1);
-        let err = parse_batch(&bytes, "test_batch.bin").unwrap_err().to_string();
+        let err = parse_batch(&bytes, "test_batch.bin")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("more than"), "{err}");
     }
 
@@ -140,8 +149,13 @@ mod tests {
     fn bad_label_is_rejected() {
         let mut bytes = records(2);
         bytes[RECORD_BYTES] = 11;
-        let err = parse_batch(&bytes, "data_batch_1.bin").unwrap_err().to_string();
-        assert!(err.contains("label 11") && err.contains("record 1"), "{err}");
+        let err = parse_batch(&bytes, "data_batch_1.bin")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("label 11") && err.contains("record 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub fn fetch_and_extract(url: &str, md5_hex: &str, data_dir: &Path) -> Result<()
 }
 
 fn file_md5(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("could not open {}", path.display()))?;
     let mut hasher = Md5::new();
     std::io::copy(&mut file, &mut hasher)?;
     Ok(hex(&hasher.finalize()))
@@ -82,7 +83,9 @@ fn download(url: &str, md5_hex: &str, dest: &Path) -> Result<()> {
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader.read(&mut buf).with_context(|| format!("the download of {url} was interrupted"))?;
+        let n = reader
+            .read(&mut buf)
+            .with_context(|| format!("the download of {url} was interrupted"))?;
         if n == 0 {
             break;
         }
@@ -93,7 +96,9 @@ fn download(url: &str, md5_hex: &str, dest: &Path) -> Result<()> {
     bar.finish_and_clear();
     let got = hex(&hasher.finalize());
     if got != md5_hex {
-        bail!("the file downloaded from {url} has md5 {got}, not the published {md5_hex}: it is corrupt or not the CIFAR-10 release; nothing was kept, try again");
+        bail!(
+            "the file downloaded from {url} has md5 {got}, not the published {md5_hex}: it is corrupt or not the CIFAR-10 release; nothing was kept, try again"
+        );
     }
     tmp.persist(dest)
         .with_context(|| format!("could not save the archive as {}", dest.display()))?;
@@ -103,14 +108,23 @@ fn download(url: &str, md5_hex: &str, dest: &Path) -> Result<()> {
 /// Extracts a .tar.gz into `dest`, refusing absolute paths, `..`, links and special files.
 /// Entries land in a temporary folder first, so a bad archive leaves nothing behind.
 pub fn extract_tar_gz(archive: &Path, dest: &Path) -> Result<()> {
-    let file = std::fs::File::open(archive).with_context(|| format!("could not open {}", archive.display()))?;
-    let staging = tempfile::Builder::new().prefix(".extract-").tempdir_in(dest)?;
+    let file = std::fs::File::open(archive)
+        .with_context(|| format!("could not open {}", archive.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".extract-")
+        .tempdir_in(dest)?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut top_level = std::collections::BTreeSet::new();
-    for entry in tar.entries().with_context(|| format!("{} is not a valid .tar.gz", archive.display()))? {
-        let mut entry = entry.with_context(|| format!("{} is not a valid .tar.gz", archive.display()))?;
+    for entry in tar
+        .entries()
+        .with_context(|| format!("{} is not a valid .tar.gz", archive.display()))?
+    {
+        let mut entry =
+            entry.with_context(|| format!("{} is not a valid .tar.gz", archive.display()))?;
         let path = entry.path()?.into_owned();
-        let safe = path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let safe = path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
         if !safe {
             bail!(
                 "{} holds the entry '{}', which would land outside {}: refusing to extract it",
@@ -127,11 +141,18 @@ pub fn extract_tar_gz(archive: &Path, dest: &Path) -> Result<()> {
                 path.display()
             );
         }
-        if let Some(Component::Normal(first)) = path.components().find(|c| matches!(c, Component::Normal(_))) {
+        if let Some(Component::Normal(first)) = path
+            .components()
+            .find(|c| matches!(c, Component::Normal(_)))
+        {
             top_level.insert(first.to_owned());
         }
         if !entry.unpack_in(staging.path())? {
-            bail!("refused to extract '{}' from {}", path.display(), archive.display());
+            bail!(
+                "refused to extract '{}' from {}",
+                path.display(),
+                archive.display()
+            );
         }
     }
     for name in top_level {
@@ -143,8 +164,12 @@ pub fn extract_tar_gz(archive: &Path, dest: &Path) -> Result<()> {
                 std::fs::remove_file(&target)?;
             }
         }
-        std::fs::rename(staging.path().join(&name), &target)
-            .with_context(|| format!("could not move the extracted {} into place", target.display()))?;
+        std::fs::rename(staging.path().join(&name), &target).with_context(|| {
+            format!(
+                "could not move the extracted {} into place",
+                target.display()
+            )
+        })?;
     }
     Ok(())
 }
@@ -176,7 +201,10 @@ mod tests {
         let archive = dir.path().join("a.tar.gz");
         std::fs::write(&archive, tar_gz(&[("top/x.bin", b"hello")])).unwrap();
         extract_tar_gz(&archive, dir.path()).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("top/x.bin")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(dir.path().join("top/x.bin")).unwrap(),
+            b"hello"
+        );
         // Idempotent: extracting again replaces the folder.
         extract_tar_gz(&archive, dir.path()).unwrap();
     }
@@ -191,7 +219,10 @@ mod tests {
         let err = extract_tar_gz(&archive, &inner).unwrap_err().to_string();
         assert!(err.contains("outside"), "{err}");
         assert!(!dir.path().join("escaped").exists());
-        assert!(!inner.join("ok").exists(), "a refused archive must leave nothing behind");
+        assert!(
+            !inner.join("ok").exists(),
+            "a refused archive must leave nothing behind"
+        );
     }
 
     /// Serves `body` once on a loopback port and returns its URL.
@@ -202,7 +233,10 @@ mod tests {
             if let Ok((mut stream, _)) = listener.accept() {
                 let mut buf = [0u8; 4096];
                 let _ = stream.read(&mut buf);
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = stream.write_all(head.as_bytes());
                 let _ = stream.write_all(&body);
             }
@@ -221,7 +255,10 @@ mod tests {
             .map(|f| (format!("{BATCHES_DIR}/{f}"), batch.clone()))
             .collect();
         entries.push((format!("{BATCHES_DIR}/{}", cifar_binary::TEST_FILE), batch));
-        let refs: Vec<(&str, &[u8])> = entries.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let refs: Vec<(&str, &[u8])> = entries
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
         tar_gz(&refs)
     }
 
@@ -240,7 +277,8 @@ mod tests {
     #[test]
     fn corrupt_download_is_rejected_and_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let err = fetch_and_extract(&serve_once(fake_release()), CIFAR10_MD5, dir.path()).unwrap_err();
+        let err =
+            fetch_and_extract(&serve_once(fake_release()), CIFAR10_MD5, dir.path()).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("md5"), "{text}");
         assert!(!dir.path().join(ARCHIVE_NAME).exists());
@@ -251,6 +289,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = fetch_and_extract("http://127.0.0.1:9/x", CIFAR10_MD5, dir.path()).unwrap_err();
         let text = format!("{err:#}");
-        assert!(text.contains("data_batch_1.bin") && text.contains("image folder"), "{text}");
+        assert!(
+            text.contains("data_batch_1.bin") && text.contains("image folder"),
+            "{text}"
+        );
     }
 }

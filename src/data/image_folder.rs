@@ -3,7 +3,7 @@
 //! are decoded once, in parallel, and the decoded arrays are cached beside the data
 //! in `.adanoise-cache/`, rebuilt whenever a file is added, removed or changed.
 
-use super::{CIFAR10_CLASSES, CHANNELS, Dataset, IMAGE_BYTES, IMAGE_SIZE, Split};
+use super::{CHANNELS, CIFAR10_CLASSES, Dataset, IMAGE_BYTES, IMAGE_SIZE, Split};
 use anyhow::{Context, Result, bail};
 use md5::{Digest, Md5};
 use rayon::prelude::*;
@@ -22,8 +22,12 @@ pub fn is_present(dir: &Path) -> bool {
 /// Class folders of a split, sorted by name.
 fn class_folders(split_dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    let entries = std::fs::read_dir(split_dir)
-        .with_context(|| format!("could not list the class folders of {}", split_dir.display()))?;
+    let entries = std::fs::read_dir(split_dir).with_context(|| {
+        format!(
+            "could not list the class folders of {}",
+            split_dir.display()
+        )
+    })?;
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -75,9 +79,14 @@ fn list_images(split_dir: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u8)
     for (label, class) in classes.iter().enumerate() {
         let dir = split_dir.join(class);
         let mut in_class = Vec::new();
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("could not list {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("could not list {}", dir.display()))?
+        {
             let path = entry?.path();
-            let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
             if ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
                 in_class.push(path);
             }
@@ -86,7 +95,10 @@ fn list_images(split_dir: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u8)
         files.extend(in_class.into_iter().map(|p| (p, label as u8)));
     }
     if files.is_empty() {
-        bail!("{} holds no .png, .jpg or .jpeg images", split_dir.display());
+        bail!(
+            "{} holds no .png, .jpg or .jpeg images",
+            split_dir.display()
+        );
     }
     Ok(files)
 }
@@ -99,7 +111,8 @@ fn fingerprint(files: &[(PathBuf, u8)], classes: &[String]) -> Result<[u8; 16]> 
         hasher.update([0]);
     }
     for (path, label) in files {
-        let meta = std::fs::metadata(path).with_context(|| format!("could not stat {}", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("could not stat {}", path.display()))?;
         let mtime = meta
             .modified()
             .ok()
@@ -154,7 +167,10 @@ fn decode_all(files: &[(PathBuf, u8)]) -> Result<Split> {
 fn read_cache(path: &Path, key: &[u8; 16], count: usize) -> Option<Split> {
     let bytes = std::fs::read(path).ok()?;
     let header = CACHE_MAGIC.len() + 16 + 8;
-    if bytes.len() != header + count * (1 + IMAGE_BYTES) || &bytes[..12] != CACHE_MAGIC || &bytes[12..28] != key {
+    if bytes.len() != header + count * (1 + IMAGE_BYTES)
+        || &bytes[..12] != CACHE_MAGIC
+        || &bytes[12..28] != key
+    {
         return None;
     }
     let stored = u64::from_le_bytes(bytes[28..36].try_into().ok()?) as usize;
@@ -186,10 +202,17 @@ fn load_split(root: &Path, name: &str, classes: &[String]) -> Result<Split> {
     if let Some(split) = read_cache(&cache, &key, files.len()) {
         return Ok(split);
     }
-    eprintln!("decoding {} images of {}/{name} (cached afterwards)", files.len(), root.display());
+    eprintln!(
+        "decoding {} images of {}/{name} (cached afterwards)",
+        files.len(),
+        root.display()
+    );
     let split = decode_all(&files)?;
     if let Err(e) = write_cache(&cache, &key, &split) {
-        eprintln!("warning: could not cache the decoded images at {} ({e}); they will be decoded again next time", cache.display());
+        eprintln!(
+            "warning: could not cache the decoded images at {} ({e}); they will be decoded again next time",
+            cache.display()
+        );
     }
     Ok(split)
 }
@@ -198,11 +221,19 @@ fn load_split(root: &Path, name: &str, classes: &[String]) -> Result<Split> {
 pub fn load(root: &Path) -> Result<Dataset> {
     let classes = class_order(&root.join("train"))?;
     if classes.len() > u8::MAX as usize {
-        bail!("{} has {} class folders; at most 255 are supported", root.display(), classes.len());
+        bail!(
+            "{} has {} class folders; at most 255 are supported",
+            root.display(),
+            classes.len()
+        );
     }
     let train = load_split(root, "train", &classes)?;
     let test = load_split(root, "test", &classes)?;
-    Ok(Dataset { train, test, classes })
+    Ok(Dataset {
+        train,
+        test,
+        classes,
+    })
 }
 
 #[cfg(test)]
@@ -211,14 +242,19 @@ mod tests {
 
     fn write_png(path: &Path, size: u32, value: u8) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let img = image::RgbImage::from_fn(size, size, |x, y| image::Rgb([value, x as u8, y as u8]));
+        let img =
+            image::RgbImage::from_fn(size, size, |x, y| image::Rgb([value, x as u8, y as u8]));
         img.save(path).unwrap();
     }
 
     fn make_folder(root: &Path, classes: &[&str]) {
         for split in ["train", "test"] {
             for (i, class) in classes.iter().enumerate() {
-                write_png(&root.join(split).join(class).join("a.png"), 32, i as u8 * 10);
+                write_png(
+                    &root.join(split).join(class).join("a.png"),
+                    32,
+                    i as u8 * 10,
+                );
             }
         }
     }

@@ -22,7 +22,11 @@ pub fn make_split(n: usize, seed: u64) -> Split {
         for c in 0..3 {
             let base = 40 + 20 * ((class as usize + c * 3) % 10);
             for p in 0..plane {
-                let stripe = if (p / IMAGE_SIZE + class as usize) % 4 == 0 { 40 } else { 0 };
+                let stripe = if (p / IMAGE_SIZE + class as usize) % 4 == 0 {
+                    40
+                } else {
+                    0
+                };
                 let noise: i32 = rng.random_range(-25..=25);
                 images.push((base as i32 + stripe + noise).clamp(0, 255) as u8);
             }
@@ -37,13 +41,17 @@ pub fn write_binary_release(dir: &Path, train: usize, test: usize, seed: u64) ->
         bail!("a synthetic dataset needs at least 5 training images and 1 test image");
     }
     let batches = dir.join(BATCHES_DIR);
-    std::fs::create_dir_all(&batches).with_context(|| format!("could not create {}", batches.display()))?;
+    std::fs::create_dir_all(&batches)
+        .with_context(|| format!("could not create {}", batches.display()))?;
     let all = make_split(train, seed);
     let per_file = train.div_ceil(TRAIN_FILES.len());
     for (k, name) in TRAIN_FILES.iter().enumerate() {
         let indices: Vec<usize> = (k * per_file..((k + 1) * per_file).min(train)).collect();
         std::fs::write(batches.join(name), encode_batch(&all.select(&indices)))?;
     }
-    std::fs::write(batches.join(TEST_FILE), encode_batch(&make_split(test, seed ^ 0xfeed)))?;
+    std::fs::write(
+        batches.join(TEST_FILE),
+        encode_batch(&make_split(test, seed ^ 0xfeed)),
+    )?;
     Ok(())
 }

@@ -3,9 +3,9 @@
 //! `BatchNorm` uses the biased one. Momentum 0.1 and eps 1e-5 as in PyTorch.
 
 use burn::module::{Flag, Module, Param, RunningState};
+use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::module::{batch_norm, batch_norm_train};
-use burn::tensor::Device;
 
 pub const MOMENTUM: f64 = 0.1;
 pub const EPSILON: f64 = 1e-5;
@@ -61,6 +61,9 @@ impl BatchNorm2d {
 
     /// The running statistics (mean, variance), for tests and inspection.
     pub fn running_stats(&self) -> (Tensor<1>, Tensor<1>) {
-        (self.running_mean.value_sync(), self.running_var.value_sync())
+        (
+            self.running_mean.value_sync(),
+            self.running_var.value_sync(),
+        )
     }
 }

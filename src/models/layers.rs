@@ -32,7 +32,13 @@ pub fn conv3x3(input: usize, output: usize, device: &Device) -> Conv2d {
 }
 
 /// A bias-free convolution as used inside the ResNet (Kaiming-normal, fan-out).
-pub fn resnet_conv(input: usize, output: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
+pub fn resnet_conv(
+    input: usize,
+    output: usize,
+    kernel: usize,
+    stride: usize,
+    device: &Device,
+) -> Conv2d {
     let pad = kernel / 2;
     Conv2dConfig::new([input, output], [kernel, kernel])
         .with_stride([stride, stride])

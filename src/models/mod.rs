@@ -23,7 +23,12 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 4] = [Self::BabyCnn, Self::TinyCnn, Self::SimpleCnn, Self::Resnet18];
+    pub const ALL: [ModelKind; 4] = [
+        Self::BabyCnn,
+        Self::TinyCnn,
+        Self::SimpleCnn,
+        Self::Resnet18,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -36,10 +41,16 @@ impl ModelKind {
 
     pub fn description(self) -> &'static str {
         match self {
-            Self::BabyCnn => "conv 3->8, ReLU, pool; linear 2048->10 (underfits: does noise help it escape?)",
+            Self::BabyCnn => {
+                "conv 3->8, ReLU, pool; linear 2048->10 (underfits: does noise help it escape?)"
+            }
             Self::TinyCnn => "conv 3->32->64 with ReLU and pools; linear 4096->128->10",
-            Self::SimpleCnn => "conv 3->256->512->512 with ReLU and pools; linear 8192->2048->1024->512->10, no regularisation",
-            Self::Resnet18 => "CIFAR ResNet-18: 3x3 stem, BN, max-pool, BasicBlocks [2,2,2,2] of 64-512, avg-pool, linear 512->10",
+            Self::SimpleCnn => {
+                "conv 3->256->512->512 with ReLU and pools; linear 8192->2048->1024->512->10, no regularisation"
+            }
+            Self::Resnet18 => {
+                "CIFAR ResNet-18: 3x3 stem, BN, max-pool, BasicBlocks [2,2,2,2] of 64-512, avg-pool, linear 512->10"
+            }
         }
     }
 
@@ -94,6 +105,35 @@ pub fn trainable_params<M: Module>(model: &M) -> usize {
     let mut count = TrainableCount(0);
     model.visit(&mut count);
     count.0
+}
+
+/// Values of every parameter that does not require gradients (BN running statistics), in order.
+pub fn running_stats<M: Module>(model: &M) -> Vec<Vec<f32>> {
+    struct Stats(Vec<Vec<f32>>);
+    impl ModuleVisitor for Stats {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if !param.is_require_grad() {
+                let data = param.val().into_data().convert::<f32>();
+                self.0.push(data.try_to_vec::<f32>().unwrap_or_default());
+            }
+        }
+    }
+    let mut stats = Stats(Vec::new());
+    model.visit(&mut stats);
+    stats.0
+}
+
+/// The ids of every float parameter, in visiting order.
+pub fn param_ids<M: Module>(model: &M) -> Vec<burn::module::ParamId> {
+    struct Ids(Vec<burn::module::ParamId>);
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    ids.0
 }
 
 #[cfg(test)]

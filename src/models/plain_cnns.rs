@@ -3,9 +3,9 @@
 
 use super::layers::{conv3x3, linear, max_pool2};
 use burn::module::Module;
+use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
-use burn::nn::Linear;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
@@ -21,12 +21,18 @@ impl PlainCnn {
     /// `channels`: input channels then the width of each conv stage (each halves the image);
     /// `widths`: the fully connected layers' sizes after flattening, ending with the classes.
     pub fn new(channels: &[usize], widths: &[usize], device: &Device) -> Self {
-        let convs = channels.windows(2).map(|w| conv3x3(w[0], w[1], device)).collect();
+        let convs = channels
+            .windows(2)
+            .map(|w| conv3x3(w[0], w[1], device))
+            .collect();
         let side = 32 >> (channels.len() - 1);
         let flat = channels[channels.len() - 1] * side * side;
         let mut sizes = vec![flat];
         sizes.extend_from_slice(widths);
-        let linears = sizes.windows(2).map(|w| linear(w[0], w[1], device)).collect();
+        let linears = sizes
+            .windows(2)
+            .map(|w| linear(w[0], w[1], device))
+            .collect();
         Self {
             convs,
             pool: max_pool2(),

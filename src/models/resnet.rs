@@ -86,7 +86,9 @@ impl ResNet18 {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.stem_pool.forward(relu(self.stem_bn.forward(self.stem.forward(x))));
+        let mut x = self
+            .stem_pool
+            .forward(relu(self.stem_bn.forward(self.stem.forward(x))));
         for block in &self.blocks {
             x = block.forward(x);
         }

@@ -83,7 +83,10 @@ mod tests {
     fn run(kind: OptimizerKind) -> Vec<f64> {
         let device = Device::flex().autodiff();
         let mut model = Weights {
-            w: Param::from_tensor(Tensor::from_data(TensorData::from(W0.map(|x| x as f32)), &device)),
+            w: Param::from_tensor(Tensor::from_data(
+                TensorData::from(W0.map(|x| x as f32)),
+                &device,
+            )),
         };
         let mut optim = kind.build(WD as f32);
         for g in GRADS {
@@ -92,7 +95,16 @@ mod tests {
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(LR, model, grads);
         }
-        model.w.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
+        model
+            .w
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
     }
 
     fn close(got: &[f64], want: &[f64]) {

@@ -29,17 +29,25 @@ pub struct CosineRestartsConfig {
 /// Why a set of schedule parameters cannot define a learning rate.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("the restart period must be at least one epoch (got {0}); set --restart-epochs to 1 or more")]
+    #[error(
+        "the restart period must be at least one epoch (got {0}); set --restart-epochs to 1 or more"
+    )]
     RestartEpochs(u64),
-    #[error("the schedule must last at least one epoch (got 0); set --epochs or --schedule-epochs to 1 or more")]
+    #[error(
+        "the schedule must last at least one epoch (got 0); set --epochs or --schedule-epochs to 1 or more"
+    )]
     ScheduleEpochs,
-    #[error("an epoch must have at least one step (got 0); check the batch size and the training set size")]
+    #[error(
+        "an epoch must have at least one step (got 0); check the batch size and the training set size"
+    )]
     StepsPerEpoch,
     #[error("the cycle growth factor t_mult must be a finite number >= 1 (got {0})")]
     TMult(f64),
     #[error("lr_min must be a finite number >= 0 (got {0})")]
     LrMin(f64),
-    #[error("lr_max must be a finite number >= lr_min (got lr_max {lr_max}, lr_min {lr_min}); lower --lr-min or raise --lr")]
+    #[error(
+        "lr_max must be a finite number >= lr_min (got lr_max {lr_max}, lr_min {lr_min}); lower --lr-min or raise --lr"
+    )]
     LrMax { lr_max: f64, lr_min: f64 },
     #[error(
         "lr_final_max must lie in [lr_min, lr_max] = [{lr_min}, {lr_max}] when the schedule restarts (got {lr_final_max}); set --lr-final-max inside that range"
@@ -259,15 +267,33 @@ mod tests {
     fn meaningless_parameters_are_rejected() {
         let ok = CosineRestartsConfig::paper(1e-3, 300, 391);
         let cases = [
-            CosineRestartsConfig { restart_epochs: 0, ..ok },
+            CosineRestartsConfig {
+                restart_epochs: 0,
+                ..ok
+            },
             CosineRestartsConfig { t_mult: 0.5, ..ok },
-            CosineRestartsConfig { steps_per_epoch: 0, ..ok },
-            CosineRestartsConfig { schedule_epochs: 0, ..ok },
+            CosineRestartsConfig {
+                steps_per_epoch: 0,
+                ..ok
+            },
+            CosineRestartsConfig {
+                schedule_epochs: 0,
+                ..ok
+            },
             CosineRestartsConfig { lr_min: -1.0, ..ok },
             CosineRestartsConfig { lr_min: 1e-2, ..ok },
-            CosineRestartsConfig { lr_final_max: 1e-2, ..ok },
-            CosineRestartsConfig { lr_final_max: 1e-7, ..ok },
-            CosineRestartsConfig { lr_max: f64::NAN, ..ok },
+            CosineRestartsConfig {
+                lr_final_max: 1e-2,
+                ..ok
+            },
+            CosineRestartsConfig {
+                lr_final_max: 1e-7,
+                ..ok
+            },
+            CosineRestartsConfig {
+                lr_max: f64::NAN,
+                ..ok
+            },
         ];
         for c in cases {
             assert!(c.validate().is_err(), "{c:?} should be rejected");

@@ -54,9 +54,18 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>> {
     if !path.exists() {
         return Ok(None);
     }
-    let bytes = std::fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
-    let corrupt = || format!("{} is corrupt (it was not written by this adanoise, or was damaged); delete the run directory and train again", path.display());
-    if bytes.len() < 32 || &bytes[..16] != MAGIC || Md5::digest(&bytes[32..]).as_slice() != &bytes[16..32] {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
+    let corrupt = || {
+        format!(
+            "{} is corrupt (it was not written by this adanoise, or was damaged); delete the run directory and train again",
+            path.display()
+        )
+    };
+    if bytes.len() < 32
+        || &bytes[..16] != MAGIC
+        || Md5::digest(&bytes[32..]).as_slice() != &bytes[16..32]
+    {
         bail!(corrupt());
     }
     let mut rest = &bytes[32..];
@@ -70,7 +79,11 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>> {
         bail!(corrupt());
     };
     let state = serde_json::from_slice(&state).with_context(corrupt)?;
-    Ok(Some(Checkpoint { state, model, optimizer }))
+    Ok(Some(Checkpoint {
+        state,
+        model,
+        optimizer,
+    }))
 }
 
 #[cfg(test)]
@@ -83,7 +96,11 @@ mod tests {
         let path = dir.path().join(CHECKPOINT_FILE);
         assert!(load(&path).unwrap().is_none());
         let ckpt = Checkpoint {
-            state: CheckpointState { epoch: 3, step: 30, extra: serde_json::json!({"k": 1}) },
+            state: CheckpointState {
+                epoch: 3,
+                step: 30,
+                extra: serde_json::json!({"k": 1}),
+            },
             model: vec![1, 2, 3],
             optimizer: vec![9; 10],
         };

@@ -4,6 +4,7 @@
 
 use crate::device::DeviceKind;
 use crate::models::ModelKind;
+use crate::noise::{NoiseKind, NoiseSchedulerConfig};
 use crate::optim::{OptimizerKind, WEIGHT_DECAY};
 use crate::schedule::CosineRestartsConfig;
 use anyhow::{Context, Result, bail};
@@ -47,6 +48,12 @@ pub struct TrainConfig {
     /// CPU threads for the CPU backend (all cores when absent).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// The distribution of injected noise; `none` still decides and records.
+    #[serde(default)]
+    pub noise: NoiseKind,
+    /// Thresholds of the adaptive noise scheduler (Table V).
+    #[serde(default)]
+    pub noise_scheduler: NoiseSchedulerConfig,
 }
 
 mod defaults {
@@ -90,6 +97,20 @@ impl TrainConfig {
             .context("the training configuration is invalid (model, optimizer and lr are required: pass --model, --optimizer and --lr or set them in the --config file)")?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Merges `overrides` into `base`, descending into nested tables (`[noise_scheduler]`).
+    pub fn merge_tables(base: &mut toml::Table, overrides: toml::Table) {
+        for (key, value) in overrides {
+            match (base.get_mut(&key), value) {
+                (Some(toml::Value::Table(inner)), toml::Value::Table(over)) => {
+                    Self::merge_tables(inner, over)
+                }
+                (_, value) => {
+                    base.insert(key, value);
+                }
+            }
+        }
     }
 
     /// Reads a TOML config file into a table.
@@ -138,21 +159,30 @@ impl TrainConfig {
             );
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!("weight_decay must be a finite number >= 0 (got {})", self.weight_decay);
+            bail!(
+                "weight_decay must be a finite number >= 0 (got {})",
+                self.weight_decay
+            );
         }
         self.lr_schedule(1).validate()?;
+        self.noise_scheduler
+            .validate()
+            .map_err(|e| anyhow::anyhow!("the noise scheduler's {e}"))?;
         Ok(())
     }
 
     /// The default run directory name: `<model>-<optimizer>-<noise>-lr<X>-s<seed>`.
     pub fn default_run_name(&self) -> String {
-        format!("{}-{}-none-lr{}-s{}", self.model, self.optimizer, self.lr, self.seed)
+        format!(
+            "{}-{}-{}-lr{}-s{}",
+            self.model, self.optimizer, self.noise, self.lr, self.seed
+        )
     }
 
     /// The differences that forbid resuming a run made with `other`, as "key: a -> b" lines.
     pub fn differences(&self, other: &TrainConfig) -> Vec<String> {
-        let a = toml::Table::try_from(self).expect("serialises");
-        let b = toml::Table::try_from(other).expect("serialises");
+        let a = flatten(toml::Table::try_from(self).expect("serialises"));
+        let b = flatten(toml::Table::try_from(other).expect("serialises"));
         let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
         keys.sort();
         keys.dedup();
@@ -162,6 +192,24 @@ impl TrainConfig {
             .map(|k| format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k))))
             .collect()
     }
+}
+
+/// `{a = {b = 1}}` -> `{"a.b" = 1}`, so nested options are compared one by one.
+fn flatten(table: toml::Table) -> toml::Table {
+    let mut out = toml::Table::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(inner) => {
+                for (k, v) in flatten(inner) {
+                    out.insert(format!("{key}.{k}"), v);
+                }
+            }
+            v => {
+                out.insert(key, v);
+            }
+        }
+    }
+    out
 }
 
 fn show(v: Option<&toml::Value>) -> String {
@@ -178,7 +226,10 @@ mod tests {
 
     #[test]
     fn defaults_are_the_papers() {
-        let c = TrainConfig::from_table(table("model = 'tiny-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.05")).unwrap();
+        let c = TrainConfig::from_table(table(
+            "model = 'tiny-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.05",
+        ))
+        .unwrap();
         assert_eq!(c.epochs, 300);
         assert_eq!(c.batch_size, 128);
         assert_eq!(c.restart_epochs, 50);
@@ -192,26 +243,64 @@ mod tests {
 
     #[test]
     fn bad_configs_are_explained() {
-        let err = format!("{:#}", TrainConfig::from_table(table("model = 'vgg'\noptimizer = 'sgd'\nlr = 0.1")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            TrainConfig::from_table(table("model = 'vgg'\noptimizer = 'sgd'\nlr = 0.1"))
+                .unwrap_err()
+        );
         assert!(err.contains("vgg"), "{err}");
-        let err = format!("{:#}", TrainConfig::from_table(table("optimizer = 'sgd'\nlr = 0.1")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            TrainConfig::from_table(table("optimizer = 'sgd'\nlr = 0.1")).unwrap_err()
+        );
         assert!(err.contains("model"), "{err}");
         let err = format!(
             "{:#}",
-            TrainConfig::from_table(table("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\nlr_min = 1.0")).unwrap_err()
+            TrainConfig::from_table(table(
+                "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\nlr_min = 1.0"
+            ))
+            .unwrap_err()
         );
         assert!(err.contains("lr_min"), "{err}");
-        assert!(TrainConfig::from_table(table("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\nbogus = 1")).is_err());
+        assert!(
+            TrainConfig::from_table(table(
+                "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\nbogus = 1"
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn differences_ignore_location_only() {
-        let a = TrainConfig::from_table(table("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1")).unwrap();
+        let a = TrainConfig::from_table(table("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1"))
+            .unwrap();
         let mut b = a.clone();
         b.data_dir = "elsewhere".into();
         b.threads = Some(1);
         assert!(a.differences(&b).is_empty());
         b.lr = 0.2;
         assert_eq!(a.differences(&b), vec!["lr: 0.1 -> 0.2".to_string()]);
+        b.lr = a.lr;
+        b.noise_scheduler.flag_window = 5;
+        assert_eq!(
+            a.differences(&b),
+            vec!["noise_scheduler.flag_window: 10 -> 5".to_string()]
+        );
+    }
+
+    #[test]
+    fn nested_overrides_merge_key_by_key() {
+        let mut base = table(
+            "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\n[noise_scheduler]\nflag_window = 4\nsigma_max = 0.1",
+        );
+        TrainConfig::merge_tables(
+            &mut base,
+            table("lr = 0.2\n[noise_scheduler]\nflag_window = 6"),
+        );
+        let c = TrainConfig::from_table(base).unwrap();
+        assert_eq!(c.lr, 0.2);
+        assert_eq!(c.noise_scheduler.flag_window, 6);
+        assert_eq!(c.noise_scheduler.sigma_max, 0.1);
+        assert_eq!(c.noise_scheduler.min_epochs_before_flag, 70);
     }
 }

@@ -1,6 +1,7 @@
 //! What a run records: one [`EpochMetrics`] line per epoch in `metrics.jsonl`
 //! and a [`Summary`] of the final and best epochs in `summary.json`.
 
+use crate::noise::Decision;
 use serde::{Deserialize, Serialize};
 
 /// The measurements of one epoch.
@@ -26,6 +27,19 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training images per second (training part only).
     pub images_per_s: f64,
+    /// What was injected during this epoch (`none` when no noise was in force).
+    #[serde(default)]
+    pub noise_applied: NoiseApplied,
+    /// The noise scheduler's decision after this epoch, for the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+}
+
+/// The noise actually put into an epoch (zero for a `none` run, whatever was decided).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct NoiseApplied {
+    pub grad_sigma: f64,
+    pub weight_sigma: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +64,12 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn from_history(history: &[EpochMetrics], epochs: u64, status: RunStatus, message: Option<String>) -> Self {
+    pub fn from_history(
+        history: &[EpochMetrics],
+        epochs: u64,
+        status: RunStatus,
+        message: Option<String>,
+    ) -> Self {
         let best = history
             .iter()
             .fold(None::<&EpochMetrics>, |best, m| match best {

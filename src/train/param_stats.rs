@@ -44,7 +44,11 @@ impl ModuleVisitor for Snapshot {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if param.is_require_grad() {
             let tensor = param.val().detach();
-            let tensor = if tensor.is_autodiff() { tensor.inner() } else { tensor };
+            let tensor = if tensor.is_autodiff() {
+                tensor.inner()
+            } else {
+                tensor
+            };
             let n = tensor.shape().num_elements();
             self.0.push(tensor.reshape([n]));
         }
@@ -60,7 +64,11 @@ impl WeightSnapshot {
 
     /// `||self - before|| / ||before||` over the whole parameter vector.
     pub fn relative_change(&self, before: &WeightSnapshot) -> f64 {
-        assert_eq!(self.0.len(), before.0.len(), "snapshots of different models");
+        assert_eq!(
+            self.0.len(),
+            before.0.len(),
+            "snapshots of different models"
+        );
         let mut diff: Option<Tensor<1>> = None;
         let mut base: Option<Tensor<1>> = None;
         for (now, then) in self.0.iter().zip(&before.0) {
@@ -72,7 +80,11 @@ impl WeightSnapshot {
         match (diff, base) {
             (Some(d), Some(b)) => {
                 let b = b.into_scalar::<f64>();
-                if b == 0.0 { f64::INFINITY } else { (d.into_scalar::<f64>() / b).sqrt() }
+                if b == 0.0 {
+                    f64::INFINITY
+                } else {
+                    (d.into_scalar::<f64>() / b).sqrt()
+                }
             }
             _ => 0.0,
         }

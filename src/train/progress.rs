@@ -18,9 +18,11 @@ impl EpochProgress {
         let bar = (!quiet && std::io::stdout().is_terminal()).then(|| {
             let bar = ProgressBar::new(steps);
             bar.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar.set_prefix(label.clone());
             bar
@@ -34,7 +36,15 @@ impl EpochProgress {
     }
 
     /// Reports `step` steps done with the running loss and accuracy, the LR and the speed.
-    pub fn update(&mut self, step: u64, loss: f64, acc: f64, lr: f64, images_per_s: f64, note: &str) {
+    pub fn update(
+        &mut self,
+        step: u64,
+        loss: f64,
+        acc: f64,
+        lr: f64,
+        images_per_s: f64,
+        note: &str,
+    ) {
         let msg = format!("loss {loss:.4} acc {acc:.4} lr {lr:.3e} {images_per_s:.0} img/s{note}");
         match &self.bar {
             Some(bar) => {

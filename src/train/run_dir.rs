@@ -32,7 +32,9 @@ pub enum Opened {
 impl RunDir {
     /// Opens `path` for `config`: creates it, or (with `resume`) picks up the run it holds.
     pub fn open(path: &Path, config: &TrainConfig, resume: bool) -> Result<Opened> {
-        let dir = RunDir { path: path.to_path_buf() };
+        let dir = RunDir {
+            path: path.to_path_buf(),
+        };
         let config_path = path.join(CONFIG_FILE);
         if !config_path.exists() {
             if path.exists() && std::fs::read_dir(path)?.next().is_some() && !resume {
@@ -41,7 +43,9 @@ impl RunDir {
                     path.display()
                 );
             }
-            std::fs::create_dir_all(path).with_context(|| format!("could not create the run directory {}", path.display()))?;
+            std::fs::create_dir_all(path).with_context(|| {
+                format!("could not create the run directory {}", path.display())
+            })?;
             write_atomic(&config_path, config.to_toml().as_bytes())?;
             return Ok(Opened::Fresh(dir));
         }
@@ -113,7 +117,12 @@ impl RunDir {
             kept.push('\n');
             history.push(m);
         }
-        if history.len() as u64 != epoch || history.iter().enumerate().any(|(i, m)| m.epoch != i as u64 + 1) {
+        if history.len() as u64 != epoch
+            || history
+                .iter()
+                .enumerate()
+                .any(|(i, m)| m.epoch != i as u64 + 1)
+        {
             bail!(
                 "{} records {} epochs but the checkpoint is at epoch {epoch}: the run directory was edited by hand; restore it or start a new run",
                 path.display(),
@@ -131,12 +140,8 @@ impl RunDir {
         read_metrics_file(&self.metrics_path())
     }
 
-    pub fn append_metrics(&self, metrics: &EpochMetrics, extra: Option<(&str, serde_json::Value)>) -> Result<()> {
-        let mut value = serde_json::to_value(metrics)?;
-        if let (Some((key, v)), Some(obj)) = (extra, value.as_object_mut()) {
-            obj.insert(key.to_string(), v);
-        }
-        append_line(&self.metrics_path(), &value.to_string())
+    pub fn append_metrics(&self, metrics: &EpochMetrics) -> Result<()> {
+        append_line(&self.metrics_path(), &serde_json::to_string(metrics)?)
     }
 
     pub fn write_summary(&self, summary: &Summary) -> Result<()> {
@@ -150,20 +155,27 @@ impl RunDir {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&path)?;
-        let summary = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid summary; delete it to let --resume rebuild it", path.display()))?;
+        let summary = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a valid summary; delete it to let --resume rebuild it",
+                path.display()
+            )
+        })?;
         Ok(Some(summary))
     }
 }
 
 /// Parses a `metrics.jsonl` file, naming the line of any malformed record.
 pub fn read_metrics_file(path: &Path) -> Result<Vec<EpochMetrics>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{} line {} is not a metrics record", path.display(), i + 1))
+            serde_json::from_str(l).with_context(|| {
+                format!("{} line {} is not a metrics record", path.display(), i + 1)
+            })
         })
         .collect()
 }

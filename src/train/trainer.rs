@@ -3,13 +3,18 @@
 
 use super::checkpoint::{self, Checkpoint, CheckpointState};
 use super::config::TrainConfig;
-use super::metrics::{EpochMetrics, RunStatus, Summary};
+use super::metrics::{EpochMetrics, NoiseApplied, RunStatus, Summary};
 use super::param_stats::{WeightSnapshot, grad_norm};
 use super::progress::EpochProgress;
 use super::run_dir::{Opened, RunDir};
 use crate::data::augment::batches_per_epoch;
-use crate::data::{Batch, BatchStream, Dataset, Normalization, eval_batches, load_cifar10, source::train_subset};
+use crate::data::{
+    Batch, BatchStream, Dataset, Normalization, eval_batches, load_cifar10, source::train_subset,
+};
 use crate::models::{Model, trainable_params};
+use crate::noise::{
+    Decision, NoiseKind, NoiseScheduler, Observation, add_gradient_noise, add_weight_noise,
+};
 use crate::rng::{Purpose, derived_seed, with_seeded_device};
 use crate::schedule::CosineRestarts;
 use anyhow::{Context, Result, bail};
@@ -61,11 +66,15 @@ impl ModuleVisitor for Materialize {
 
 /// Builds the model for a run, initialised from the run's seed.
 pub fn init_model(config: &TrainConfig, classes: usize, device: &Device) -> Model {
-    with_seeded_device(device, derived_seed(config.seed, Purpose::ModelInit, 0), || {
-        let model = config.model.build(classes, device);
-        model.visit(&mut Materialize);
-        model
-    })
+    with_seeded_device(
+        device,
+        derived_seed(config.seed, Purpose::ModelInit, 0),
+        || {
+            let model = config.model.build(classes, device);
+            model.visit(&mut Materialize);
+            model
+        },
+    )
 }
 
 /// Loads the dataset a config names, with its training subset applied.
@@ -91,12 +100,20 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
     if let Opened::AlreadyFinished(dir, summary) = opened {
         let history = dir.read_metrics()?;
         if !options.quiet {
-            println!("{} already finished {} epochs; nothing to do", out.display(), summary.epochs_done);
+            println!(
+                "{} already finished {} epochs; nothing to do",
+                out.display(),
+                summary.epochs_done
+            );
         }
         return Ok(Outcome { summary, history });
     }
     let mut model = init_model(config, data.num_classes(), &train_device);
     let mut optim = config.optimizer.build(config.weight_decay);
+    let mut noise = NoiseState {
+        scheduler: NoiseScheduler::new(config.noise_scheduler, config.schedule_length()),
+        next: Decision::quiet(0),
+    };
 
     let (dir, mut history) = match opened {
         Opened::Fresh(dir) => (dir, Vec::new()),
@@ -113,8 +130,14 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
                 .context("the checkpoint's optimiser record is unreadable")?;
             optim = optim.load_record(record);
             scheduler.set_step(ckpt.state.step);
+            noise = serde_json::from_value(ckpt.state.extra.clone())
+                .context("the checkpoint's noise scheduler state is unreadable; delete the run directory and train again")?;
             if !options.quiet {
-                println!("resuming {} after epoch {}", out.display(), ckpt.state.epoch);
+                println!(
+                    "resuming {} after epoch {}",
+                    out.display(),
+                    ckpt.state.epoch
+                );
             }
             (dir, history)
         }
@@ -137,7 +160,9 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
     let train_split = Arc::new(data.train);
     let test_batches = eval_batches(&data.test, config.batch_size, Normalization::CIFAR10);
     let start = history.len() as u64 + 1;
-    let last = options.stop_after.map_or(config.epochs, |n| n.min(config.epochs));
+    let last = options
+        .stop_after
+        .map_or(config.epochs, |n| n.min(config.epochs));
     for epoch in start..=last {
         let mut ctx = EpochContext {
             config,
@@ -146,34 +171,71 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
             device: &train_device,
             quiet: options.quiet,
         };
-        let result = run_epoch(&mut ctx, model, &mut optim, &mut scheduler, train_split.clone(), &test_batches);
+        let result = run_epoch(
+            &mut ctx,
+            model,
+            &mut optim,
+            &mut scheduler,
+            &noise.next,
+            train_split.clone(),
+            &test_batches,
+        );
         let (next_model, metrics) = match result {
             Ok(ok) => ok,
             Err(EpochError::Diverged(message)) => {
-                let summary = Summary::from_history(&history, config.epochs, RunStatus::Diverged, Some(message.clone()));
+                let summary = Summary::from_history(
+                    &history,
+                    config.epochs,
+                    RunStatus::Diverged,
+                    Some(message.clone()),
+                );
                 dir.write_summary(&summary)?;
-                bail!("{message}. The {} epochs recorded before stay in {}", history.len(), out.display());
+                bail!(
+                    "{message}. The {} epochs recorded before stay in {}",
+                    history.len(),
+                    out.display()
+                );
             }
             Err(EpochError::Other(e)) => return Err(e),
         };
         model = next_model;
-        dir.append_metrics(&metrics, None)?;
+        let mut metrics = metrics;
+        let decision = noise.scheduler.observe(Observation {
+            epoch,
+            train_loss: metrics.train_loss,
+            val_loss: metrics.val_loss,
+            grad_norm: metrics.grad_norm,
+            weight_update: metrics.weight_update,
+        });
+        metrics.decision = Some(decision.clone());
+        noise.next = decision;
+        dir.append_metrics(&metrics)?;
         checkpoint::save(
             &dir.checkpoint_path(),
             &Checkpoint {
                 state: CheckpointState {
                     epoch,
                     step: scheduler.current_step(),
-                    extra: serde_json::Value::Null,
+                    extra: serde_json::to_value(&noise)?,
                 },
-                model: model.clone().into_record().into_bytes().map_err(|e| anyhow::anyhow!("{e}"))?.to_vec(),
-                optimizer: optim.to_record().into_bytes().map_err(|e| anyhow::anyhow!("{e}"))?.to_vec(),
+                model: model
+                    .clone()
+                    .into_record()
+                    .into_bytes()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .to_vec(),
+                optimizer: optim
+                    .to_record()
+                    .into_bytes()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .to_vec(),
             },
         )?;
         if !options.quiet {
             println!(
-                "epoch {epoch}/{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | grad norm {:.4} update {:.3e} | lr {:.3e} | {:.1}s {:.0} img/s",
+                "epoch {epoch}/{}{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | grad norm {:.4} update {:.3e} | lr {:.3e} | {:.1}s {:.0} img/s",
                 config.epochs,
+                noise_note(&metrics.noise_applied),
                 metrics.train_loss,
                 metrics.train_acc,
                 metrics.val_loss,
@@ -184,15 +246,88 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
                 metrics.seconds,
                 metrics.images_per_s
             );
+            if let Some(d) = metrics.decision.as_ref().filter(|d| !d.flags.is_empty()) {
+                println!(
+                    "  noise scheduler after epoch {epoch}: {}",
+                    describe(d, config.noise)
+                );
+            }
         }
         history.push(metrics);
-        let status = if epoch == config.epochs { RunStatus::Finished } else { RunStatus::Running };
-        dir.write_summary(&Summary::from_history(&history, config.epochs, status, None))?;
+        let status = if epoch == config.epochs {
+            RunStatus::Finished
+        } else {
+            RunStatus::Running
+        };
+        dir.write_summary(&Summary::from_history(
+            &history,
+            config.epochs,
+            status,
+            None,
+        ))?;
     }
-    let status = if history.len() as u64 == config.epochs { RunStatus::Finished } else { RunStatus::Running };
+    let status = if history.len() as u64 == config.epochs {
+        RunStatus::Finished
+    } else {
+        RunStatus::Running
+    };
     let summary = Summary::from_history(&history, config.epochs, status, None);
     dir.write_summary(&summary)?;
     Ok(Outcome { summary, history })
+}
+
+/// The noise scheduler and the decision in force for the next epoch (checkpointed together).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NoiseState {
+    scheduler: NoiseScheduler,
+    next: Decision,
+}
+
+fn noise_note(applied: &NoiseApplied) -> String {
+    let mut parts = Vec::new();
+    if applied.grad_sigma > 0.0 {
+        parts.push(format!("grad noise {:.4}", applied.grad_sigma));
+    }
+    if applied.weight_sigma > 0.0 {
+        parts.push(format!("weight noise {:.4}", applied.weight_sigma));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", parts.join(", "))
+    }
+}
+
+/// One line on what the scheduler decided and why.
+fn describe(d: &Decision, kind: NoiseKind) -> String {
+    let flags: Vec<String> = d
+        .flags
+        .iter()
+        .map(|f| {
+            serde_json::to_value(f)
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let verb = if kind == NoiseKind::None {
+        "would inject"
+    } else {
+        "injects"
+    };
+    if d.cooldown > 0 {
+        format!(
+            "flags {} but cooldown ({} epochs left): no noise next epoch",
+            flags.join(", "),
+            d.cooldown
+        )
+    } else {
+        format!(
+            "flags {}: {verb} grad sigma {:.4}, weight sigma {:.4} ({kind}) next epoch",
+            flags.join(", "),
+            d.grad_sigma,
+            d.weight_sigma
+        )
+    }
 }
 
 struct EpochContext<'a> {
@@ -222,17 +357,39 @@ fn run_epoch(
     mut model: Model,
     optim: &mut ModuleOptimizer,
     scheduler: &mut CosineRestarts,
+    decision: &Decision,
     train_split: Arc<crate::data::Split>,
     test_batches: &[Batch],
 ) -> Result<(Model, EpochMetrics), EpochError> {
     let started = Instant::now();
     let config = ctx.config;
     let loss_fn = CrossEntropyLossConfig::new().init(ctx.device);
-    let before = WeightSnapshot::take(&model);
-    let mut progress = EpochProgress::new(ctx.epoch, config.epochs, ctx.steps, ctx.quiet);
-    let stream = BatchStream::start(train_split, config.batch_size, Normalization::CIFAR10, config.seed, ctx.epoch);
-
     let plain = ctx.device.clone().inner();
+    // What this epoch injects: the last decision, unless the run only records (`none`).
+    let applied = if config.noise == NoiseKind::None {
+        NoiseApplied::default()
+    } else {
+        NoiseApplied {
+            grad_sigma: decision.grad_sigma,
+            weight_sigma: decision.weight_sigma,
+        }
+    };
+    // w_{e-1} is taken before this epoch's weight noise.
+    let before = WeightSnapshot::take(&model);
+    if applied.weight_sigma > 0.0 {
+        let seed = derived_seed(config.seed, Purpose::WeightNoise, ctx.epoch);
+        model = add_weight_noise(model, config.noise, applied.weight_sigma, &plain, seed);
+    }
+    let note = noise_note(&applied);
+    let mut progress = EpochProgress::new(ctx.epoch, config.epochs, ctx.steps, ctx.quiet);
+    let stream = BatchStream::start(
+        train_split,
+        config.batch_size,
+        Normalization::CIFAR10,
+        config.seed,
+        ctx.epoch,
+    );
+
     let mut loss_sum = Tensor::<1>::zeros([1], &plain);
     let mut correct = Tensor::<1, Int>::zeros([1], &plain);
     let mut norm_sum = Tensor::<1>::zeros([1], &plain);
@@ -242,12 +399,35 @@ fn run_epoch(
         let (images, labels) = batch_tensors(batch, ctx.device);
         let logits = model.forward(images);
         let loss = loss_fn.forward(logits.clone(), labels.clone());
-        let hits = logits.detach().inner().argmax(1).reshape([n]).equal(labels.inner()).int().sum();
+        let hits = logits
+            .detach()
+            .inner()
+            .argmax(1)
+            .reshape([n])
+            .equal(labels.inner())
+            .int()
+            .sum();
         loss_sum = loss_sum + loss.clone().detach().inner().mul_scalar(n as f64);
         correct = correct + hits;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         if let Some(norm) = grad_norm(&model, &grads) {
             norm_sum = norm_sum + norm;
+        }
+        if applied.grad_sigma > 0.0 {
+            // Seeded by the global step: the same noise however the run was interrupted.
+            let seed = derived_seed(
+                config.seed,
+                Purpose::GradientNoise,
+                scheduler.current_step(),
+            );
+            add_gradient_noise(
+                &model,
+                &mut grads,
+                config.noise,
+                applied.grad_sigma,
+                &plain,
+                seed,
+            );
         }
         lr = scheduler.step();
         model = optim.step(lr, model, grads);
@@ -263,7 +443,7 @@ fn run_epoch(
             }
             let acc = correct.clone().into_scalar::<i64>() as f64 / seen as f64;
             let speed = seen as f64 / started.elapsed().as_secs_f64();
-            progress.update(steps, mean_loss, acc, lr, speed, "");
+            progress.update(steps, mean_loss, acc, lr, speed, &note);
         }
     }
     progress.finish();
@@ -291,6 +471,8 @@ fn run_epoch(
         steps: scheduler.current_step(),
         seconds: started.elapsed().as_secs_f64(),
         images_per_s: seen as f64 / train_seconds,
+        noise_applied: applied,
+        decision: None,
     };
     Ok((model, metrics))
 }
@@ -306,7 +488,10 @@ pub fn evaluate(model: &Model, batches: &[Batch], plain: &Device) -> (f64, f64) 
         let n = batch.len();
         let (images, labels) = batch_tensors(batch.clone(), plain);
         let logits = model.forward(images);
-        loss_sum = loss_sum + loss_fn.forward(logits.clone(), labels.clone()).mul_scalar(n as f64);
+        loss_sum = loss_sum
+            + loss_fn
+                .forward(logits.clone(), labels.clone())
+                .mul_scalar(n as f64);
         correct = correct + logits.argmax(1).reshape([n]).equal(labels).int().sum();
         seen += n;
     }
