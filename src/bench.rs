@@ -76,14 +76,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
             norm_sum = norm_sum + grad_norm(&model, &grads).expect("the model has parameters");
         }
         if let Some(sigma) = options.grad_noise {
-            add_gradient_noise(
-                &model,
-                &mut grads,
-                NoiseKind::Gaussian,
-                sigma,
-                &plain,
-                step as u64,
-            );
+            add_gradient_noise(&model, &mut grads, NoiseKind::Gaussian, sigma, step as u64);
         }
         model = optim.step(1e-3, model, grads);
         device

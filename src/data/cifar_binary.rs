@@ -28,7 +28,7 @@ pub fn parse_batch(bytes: &[u8], name: &str) -> Result<Split> {
             "{name} is empty; a CIFAR-10 batch file holds {RECORDS_PER_FILE} records of {RECORD_BYTES} bytes. Delete it and run `adanoise data download` again"
         );
     }
-    if bytes.len() % RECORD_BYTES != 0 {
+    if !bytes.len().is_multiple_of(RECORD_BYTES) {
         bail!(
             "{name} is {} bytes, not a multiple of the {RECORD_BYTES}-byte record: the file is truncated or corrupt. Delete it and run `adanoise data download` again",
             bytes.len()

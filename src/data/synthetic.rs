@@ -22,7 +22,7 @@ pub fn make_split(n: usize, seed: u64) -> Split {
         for c in 0..3 {
             let base = 40 + 20 * ((class as usize + c * 3) % 10);
             for p in 0..plane {
-                let stripe = if (p / IMAGE_SIZE + class as usize) % 4 == 0 {
+                let stripe = if (p / IMAGE_SIZE + class as usize).is_multiple_of(4) {
                     40
                 } else {
                     0

@@ -72,6 +72,9 @@ impl std::fmt::Display for ModelKind {
 }
 
 /// Any of the four models, behind one forward pass.
+// One model per run, so the variants' size difference costs nothing; `Module` cannot be
+// derived through a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     Plain(PlainCnn),

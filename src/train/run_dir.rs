@@ -26,7 +26,7 @@ pub enum Opened {
     /// An interrupted run to continue from its checkpoint, with the epochs it recorded.
     Resumed(RunDir, Box<Checkpoint>, Vec<EpochMetrics>),
     /// The run had already finished: nothing to do.
-    AlreadyFinished(RunDir, Summary),
+    AlreadyFinished(RunDir, Box<Summary>),
 }
 
 impl RunDir {
@@ -54,7 +54,7 @@ impl RunDir {
         let summary = dir.read_summary()?;
         if let Some(summary) = summary.filter(|s| s.status == RunStatus::Finished) {
             if resume && stored.differences(config).is_empty() {
-                return Ok(Opened::AlreadyFinished(dir, summary));
+                return Ok(Opened::AlreadyFinished(dir, Box::new(summary)));
             }
             bail!(
                 "{} holds a finished run ({} epochs); it is not overwritten: choose another --out, or delete the directory to train again",

@@ -106,7 +106,10 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
                 summary.epochs_done
             );
         }
-        return Ok(Outcome { summary, history });
+        return Ok(Outcome {
+            summary: *summary,
+            history,
+        });
     }
     let mut model = init_model(config, data.num_classes(), &train_device);
     let mut optim = config.optimizer.build(config.weight_decay);
@@ -378,7 +381,7 @@ fn run_epoch(
     let before = WeightSnapshot::take(&model);
     if applied.weight_sigma > 0.0 {
         let seed = derived_seed(config.seed, Purpose::WeightNoise, ctx.epoch);
-        model = add_weight_noise(model, config.noise, applied.weight_sigma, &plain, seed);
+        model = add_weight_noise(model, config.noise, applied.weight_sigma, seed);
     }
     let note = noise_note(&applied);
     let mut progress = EpochProgress::new(ctx.epoch, config.epochs, ctx.steps, ctx.quiet);
@@ -420,14 +423,7 @@ fn run_epoch(
                 Purpose::GradientNoise,
                 scheduler.current_step(),
             );
-            add_gradient_noise(
-                &model,
-                &mut grads,
-                config.noise,
-                applied.grad_sigma,
-                &plain,
-                seed,
-            );
+            add_gradient_noise(&model, &mut grads, config.noise, applied.grad_sigma, seed);
         }
         lr = scheduler.step();
         model = optim.step(lr, model, grads);
