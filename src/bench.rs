@@ -1,5 +1,8 @@
 //! `adanoise bench`: times whole training steps (forward, loss, backward,
 //! optimiser) on a fixed random batch after a warm-up, and reports the median.
+//! Several step variants (plain, + gradient norm, + gradient noise) can be timed
+//! in one run, interleaved step by step, so that a busy machine slows them alike
+//! and their ratio stays meaningful.
 
 use crate::device::{DeviceKind, set_cpu_threads};
 use crate::models::ModelKind;
@@ -14,6 +17,26 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
 
+/// What one timed step does besides forward, backward and the optimiser.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepKind {
+    Plain,
+    /// The global gradient norm, as training computes it every step.
+    GradNorm,
+    /// The gradient norm and Gaussian gradient noise of this standard deviation.
+    GradNoise(f64),
+}
+
+impl StepKind {
+    pub fn name(self) -> String {
+        match self {
+            Self::Plain => "plain".into(),
+            Self::GradNorm => "grad-norm".into(),
+            Self::GradNoise(s) => format!("grad-norm+grad-noise({s})"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub model: ModelKind,
@@ -23,10 +46,19 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub device: DeviceKind,
     pub threads: Option<usize>,
-    /// Compute the global gradient norm every step, as training does.
-    pub grad_norm: bool,
-    /// Add Gaussian gradient noise of this standard deviation every step.
-    pub grad_noise: Option<f64>,
+    /// Variants timed in turn at every step; the first is the reference of the ratios.
+    pub variants: Vec<StepKind>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantResult {
+    pub variant: String,
+    pub images_per_s: f64,
+    pub median_step_ms: f64,
+    pub min_step_ms: f64,
+    pub max_step_ms: f64,
+    /// Median over steps of this variant's step time over the first variant's, same step.
+    pub ratio_to_first: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,19 +69,31 @@ pub struct BenchResult {
     pub device: String,
     pub threads: usize,
     pub steps: usize,
-    pub grad_norm: bool,
-    pub grad_noise: Option<f64>,
-    /// Batch size over the median step time.
+    /// Of the first variant: batch size over its median step time.
     pub images_per_s: f64,
     pub median_step_ms: f64,
-    pub min_step_ms: f64,
-    pub max_step_ms: f64,
+    pub variants: Vec<VariantResult>,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        0.5 * (values[n / 2 - 1] + values[n / 2])
+    }
 }
 
 pub fn run(options: &BenchOptions) -> Result<BenchResult> {
     if options.steps == 0 || options.batch_size == 0 {
         bail!("--steps and --batch-size must be at least 1");
     }
+    let variants = if options.variants.is_empty() {
+        vec![StepKind::Plain]
+    } else {
+        options.variants.clone()
+    };
     set_cpu_threads(options.threads);
     let device = options.device.device()?.autodiff();
     let mut model = options.model.build(10, &device);
@@ -65,34 +109,50 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
     };
     let plain = device.clone().inner();
     let mut norm_sum = burn::tensor::Tensor::<1>::zeros([1], &plain);
-    let mut times = Vec::with_capacity(options.steps);
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(options.steps); variants.len()];
+    let mut seed = 0u64;
     for step in 0..options.warmup + options.steps {
-        let started = Instant::now();
-        let (images, labels) = batch_tensors(batch.clone(), &device);
-        let loss = loss_fn.forward(model.forward(images), labels);
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if options.grad_norm || options.grad_noise.is_some() {
-            // Kept on the device, as in training: the norm is read back once per epoch.
-            norm_sum = norm_sum + grad_norm(&model, &grads).expect("the model has parameters");
-        }
-        if let Some(sigma) = options.grad_noise {
-            add_gradient_noise(&model, &mut grads, NoiseKind::Gaussian, sigma, step as u64);
-        }
-        model = optim.step(1e-3, model, grads);
-        device
-            .sync()
-            .map_err(|e| anyhow::anyhow!("the device failed: {e:?}"))?;
-        if step >= options.warmup {
-            times.push(started.elapsed().as_secs_f64());
+        for (v, variant) in variants.iter().enumerate() {
+            let started = Instant::now();
+            let (images, labels) = batch_tensors(batch.clone(), &device);
+            let loss = loss_fn.forward(model.forward(images), labels);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if *variant != StepKind::Plain {
+                // Kept on the device, as in training: read back once at the end.
+                norm_sum = norm_sum + grad_norm(&model, &grads).expect("the model has parameters");
+            }
+            if let StepKind::GradNoise(sigma) = *variant {
+                seed += 1;
+                add_gradient_noise(&model, &mut grads, NoiseKind::Gaussian, sigma, seed);
+            }
+            model = optim.step(1e-3, model, grads);
+            device
+                .sync()
+                .map_err(|e| anyhow::anyhow!("the device failed: {e:?}"))?;
+            if step >= options.warmup {
+                times[v].push(started.elapsed().as_secs_f64());
+            }
         }
     }
     let _ = norm_sum.into_scalar::<f64>();
-    times.sort_by(f64::total_cmp);
-    let median = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        0.5 * (times[times.len() / 2 - 1] + times[times.len() / 2])
-    };
+    let reference = times[0].clone();
+    let results: Vec<VariantResult> = variants
+        .iter()
+        .zip(&times)
+        .map(|(variant, t)| {
+            let mut ratios: Vec<f64> = t.iter().zip(&reference).map(|(a, b)| a / b).collect();
+            let mut sorted = t.clone();
+            let med = median(&mut sorted);
+            VariantResult {
+                variant: variant.name(),
+                images_per_s: n as f64 / med,
+                median_step_ms: med * 1e3,
+                min_step_ms: sorted[0] * 1e3,
+                max_step_ms: sorted[sorted.len() - 1] * 1e3,
+                ratio_to_first: median(&mut ratios),
+            }
+        })
+        .collect();
     Ok(BenchResult {
         model: options.model.name().into(),
         optimizer: options.optimizer.name().into(),
@@ -100,11 +160,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
         device: options.device.name().into(),
         threads: rayon::current_num_threads(),
         steps: options.steps,
-        grad_norm: options.grad_norm || options.grad_noise.is_some(),
-        grad_noise: options.grad_noise,
-        images_per_s: n as f64 / median,
-        median_step_ms: median * 1e3,
-        min_step_ms: times[0] * 1e3,
-        max_step_ms: times[times.len() - 1] * 1e3,
+        images_per_s: results[0].images_per_s,
+        median_step_ms: results[0].median_step_ms,
+        variants: results,
     })
 }

@@ -8,6 +8,8 @@
 //! - [`noise`]: the adaptive noise scheduler and noise injection.
 //! - [`schedule`]: cosine annealing with decaying restarts (a Burn `LrScheduler`).
 //! - [`train`]: the training loop, run directories, checkpoints.
+//! - [`experiments`]: sweeps over grids of runs.
+//! - [`report`]: the paper's tables and figures.
 //! - [`bench`]: training-step throughput.
 //! - [`cli`]: the `adanoise` command.
 
@@ -15,10 +17,12 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod experiments;
 pub mod fsio;
 pub mod models;
 pub mod noise;
 pub mod optim;
+pub mod report;
 pub mod rng;
 pub mod schedule;
 pub mod train;

@@ -1,10 +1,15 @@
 //! What each subcommand does, on top of the library.
 
-use super::{BenchArgs, Command, DataCommand, LrScheduleArgs, NoiseReplayArgs, TrainArgs};
+use super::{
+    BenchArgs, Command, DataCommand, LrScheduleArgs, NoiseReplayArgs, ReportArgs, SweepArgs,
+    TrainArgs,
+};
 use crate::bench::{self, BenchOptions};
+use crate::experiments::{Sweep, SweepOverrides, cell_status, read_cells, run_cell, run_sweep};
 use crate::models::{ModelKind, trainable_params};
 use crate::noise::NoiseSchedulerConfig;
 use crate::noise::replay::{read_observations, replay};
+use crate::report::{Format, figures, find_runs, render, tables};
 use crate::schedule::CosineRestartsConfig;
 use crate::train::{RunOptions, TrainConfig, train};
 use anyhow::{Context, Result};
@@ -19,6 +24,9 @@ pub fn run(command: Command) -> Result<()> {
         Command::LrSchedule(args) => lr_schedule_command(&args),
         Command::Bench(args) => bench_command(&args),
         Command::NoiseReplay(args) => noise_replay_command(&args),
+        Command::Sweep(args) => sweep_command(&args),
+        Command::Report(args) => report_command(&args),
+        Command::Plot { dir } => plot_command(&dir),
         Command::Data(DataCommand::Download { data_dir }) => {
             crate::data::download::ensure_cifar10(&data_dir)?;
             crate::data::cifar_binary::load(&data_dir)?;
@@ -185,7 +193,157 @@ fn noise_replay_command(args: &NoiseReplayArgs) -> Result<()> {
     Ok(())
 }
 
+fn sweep_command(args: &SweepArgs) -> Result<()> {
+    let overrides = SweepOverrides {
+        set: args.set.clone(),
+        only: if args.cell.is_some() {
+            Vec::new()
+        } else {
+            args.only.clone()
+        },
+        data_dir: args.data_dir.clone(),
+        out: args.out.clone(),
+    };
+    if let Some(index) = args.cell {
+        // A cell of a pinned list (job arrays): the sweep file may have changed since.
+        let out = match &args.out {
+            Some(out) => out.clone(),
+            None => Sweep::load(&args.file, &overrides)?.out,
+        };
+        let cells = match read_cells(&out) {
+            Ok(cells) => cells,
+            Err(_) => {
+                let sweep = Sweep::load(&args.file, &overrides)?;
+                sweep.write_cells()?;
+                sweep.cells
+            }
+        };
+        let Some(cell) = cells.iter().find(|c| c.index == index) else {
+            anyhow::bail!(
+                "the sweep in {} has no cell with index {index}; `adanoise sweep {} --list` shows them",
+                out.display(),
+                args.file.display()
+            );
+        };
+        if !run_cell(&out, cell, args.threads)? {
+            println!(
+                "cell {index} ({}) is being run by another process; nothing to do",
+                cell.name
+            );
+            std::process::exit(crate::experiments::runner::EXIT_CELL_BUSY);
+        }
+        return Ok(());
+    }
+    let sweep = Sweep::load(&args.file, &overrides)?;
+    if args.list {
+        println!(
+            "{:>5}  {:<8} {:>9}  {:>7}  cell",
+            "index", "state", "epochs", "val acc"
+        );
+        for cell in &sweep.cells {
+            let s = cell_status(&sweep.cell_dir(cell), cell.config.epochs);
+            let acc = s
+                .final_val_acc
+                .map_or("-".to_string(), |a| format!("{a:.4}"));
+            println!(
+                "{:>5}  {:<8} {:>9}  {:>7}  {}{}",
+                cell.index,
+                s.state.name(),
+                format!("{}/{}", s.epochs_done, s.epochs),
+                acc,
+                cell.name,
+                s.error.map_or(String::new(), |e| format!("  ({e})"))
+            );
+        }
+        return Ok(());
+    }
+    let outcome = run_sweep(&sweep, args.workers, args.threads, false)?;
+    println!(
+        "sweep {}: {} done before, {} finished now, {} failed, {} running elsewhere",
+        sweep.out.display(),
+        outcome.done_before,
+        outcome.finished,
+        outcome.failed.len(),
+        outcome.busy
+    );
+    if !outcome.failed.is_empty() {
+        for (name, error) in &outcome.failed {
+            eprintln!("failed: {name}: {error}");
+        }
+        anyhow::bail!(
+            "{} of {} cells failed (recorded in each cell's failed.json); fix the cause and run the sweep again to retry them",
+            outcome.failed.len(),
+            sweep.cells.len()
+        );
+    }
+    Ok(())
+}
+
+fn report_command(args: &ReportArgs) -> Result<()> {
+    let runs = find_runs(&args.dir, 4)?;
+    if runs.is_empty() {
+        anyhow::bail!(
+            "{} holds no run directory (a folder with config.toml)",
+            args.dir.display()
+        );
+    }
+    let tables = tables::build(&runs);
+    let text = match args.format {
+        Format::Md => render::markdown(&tables),
+        Format::Csv => render::csv(&tables),
+        Format::Latex => render::latex(&tables),
+        Format::Html => render::html(&tables, &runs)?,
+    };
+    match &args.out {
+        Some(path) => {
+            crate::fsio::write_atomic(path, text.as_bytes())?;
+            println!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn plot_command(dir: &std::path::Path) -> Result<()> {
+    let runs = find_runs(dir, 4)?;
+    if runs.is_empty() {
+        anyhow::bail!(
+            "{} holds no run directory (a folder with config.toml)",
+            dir.display()
+        );
+    }
+    for run in &runs {
+        if run.history.is_empty() {
+            println!("{}: no epoch recorded yet, skipped", run.dir.display());
+            continue;
+        }
+        for path in figures::plot_run(run)? {
+            println!("wrote {}", path.display());
+        }
+    }
+    if runs.len() > 1 || !dir.join(crate::train::run_dir::CONFIG_FILE).exists() {
+        for path in figures::save(&figures::SweepFigure(&runs), &dir.join("sweep"))? {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 fn bench_command(args: &BenchArgs) -> Result<()> {
+    use crate::bench::StepKind;
+    let variants = if args.noise_overhead {
+        vec![
+            StepKind::Plain,
+            StepKind::GradNorm,
+            StepKind::GradNoise(args.grad_noise.unwrap_or(0.01)),
+        ]
+    } else if let Some(sigma) = args.grad_noise {
+        vec![StepKind::GradNoise(sigma)]
+    } else if args.grad_norm {
+        vec![StepKind::GradNorm]
+    } else {
+        vec![StepKind::Plain]
+    };
     let result = bench::run(&BenchOptions {
         model: args.model,
         optimizer: args.optimizer,
@@ -194,29 +352,31 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
         warmup: args.warmup,
         device: args.device,
         threads: args.threads,
-        grad_norm: args.grad_norm,
-        grad_noise: args.grad_noise,
+        variants,
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
-    } else {
+        return Ok(());
+    }
+    println!(
+        "{} {} batch {} on {} ({} threads, {} timed steps per variant):",
+        result.model,
+        result.optimizer,
+        result.batch_size,
+        result.device,
+        result.threads,
+        result.steps
+    );
+    for v in &result.variants {
         println!(
-            "{} {} batch {} on {} ({} threads{}): {:.1} images/s (median step {:.1} ms, min {:.1}, max {:.1}, {} steps)",
-            result.model,
-            result.optimizer,
-            result.batch_size,
-            result.device,
-            result.threads,
-            match (result.grad_noise, result.grad_norm) {
-                (Some(s), _) => format!(", grad norm + gradient noise {s}"),
-                (None, true) => ", grad norm".to_string(),
-                _ => String::new(),
-            },
-            result.images_per_s,
-            result.median_step_ms,
-            result.min_step_ms,
-            result.max_step_ms,
-            result.steps
+            "  {:<32} {:>8.1} images/s  median step {:>8.1} ms (min {:.1}, max {:.1})  x{:.3} of {}",
+            v.variant,
+            v.images_per_s,
+            v.median_step_ms,
+            v.min_step_ms,
+            v.max_step_ms,
+            v.ratio_to_first,
+            result.variants[0].variant
         );
     }
     Ok(())

@@ -38,6 +38,15 @@ pub enum Command {
     NoiseReplay(NoiseReplayArgs),
     /// Time training steps and print the median images per second.
     Bench(BenchArgs),
+    /// Run a grid of trainings (a sweep file), resumably, several at a time.
+    Sweep(SweepArgs),
+    /// Tables I-III (and more) from the runs under a directory.
+    Report(ReportArgs),
+    /// Write a run's figures (figure1, lr, curves; PNG and SVG) into its directory.
+    Plot {
+        /// A run directory (or a sweep directory: every run in it, plus sweep.png/svg).
+        dir: PathBuf,
+    },
     /// Manage the CIFAR-10 data.
     #[command(subcommand)]
     Data(DataCommand),
@@ -216,6 +225,46 @@ pub struct NoiseReplayArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// The sweep file: [base] training options and [grid] lists of values.
+    pub file: PathBuf,
+    /// Cells run at once (each gets a share of the CPU threads).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Only the cells with this value (KEY=VALUE, repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub only: Vec<String>,
+    /// Override a base option (KEY=VALUE, dotted keys for [noise_scheduler], repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print every cell with its state and final val accuracy, and run nothing.
+    #[arg(long)]
+    pub list: bool,
+    /// The sweep's output directory [the file's `out`, else sweeps/<file name>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Threads per cell [cores / workers].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Run only the cell with this index (of the cell list pinned in the output directory).
+    #[arg(long)]
+    pub cell: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A sweep's output directory (or any directory holding run directories).
+    pub dir: PathBuf,
+    #[arg(long, value_enum, default_value = "md")]
+    pub format: crate::report::Format,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct LrScheduleArgs {
     #[arg(long)]
     pub epochs: u64,
@@ -256,6 +305,10 @@ pub struct BenchArgs {
     /// Add Gaussian gradient noise of this standard deviation every step (implies --grad-norm).
     #[arg(long)]
     pub grad_noise: Option<f64>,
+    /// Time plain steps, steps with the gradient norm, and steps with the norm and gradient
+    /// noise (--grad-noise, default 0.01), interleaved, and print the overheads.
+    #[arg(long)]
+    pub noise_overhead: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

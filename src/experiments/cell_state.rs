@@ -1,0 +1,168 @@
+//! The state of a sweep cell, read from its run directory: done, failed,
+//! running (another process holds its lock) or pending; and the per-cell lock,
+//! an OS file lock that dies with the process holding it.
+
+use crate::fsio::write_atomic;
+use crate::train::run_dir::{RunDir, read_metrics_file};
+use crate::train::{RunStatus, Summary};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, TryLockError};
+use std::path::Path;
+
+pub const LOCK_FILE: &str = ".lock";
+pub const FAILED_FILE: &str = "failed.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl CellState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Why a cell failed, as recorded in its `failed.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failure {
+    pub error: String,
+    pub unix_time: u64,
+}
+
+/// What `--list` shows of a cell.
+#[derive(Debug, Clone)]
+pub struct CellStatus {
+    pub state: CellState,
+    pub epochs_done: u64,
+    pub epochs: u64,
+    pub final_val_acc: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// An exclusive lock on a cell, held while the cell trains.
+pub struct CellLock {
+    _file: File,
+}
+
+impl CellLock {
+    /// `Ok(None)` when another process holds the cell.
+    pub fn try_acquire(cell_dir: &Path) -> Result<Option<CellLock>> {
+        std::fs::create_dir_all(cell_dir)
+            .with_context(|| format!("could not create {}", cell_dir.display()))?;
+        let path = cell_dir.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("could not open the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(CellLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("could not lock {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Whether some process is training the cell right now.
+pub fn is_locked(cell_dir: &Path) -> bool {
+    let Ok(file) = File::open(cell_dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(TryLockError::WouldBlock))
+}
+
+pub fn record_failure(cell_dir: &Path, error: &anyhow::Error) -> Result<()> {
+    let failure = Failure {
+        error: format!("{error:#}"),
+        unix_time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    write_atomic(
+        &cell_dir.join(FAILED_FILE),
+        serde_json::to_string_pretty(&failure)?.as_bytes(),
+    )
+}
+
+pub fn clear_failure(cell_dir: &Path) {
+    let _ = std::fs::remove_file(cell_dir.join(FAILED_FILE));
+}
+
+fn read_failure(cell_dir: &Path) -> Option<Failure> {
+    let text = std::fs::read_to_string(cell_dir.join(FAILED_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Reads the state of the cell in `cell_dir` (which may not exist yet).
+pub fn cell_status(cell_dir: &Path, epochs: u64) -> CellStatus {
+    let summary: Option<Summary> = RunDir {
+        path: cell_dir.to_path_buf(),
+    }
+    .read_summary()
+    .ok()
+    .flatten();
+    let epochs_done = summary.as_ref().map_or_else(
+        || {
+            read_metrics_file(&cell_dir.join(crate::train::run_dir::METRICS_FILE))
+                .map_or(0, |m| m.len() as u64)
+        },
+        |s| s.epochs_done,
+    );
+    let final_val_acc = summary
+        .as_ref()
+        .and_then(|s| s.final_epoch.as_ref())
+        .map(|m| m.val_acc);
+    let mut status = CellStatus {
+        state: CellState::Pending,
+        epochs_done,
+        epochs,
+        final_val_acc,
+        error: None,
+    };
+    if is_locked(cell_dir) {
+        status.state = CellState::Running;
+    } else if summary
+        .as_ref()
+        .is_some_and(|s| s.status == RunStatus::Finished)
+    {
+        status.state = CellState::Done;
+    } else if let Some(failure) = read_failure(cell_dir) {
+        status.state = CellState::Failed;
+        status.error = Some(failure.error);
+    } else if let Some(s) = summary.as_ref().filter(|s| s.status == RunStatus::Diverged) {
+        status.state = CellState::Failed;
+        status.error = s.message.clone();
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = CellLock::try_acquire(dir.path()).unwrap();
+        assert!(lock.is_some());
+        assert!(is_locked(dir.path()));
+        assert!(CellLock::try_acquire(dir.path()).unwrap().is_none());
+        drop(lock);
+        assert!(!is_locked(dir.path()));
+        assert_eq!(cell_status(dir.path(), 3).state, CellState::Pending);
+    }
+}

@@ -1,0 +1,10 @@
+//! Experiments: sweep files, their cells, and running them (in parallel, resumably,
+//! with a lock per cell so that several sweep processes can share a directory).
+
+pub mod cell_state;
+pub mod runner;
+pub mod sweep;
+
+pub use cell_state::{CellState, CellStatus, cell_status};
+pub use runner::{SweepOutcome, run_cell, run_sweep};
+pub use sweep::{Cell, Sweep, SweepOverrides, read_cells};

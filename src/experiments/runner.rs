@@ -1,0 +1,190 @@
+//! Running a sweep: each pending cell in its own `adanoise sweep --cell` child
+//! process (a crash or a failure stays in its cell), `--workers` at a time, each
+//! with a share of the CPU threads; and running one cell, under its lock.
+
+use super::cell_state::{CellLock, CellState, cell_status, clear_failure, record_failure};
+use super::sweep::{Cell, Sweep, describe};
+use crate::train::{RunOptions, train};
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a sweep invocation did.
+#[derive(Debug, Default)]
+pub struct SweepOutcome {
+    pub done_before: usize,
+    pub finished: usize,
+    pub failed: Vec<(String, String)>,
+    pub busy: usize,
+}
+
+/// How a child cell process ended.
+pub const EXIT_CELL_BUSY: i32 = 3;
+
+/// Runs every cell that is not done, `workers` at a time.
+pub fn run_sweep(
+    sweep: &Sweep,
+    workers: usize,
+    threads: Option<usize>,
+    quiet: bool,
+) -> Result<SweepOutcome> {
+    let workers = workers.max(1);
+    sweep.write_cells()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads_each = threads.unwrap_or((cores / workers).max(1));
+    let exe =
+        std::env::current_exe().context("could not find the adanoise executable to run cells")?;
+    let mut outcome = SweepOutcome::default();
+    let mut queue: Vec<&Cell> = Vec::new();
+    for cell in &sweep.cells {
+        let status = cell_status(&sweep.cell_dir(cell), cell.config.epochs);
+        match status.state {
+            CellState::Done => outcome.done_before += 1,
+            CellState::Running => outcome.busy += 1,
+            CellState::Pending | CellState::Failed => queue.push(cell),
+        }
+    }
+    let total = queue.len();
+    if !quiet {
+        println!(
+            "sweep {}: {} cells, {} done, {} running elsewhere, {} to run with {workers} worker(s) x {threads_each} thread(s)",
+            sweep.out.display(),
+            sweep.cells.len(),
+            outcome.done_before,
+            outcome.busy,
+            total
+        );
+    }
+    let mut running: Vec<(&Cell, Child, Instant)> = Vec::new();
+    let mut started = 0;
+    while !queue.is_empty() || !running.is_empty() {
+        while running.len() < workers && !queue.is_empty() {
+            let cell = queue.remove(0);
+            let dir = sweep.cell_dir(cell);
+            // Another sweep process may have taken or finished it meanwhile.
+            match cell_status(&dir, cell.config.epochs).state {
+                CellState::Done => {
+                    outcome.done_before += 1;
+                    continue;
+                }
+                CellState::Running => {
+                    outcome.busy += 1;
+                    continue;
+                }
+                CellState::Pending | CellState::Failed => {}
+            }
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("train.log"))
+                .with_context(|| format!("could not open {}/train.log", dir.display()))?;
+            let child = Command::new(&exe)
+                .arg("sweep")
+                .arg(&sweep.file)
+                .arg("--cell")
+                .arg(cell.index.to_string())
+                .arg("--out")
+                .arg(&sweep.out)
+                .arg("--threads")
+                .arg(threads_each.to_string())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("could not start a cell process")?;
+            started += 1;
+            if !quiet {
+                println!(
+                    "[{started}/{total}] start {} ({})",
+                    cell.name,
+                    describe(&cell.values)
+                );
+            }
+            running.push((cell, child, Instant::now()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut i = 0;
+        while i < running.len() {
+            let status = running[i].1.try_wait()?;
+            let Some(status) = status else {
+                i += 1;
+                continue;
+            };
+            let (cell, _, since) = running.remove(i);
+            let dir = sweep.cell_dir(cell);
+            let s = cell_status(&dir, cell.config.epochs);
+            let secs = since.elapsed().as_secs_f64();
+            if status.code() == Some(EXIT_CELL_BUSY) {
+                outcome.busy += 1;
+                if !quiet {
+                    println!("        skip  {}: another process is running it", cell.name);
+                }
+            } else if s.state == CellState::Done {
+                outcome.finished += 1;
+                if !quiet {
+                    println!(
+                        "        done  {} in {secs:.0}s: val acc {:.4}",
+                        cell.name,
+                        s.final_val_acc.unwrap_or(f64::NAN)
+                    );
+                }
+            } else {
+                let error = s.error.unwrap_or_else(|| {
+                    format!(
+                        "the cell process ended with {status}; see {}/train.log",
+                        dir.display()
+                    )
+                });
+                if !quiet {
+                    println!("        FAIL  {}: {error}", cell.name);
+                }
+                outcome.failed.push((cell.name.clone(), error));
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Trains one cell (resuming it if interrupted) while holding its lock; a failure is recorded
+/// in the cell's `failed.json`. Returns `Ok(false)` when another process holds the cell.
+pub fn run_cell(sweep_out: &Path, cell: &Cell, threads: Option<usize>) -> Result<bool> {
+    let dir = sweep_out.join(&cell.name);
+    // Another process may be probing the lock for an instant: retry briefly before giving up.
+    let mut lock = None;
+    for _ in 0..10 {
+        lock = CellLock::try_acquire(&dir)?;
+        if lock.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let Some(_lock) = lock else {
+        return Ok(false);
+    };
+    let mut config = cell.config.clone();
+    if threads.is_some() {
+        config.threads = threads;
+    }
+    clear_failure(&dir);
+    println!(
+        "cell {} ({}): {}",
+        cell.index,
+        cell.name,
+        describe(&cell.values)
+    );
+    let options = RunOptions {
+        resume: true,
+        offline: false,
+        ..Default::default()
+    };
+    match train(&config, &dir, &options) {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            record_failure(&dir, &e)?;
+            bail!(e)
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Sweep files and their cells. A sweep file has a `[base]` table (any training
+//! option) and a `[grid]` table of value lists; the cells are the product of the
+//! lists, in the order the file writes them. Each cell is an ordinary run
+//! directory under the sweep's output directory, named from its values.
+
+use crate::fsio::write_atomic;
+use crate::train::TrainConfig;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file that pins the cell list of a sweep directory (index -> name -> config).
+pub const CELLS_FILE: &str = "cells.json";
+
+/// One cell of a sweep: its index, directory name, grid values and resolved config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub index: usize,
+    pub name: String,
+    /// The grid values of this cell, as `key = value` in grid order.
+    pub values: Vec<(String, String)>,
+    pub config: TrainConfig,
+}
+
+/// A resolved sweep: its output directory and every cell.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub file: PathBuf,
+    pub out: PathBuf,
+    pub cells: Vec<Cell>,
+}
+
+/// Command-line changes to a sweep.
+#[derive(Debug, Clone, Default)]
+pub struct SweepOverrides {
+    /// `KEY=VALUE` assignments applied to the base configuration (dotted keys for nested tables).
+    pub set: Vec<String>,
+    /// `KEY=VALUE` filters: only the cells whose grid (or base) value matches.
+    pub only: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+}
+
+/// Parses `KEY=VALUE`, reading VALUE as TOML (numbers, booleans, arrays) or else as a string.
+pub fn parse_assignment(text: &str) -> Result<(String, toml::Value)> {
+    let Some((key, value)) = text.split_once('=') else {
+        bail!("'{text}' is not KEY=VALUE");
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        bail!("'{text}' has an empty key");
+    }
+    let value = value.trim();
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    Ok((key.to_string(), parsed))
+}
+
+/// Sets a dotted key (`noise_scheduler.flag_window`) in a table.
+pub fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("split yields at least one part");
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = entry.as_table_mut().expect("just made a table");
+    }
+    current.insert(last.to_string(), value);
+}
+
+/// A value as it appears in names and filters: strings bare, numbers as TOML writes them.
+pub fn show_value(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The part of a cell's directory name for one grid value.
+fn name_part(key: &str, value: &toml::Value) -> String {
+    let v = show_value(value);
+    let part = match key {
+        "model" | "optimizer" | "noise" | "device" => v,
+        "lr" => format!("lr{v}"),
+        "seed" => format!("s{v}"),
+        "epochs" => format!("e{v}"),
+        other => format!(
+            "{}{v}",
+            other.rsplit('.').next().unwrap_or(other).replace('_', "")
+        ),
+    };
+    part.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Sweep {
+    /// Reads a sweep file and resolves every cell (each config validated) with the overrides.
+    pub fn load(path: &Path, overrides: &SweepOverrides) -> Result<Sweep> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the sweep file {}", path.display()))?;
+        let mut file: toml::Table = text
+            .parse()
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let mut base = match file.remove("base") {
+            Some(toml::Value::Table(t)) => t,
+            None => toml::Table::new(),
+            Some(_) => bail!(
+                "{}: [base] must be a table of training options",
+                path.display()
+            ),
+        };
+        let grid = match file.remove("grid") {
+            Some(toml::Value::Table(t)) => t,
+            None => toml::Table::new(),
+            Some(_) => bail!("{}: [grid] must be a table of value lists", path.display()),
+        };
+        let out_key = file.remove("out");
+        if let Some(key) = file.keys().next() {
+            bail!(
+                "{}: unknown top-level key '{key}' (a sweep file has `out`, [base] and [grid])",
+                path.display()
+            );
+        }
+        for assignment in &overrides.set {
+            let (key, value) = parse_assignment(assignment)?;
+            set_dotted(&mut base, &key, value);
+        }
+        if let Some(dir) = &overrides.data_dir {
+            base.insert(
+                "data_dir".into(),
+                toml::Value::String(dir.display().to_string()),
+            );
+        }
+        let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
+        for (key, values) in grid {
+            let values = match values {
+                toml::Value::Array(v) if !v.is_empty() => v,
+                toml::Value::Array(_) => bail!("{}: grid list '{key}' is empty", path.display()),
+                single => vec![single],
+            };
+            axes.push((key, values));
+        }
+        let out = match (&overrides.out, out_key) {
+            (Some(out), _) => out.clone(),
+            (None, Some(toml::Value::String(s))) => PathBuf::from(s),
+            (None, Some(_)) => bail!("{}: `out` must be a path string", path.display()),
+            (None, None) => {
+                let stem = path
+                    .file_stem()
+                    .map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
+                PathBuf::from("sweeps").join(stem)
+            }
+        };
+        let filters: Vec<(String, String)> = overrides
+            .only
+            .iter()
+            .map(|f| parse_assignment(f).map(|(k, v)| (k, show_value(&v))))
+            .collect::<Result<_>>()?;
+
+        let mut cells = Vec::new();
+        let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+        for flat in 0..total {
+            let mut table = base.clone();
+            let mut values = Vec::new();
+            let mut names = Vec::new();
+            let mut rest = flat;
+            // The last axis varies fastest, like nested loops written in file order.
+            let mut picks = vec![0; axes.len()];
+            for (i, (_, vals)) in axes.iter().enumerate().rev() {
+                picks[i] = rest % vals.len();
+                rest /= vals.len();
+            }
+            for ((key, vals), pick) in axes.iter().zip(&picks) {
+                let value = &vals[*pick];
+                set_dotted(&mut table, key, value.clone());
+                values.push((key.clone(), show_value(value)));
+                names.push(name_part(key, value));
+            }
+            let config = TrainConfig::from_table(table.clone()).with_context(|| {
+                format!(
+                    "{}: the cell {} has an invalid configuration",
+                    path.display(),
+                    describe(&values)
+                )
+            })?;
+            let keep = filters
+                .iter()
+                .all(|(k, v)| cell_value(&values, &table, k).as_deref() == Some(v.as_str()));
+            if !keep {
+                continue;
+            }
+            let name = if names.is_empty() {
+                "run".to_string()
+            } else {
+                names.join("-")
+            };
+            cells.push(Cell {
+                index: flat,
+                name,
+                values,
+                config,
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for cell in &cells {
+            if !seen.insert(&cell.name) {
+                bail!(
+                    "{}: two cells are both named '{}'; make the grid values distinct",
+                    path.display(),
+                    cell.name
+                );
+            }
+        }
+        if cells.is_empty() {
+            bail!(
+                "{}: no cell left (the --only filters match nothing)",
+                path.display()
+            );
+        }
+        Ok(Sweep {
+            file: path.to_path_buf(),
+            out,
+            cells,
+        })
+    }
+
+    pub fn cell_dir(&self, cell: &Cell) -> PathBuf {
+        self.out.join(&cell.name)
+    }
+
+    /// Pins the cell list in the output directory, for `--cell INDEX` and job arrays.
+    pub fn write_cells(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("could not create {}", self.out.display()))?;
+        let mut pinned = read_cells(&self.out).unwrap_or_default();
+        for cell in &self.cells {
+            match pinned.iter_mut().find(|c| c.index == cell.index) {
+                Some(existing) => *existing = cell.clone(),
+                None => pinned.push(cell.clone()),
+            }
+        }
+        pinned.sort_by_key(|c| c.index);
+        write_atomic(
+            &self.out.join(CELLS_FILE),
+            serde_json::to_string_pretty(&pinned)?.as_bytes(),
+        )
+    }
+}
+
+/// The pinned cell list of a sweep directory.
+pub fn read_cells(out: &Path) -> Result<Vec<Cell>> {
+    let path = out.join(CELLS_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("could not read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a cell list written by adanoise", path.display()))
+}
+
+fn cell_value(values: &[(String, String)], table: &toml::Table, key: &str) -> Option<String> {
+    if let Some((_, v)) = values.iter().find(|(k, _)| k == key) {
+        return Some(v.clone());
+    }
+    let mut current = table;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let value = current.get(part)?;
+        if parts.peek().is_none() {
+            return Some(show_value(value));
+        }
+        current = value.as_table()?;
+    }
+    None
+}
+
+pub fn describe(values: &[(String, String)]) -> String {
+    values
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    const SWEEP: &str = "[base]\nepochs = 2\nlr = 0.1\n[grid]\nmodel = ['baby-cnn', 'tiny-cnn']\noptimizer = ['sgd', 'adam']\nlr = [0.1, 0.01]\n'noise_scheduler.flag_window' = [5]\n";
+
+    #[test]
+    fn grid_is_the_product_in_file_order() {
+        let (_d, path) = write(SWEEP);
+        let sweep = Sweep::load(&path, &SweepOverrides::default()).unwrap();
+        assert_eq!(sweep.cells.len(), 8);
+        assert_eq!(sweep.cells[0].name, "baby-cnn-sgd-lr0.1-flagwindow5");
+        assert_eq!(sweep.cells[1].name, "baby-cnn-sgd-lr0.01-flagwindow5");
+        assert_eq!(sweep.cells[7].name, "tiny-cnn-adam-lr0.01-flagwindow5");
+        assert_eq!(sweep.cells[7].config.noise_scheduler.flag_window, 5);
+        assert_eq!(sweep.cells[3].config.epochs, 2);
+        assert_eq!(sweep.out, PathBuf::from("sweeps/s"));
+    }
+
+    #[test]
+    fn overrides_and_filters() {
+        let (_d, path) = write(SWEEP);
+        let o = SweepOverrides {
+            set: vec!["epochs=7".into(), "noise_scheduler.sigma_max=0.1".into()],
+            only: vec!["optimizer=adam".into(), "lr=0.01".into()],
+            out: Some("elsewhere".into()),
+            ..Default::default()
+        };
+        let sweep = Sweep::load(&path, &o).unwrap();
+        assert_eq!(
+            sweep.cells.iter().map(|c| c.index).collect::<Vec<_>>(),
+            vec![3, 7]
+        );
+        assert!(
+            sweep
+                .cells
+                .iter()
+                .all(|c| c.config.epochs == 7 && c.config.noise_scheduler.sigma_max == 0.1)
+        );
+        assert_eq!(sweep.out, PathBuf::from("elsewhere"));
+    }
+
+    #[test]
+    fn bad_sweeps_are_explained() {
+        let (_d, path) =
+            write("[grid]\nmodel = ['baby-cnn', 'vgg']\noptimizer = ['sgd']\nlr = [0.1]\n");
+        let err = format!(
+            "{:#}",
+            Sweep::load(&path, &SweepOverrides::default()).unwrap_err()
+        );
+        assert!(err.contains("model=vgg"), "{err}");
+        let (_d, path) = write("[grid]\nmodel = []\n");
+        assert!(Sweep::load(&path, &SweepOverrides::default()).is_err());
+        let (_d, path) = write(SWEEP);
+        let o = SweepOverrides {
+            only: vec!["model=resnet18".into()],
+            ..Default::default()
+        };
+        assert!(format!("{:#}", Sweep::load(&path, &o).unwrap_err()).contains("no cell left"));
+    }
+
+    #[test]
+    fn assignments_read_toml_values() {
+        assert_eq!(
+            parse_assignment("lr=1e-3").unwrap().1,
+            toml::Value::Float(1e-3)
+        );
+        assert_eq!(
+            parse_assignment("model=tiny-cnn").unwrap().1,
+            toml::Value::String("tiny-cnn".into())
+        );
+        assert!(parse_assignment("nothing").is_err());
+    }
+}

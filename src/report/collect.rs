@@ -1,0 +1,121 @@
+//! Finding the runs under a directory and reading what reports need of them.
+
+use crate::noise::NoiseKind;
+use crate::train::run_dir::{CONFIG_FILE, METRICS_FILE, RunDir, read_metrics_file};
+use crate::train::{EpochMetrics, RunStatus, Summary, TrainConfig};
+use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+
+/// One run directory, read.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub dir: PathBuf,
+    pub config: TrainConfig,
+    pub summary: Option<Summary>,
+    pub history: Vec<EpochMetrics>,
+}
+
+impl RunRecord {
+    pub fn read(dir: &Path) -> Result<RunRecord> {
+        let config = TrainConfig::from_table(TrainConfig::read_table(&dir.join(CONFIG_FILE))?)?;
+        let summary = RunDir {
+            path: dir.to_path_buf(),
+        }
+        .read_summary()?;
+        let metrics = dir.join(METRICS_FILE);
+        let history = if metrics.exists() {
+            read_metrics_file(&metrics)?
+        } else {
+            Vec::new()
+        };
+        Ok(RunRecord {
+            dir: dir.to_path_buf(),
+            config,
+            summary,
+            history,
+        })
+    }
+
+    pub fn finished(&self) -> bool {
+        self.summary
+            .as_ref()
+            .is_some_and(|s| s.status == RunStatus::Finished)
+    }
+
+    pub fn final_epoch(&self) -> Option<&EpochMetrics> {
+        self.summary.as_ref().and_then(|s| s.final_epoch.as_ref())
+    }
+
+    pub fn name(&self) -> String {
+        self.dir.file_name().map_or_else(
+            || self.dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// Epochs that trained with gradient noise, with weight noise, and suppressed by a cooldown.
+    pub fn noise_epochs(&self) -> (usize, usize, usize) {
+        let grad = self
+            .history
+            .iter()
+            .filter(|m| m.noise_applied.grad_sigma > 0.0)
+            .count();
+        let weight = self
+            .history
+            .iter()
+            .filter(|m| m.noise_applied.weight_sigma > 0.0)
+            .count();
+        // A decision with a cooldown after epoch e suppresses epoch e + 1.
+        let cooldown = self
+            .history
+            .iter()
+            .filter(|m| {
+                m.epoch < self.config.epochs && m.decision.as_ref().is_some_and(|d| d.cooldown > 0)
+            })
+            .count();
+        if self.config.noise == NoiseKind::None {
+            (0, 0, cooldown)
+        } else {
+            (grad, weight, cooldown)
+        }
+    }
+}
+
+/// Every run directory at most `depth` levels under `root` (the root itself included).
+pub fn find_runs(root: &Path, depth: usize) -> Result<Vec<RunRecord>> {
+    if !root.is_dir() {
+        bail!(
+            "{} is not a directory; give a sweep's output directory or a run directory",
+            root.display()
+        );
+    }
+    let mut dirs = Vec::new();
+    walk(root, depth, &mut dirs);
+    dirs.sort();
+    let mut runs = Vec::new();
+    for dir in dirs {
+        match RunRecord::read(&dir) {
+            Ok(run) => runs.push(run),
+            Err(e) => eprintln!("warning: skipping {}: {e:#}", dir.display()),
+        }
+    }
+    Ok(runs)
+}
+
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if dir.join(CONFIG_FILE).is_file() {
+        out.push(dir.to_path_buf());
+        return;
+    }
+    if depth == 0 {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                walk(&path, depth - 1, out);
+            }
+        }
+    }
+}

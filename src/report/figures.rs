@@ -1,0 +1,396 @@
+//! Figures, as PNG and SVG (plotters): for a run, Figure 1 of the paper
+//! (gradient norm and validation loss per epoch, noisy epochs marked, cooldowns
+//! shaded), its LR schedule and its accuracy/loss curves; for a sweep, the final
+//! validation accuracy of every run.
+
+use super::collect::RunRecord;
+use crate::noise::NoiseKind;
+use crate::schedule::CosineRestartsConfig;
+use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// DejaVu Sans, embedded so that PNG text renders the same everywhere (licence in assets/fonts).
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Something that can draw itself on any plotters backend.
+pub trait Figure {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
+}
+
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("could not draw the figure: {e}")
+}
+
+/// Writes `stem.png` and `stem.svg` (each written to a temporary name, then renamed).
+pub fn save(figure: &impl Figure, stem: &Path) -> Result<Vec<PathBuf>> {
+    register_font();
+    let mut written = Vec::new();
+    for ext in ["png", "svg"] {
+        let target = stem.with_extension(ext);
+        let tmp = stem.with_extension(format!("tmp.{ext}"));
+        if ext == "png" {
+            let root = BitMapBackend::new(&tmp, figure.size()).into_drawing_area();
+            figure.draw(&root)?;
+            root.present().map_err(err)?;
+        } else {
+            let root = SVGBackend::new(&tmp, figure.size()).into_drawing_area();
+            figure.draw(&root)?;
+            root.present().map_err(err)?;
+        }
+        std::fs::rename(&tmp, &target)?;
+        written.push(target);
+    }
+    Ok(written)
+}
+
+/// The figure as an SVG document, for inlining in HTML.
+pub fn svg_string(figure: &impl Figure) -> Result<String> {
+    register_font();
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, figure.size()).into_drawing_area();
+        figure.draw(&root)?;
+        root.present().map_err(err)?;
+    }
+    Ok(out)
+}
+
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
+const GRAD_COLOR: RGBColor = RGBColor(200, 60, 40);
+const VAL_COLOR: RGBColor = RGBColor(40, 90, 200);
+const SHADE: RGBColor = RGBColor(150, 150, 150);
+
+/// Figure 1: gradient norm and validation loss per epoch, with the noise marked.
+pub struct Figure1<'a>(pub &'a RunRecord);
+
+impl Figure for Figure1<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 560)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let run = self.0;
+        let h = &run.history;
+        root.fill(&WHITE).map_err(err)?;
+        let n = h.len().max(1) as f64;
+        let (g0, g1) = range(h.iter().map(|m| m.grad_norm));
+        let (v0, v1) = range(h.iter().map(|m| m.val_loss));
+        let would = run.config.noise == NoiseKind::None;
+        let caption = format!(
+            "{}: gradient norm and validation loss{}",
+            run.name(),
+            if would {
+                " (noise none: markers show where noise would fire)"
+            } else {
+                ""
+            }
+        );
+        let mut chart = ChartBuilder::on(root)
+            .caption(caption, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .right_y_label_area_size(70)
+            .build_cartesian_2d(0.5..n + 0.5, g0..g1)
+            .map_err(err)?
+            .set_secondary_coord(0.5..n + 0.5, v0..v1);
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("gradient norm")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("validation loss")
+            .draw()
+            .map_err(err)?;
+        // Epochs suppressed by a cooldown: the decision after epoch e sets epoch e + 1.
+        let cooldown: Vec<f64> = h
+            .iter()
+            .filter(|m| m.decision.as_ref().is_some_and(|d| d.cooldown > 0))
+            .map(|m| m.epoch as f64 + 1.0)
+            .filter(|e| *e <= n)
+            .collect();
+        chart
+            .draw_series(
+                cooldown.iter().map(|e| {
+                    Rectangle::new([(e - 0.5, g0), (e + 0.5, g1)], SHADE.mix(0.25).filled())
+                }),
+            )
+            .map_err(err)?
+            .label("cooldown")
+            .legend(|(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 16, y + 5)], SHADE.mix(0.4).filled())
+            });
+        chart
+            .draw_series(LineSeries::new(
+                h.iter().map(|m| (m.epoch as f64, m.grad_norm)),
+                GRAD_COLOR.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label("gradient norm")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], GRAD_COLOR.stroke_width(2))
+            });
+        chart
+            .draw_secondary_series(LineSeries::new(
+                h.iter().map(|m| (m.epoch as f64, m.val_loss)),
+                VAL_COLOR.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label("validation loss")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], VAL_COLOR.stroke_width(2))
+            });
+        // The noise each epoch got (or, for `none`, would have got).
+        let sigmas = |m: &crate::train::EpochMetrics| -> (f64, f64) {
+            if would {
+                let prev = h
+                    .iter()
+                    .find(|p| p.epoch + 1 == m.epoch)
+                    .and_then(|p| p.decision.as_ref());
+                prev.map_or((0.0, 0.0), |d| (d.grad_sigma, d.weight_sigma))
+            } else {
+                (m.noise_applied.grad_sigma, m.noise_applied.weight_sigma)
+            }
+        };
+        chart
+            .draw_series(h.iter().filter(|m| sigmas(m).0 > 0.0).map(|m| {
+                TriangleMarker::new((m.epoch as f64, m.grad_norm), 6, GRAD_COLOR.filled())
+            }))
+            .map_err(err)?
+            .label("gradient noise")
+            .legend(|(x, y)| TriangleMarker::new((x + 8, y), 6, GRAD_COLOR.filled()));
+        chart
+            .draw_secondary_series(h.iter().filter(|m| sigmas(m).1 > 0.0).map(|m| {
+                Rectangle::new(
+                    [
+                        (m.epoch as f64 - 0.3, m.val_loss - (v1 - v0) * 0.012),
+                        (m.epoch as f64 + 0.3, m.val_loss + (v1 - v0) * 0.012),
+                    ],
+                    VAL_COLOR.filled(),
+                )
+            }))
+            .map_err(err)?
+            .label("weight noise")
+            .legend(|(x, y)| Rectangle::new([(x + 3, y - 4), (x + 11, y + 4)], VAL_COLOR.filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// The learning rate of every step of a run (sampled to at most 4,000 points).
+pub struct LrFigure<'a>(pub &'a RunRecord);
+
+impl Figure for LrFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 420)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let run = self.0;
+        root.fill(&WHITE).map_err(err)?;
+        let steps_per_epoch = run.history.first().map_or(1, |m| m.steps.max(1));
+        let schedule: CosineRestartsConfig = run.config.lr_schedule(steps_per_epoch);
+        let total = run.config.epochs * steps_per_epoch;
+        let stride = (total / 4000).max(1);
+        let points: Vec<(f64, f64)> = (0..total)
+            .step_by(stride as usize)
+            .map(|t| (t as f64 / steps_per_epoch as f64, schedule.lr_at(t)))
+            .collect();
+        let (lo, hi) = range(points.iter().map(|p| p.1));
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("{}: learning rate per step", run.name()),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0.0..run.config.epochs as f64, lo.max(0.0)..hi)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("learning rate")
+            .y_label_formatter(&|v| format!("{v:.1e}"))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(points, BLACK.stroke_width(1)))
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// Train and validation accuracy (left) and loss (right) per epoch.
+pub struct CurvesFigure<'a>(pub &'a RunRecord);
+
+impl Figure for CurvesFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1100, 440)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let run = self.0;
+        let h = &run.history;
+        root.fill(&WHITE).map_err(err)?;
+        let n = h.len().max(1) as f64;
+        let panels = root.split_evenly((1, 2));
+        type Getter = fn(&crate::train::EpochMetrics) -> f64;
+        let specs: [(&str, Getter, Getter); 2] = [
+            ("accuracy", |m| m.train_acc, |m| m.val_acc),
+            ("loss", |m| m.train_loss, |m| m.val_loss),
+        ];
+        for (panel, (what, train, val)) in panels.iter().zip(specs) {
+            let (lo, hi) = range(h.iter().flat_map(|m| [train(m), val(m)]));
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("{}: {what}", run.name()), ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0.5..n + 0.5, lo..hi)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_desc(what)
+                .draw()
+                .map_err(err)?;
+            for (label, get, color) in
+                [("train", train, GRAD_COLOR), ("validation", val, VAL_COLOR)]
+            {
+                chart
+                    .draw_series(LineSeries::new(
+                        h.iter().map(|m| (m.epoch as f64, get(m))),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(err)?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// Final validation accuracy of every finished run of a sweep, one bar each.
+pub struct SweepFigure<'a>(pub &'a [RunRecord]);
+
+impl SweepFigure<'_> {
+    fn bars(&self) -> Vec<(String, f64)> {
+        let mut bars: Vec<(String, f64)> = self
+            .0
+            .iter()
+            .filter_map(|r| r.final_epoch().map(|m| (r.name(), m.val_acc)))
+            .collect();
+        bars.sort_by(|a, b| a.0.cmp(&b.0));
+        bars
+    }
+}
+
+impl Figure for SweepFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 120 + 22 * self.bars().len().max(1) as u32)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let bars = self.bars();
+        root.fill(&WHITE).map_err(err)?;
+        let longest = bars.iter().map(|b| b.0.len()).max().unwrap_or(4) as u32;
+        let mut chart = ChartBuilder::on(root)
+            .caption("final validation accuracy per run", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size((longest * 7 + 10).min(480))
+            .build_cartesian_2d(0.0..1.0, 0.0..bars.len().max(1) as f64)
+            .map_err(err)?;
+        let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .x_desc("validation accuracy")
+            .y_labels(bars.len().max(1) * 2 + 1)
+            .y_label_formatter(&|y| {
+                let i = y.floor() as usize;
+                if (y - y.floor() - 0.5).abs() < 1e-6 {
+                    names.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_style(("sans-serif", 12))
+            .disable_y_mesh()
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (_, acc))| {
+                Rectangle::new(
+                    [(0.0, i as f64 + 0.15), (*acc, i as f64 + 0.85)],
+                    VAL_COLOR.mix(0.8).filled(),
+                )
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (_, acc))| {
+                Text::new(
+                    format!("{acc:.4}"),
+                    (acc + 0.005, i as f64 + 0.3),
+                    ("sans-serif", 12),
+                )
+            }))
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// Writes a run's figures into its directory: figure1, lr, curves (PNG and SVG each).
+pub fn plot_run(run: &RunRecord) -> Result<Vec<PathBuf>> {
+    if run.history.is_empty() {
+        anyhow::bail!("{} has no recorded epoch to plot yet", run.dir.display());
+    }
+    let mut written = save(&Figure1(run), &run.dir.join("figure1"))?;
+    written.extend(save(&LrFigure(run), &run.dir.join("lr"))?);
+    written.extend(save(&CurvesFigure(run), &run.dir.join("curves"))?);
+    Ok(written)
+}
