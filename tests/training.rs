@@ -393,3 +393,156 @@ fn models_json_lists_exact_counts() {
         ]
     );
 }
+
+/// Compares everything deterministic about two histories.
+fn same_numbers(a: &[adanoise::train::EpochMetrics], b: &[adanoise::train::EpochMetrics]) -> bool {
+    let key = |h: &[adanoise::train::EpochMetrics]| {
+        h.iter()
+            .map(|m| {
+                (
+                    m.epoch,
+                    m.train_loss,
+                    m.train_acc,
+                    m.val_loss,
+                    m.val_acc,
+                    m.grad_norm,
+                    m.weight_update,
+                    m.lr,
+                    m.steps,
+                    m.decision.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    key(a) == key(b)
+}
+
+#[test]
+fn stopping_in_the_middle_of_an_epoch_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_dir(tmp.path());
+    // Noise fires from epoch 3 on (aggressive thresholds), so the stopped epoch is a noisy one.
+    let extra = "noise = 'gaussian'\n[noise_scheduler]\nmin_epochs_before_flag = 0\nflag_window = 1\ngrad_plateau = 0.9\nval_plateau_delta = 0.9\n";
+    for (model, optimizer) in [
+        (ModelKind::BabyCnn, OptimizerKind::SgdMomentum),
+        (ModelKind::Resnet18, OptimizerKind::Adam),
+    ] {
+        let mut cfg = config(&data, extra);
+        cfg.model = model;
+        cfg.optimizer = optimizer;
+        cfg.lr = 1e-3;
+        let straight = train(&cfg, &tmp.path().join(format!("{model}-a")), &quiet()).unwrap();
+        assert!(
+            straight.history[2].noise_applied.grad_sigma > 0.0,
+            "epoch 3 should be noisy"
+        );
+        let out = tmp.path().join(format!("{model}-b"));
+        // 7 steps per epoch: step 17 is in the middle of epoch 3.
+        let first = train(
+            &cfg,
+            &out,
+            &RunOptions {
+                stop_at_step: Some(17),
+                ..quiet()
+            },
+        )
+        .unwrap();
+        assert!(first.interrupted);
+        assert_eq!(first.history.len(), 2);
+        let resumed = train(
+            &cfg,
+            &out,
+            &RunOptions {
+                resume: true,
+                ..quiet()
+            },
+        )
+        .unwrap();
+        assert!(!resumed.interrupted);
+        assert!(
+            same_numbers(&resumed.history, &straight.history),
+            "{model}: {:#?}\nvs\n{:#?}",
+            resumed.history,
+            straight.history
+        );
+    }
+}
+
+#[test]
+fn sigterm_checkpoints_and_resume_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_binary_release(&data, 2000, 50, 1).unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            "tiny-cnn",
+            "--optimizer",
+            "sgd-momentum",
+            "--lr",
+            "0.01",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--offline",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            data.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ])
+        .collect()
+    };
+    let straight = tmp.path().join("a");
+    let o = Command::new(env!("CARGO_BIN_EXE_adanoise"))
+        .args(args(&straight))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let out = tmp.path().join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adanoise"))
+        .args(args(&out))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch, then signal in the middle of the second.
+    let metrics = out.join(METRICS_FILE);
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the run did not record an epoch"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "a signalled run exits with 75 after its checkpoint"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "running");
+    let mut resume = args(&out);
+    resume.push("--resume".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_adanoise"))
+        .args(&resume)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = adanoise::train::run_dir::read_metrics_file(&straight.join(METRICS_FILE)).unwrap();
+    let b = adanoise::train::run_dir::read_metrics_file(&metrics).unwrap();
+    assert!(same_numbers(&a, &b), "{a:#?}\nvs\n{b:#?}");
+}

@@ -5,7 +5,9 @@ use super::{
     TrainArgs,
 };
 use crate::bench::{self, BenchOptions};
-use crate::experiments::{Sweep, SweepOverrides, cell_status, read_cells, run_cell, run_sweep};
+use crate::experiments::{
+    CellRun, Sweep, SweepOverrides, cell_status, read_cells, run_cell, run_sweep,
+};
 use crate::models::{ModelKind, trainable_params};
 use crate::noise::NoiseSchedulerConfig;
 use crate::noise::replay::{read_observations, replay};
@@ -78,7 +80,11 @@ fn train_command(args: TrainArgs) -> Result<()> {
         offline: args.offline,
         ..Default::default()
     };
+    crate::train::interrupt::install()?;
     let outcome = train(&config, &out, &options)?;
+    if outcome.interrupted {
+        std::process::exit(crate::train::interrupt::EXIT_INTERRUPTED);
+    }
     if let Some(last) = &outcome.summary.final_epoch {
         println!(
             "done: {} epochs, final val acc {:.4}, val loss {:.4}; results in {}",
@@ -225,14 +231,18 @@ fn sweep_command(args: &SweepArgs) -> Result<()> {
                 args.file.display()
             );
         };
-        if !run_cell(&out, cell, args.threads)? {
-            println!(
-                "cell {index} ({}) is being run by another process; nothing to do",
-                cell.name
-            );
-            std::process::exit(crate::experiments::runner::EXIT_CELL_BUSY);
+        crate::train::interrupt::install()?;
+        match run_cell(&out, cell, args.threads)? {
+            CellRun::Finished => return Ok(()),
+            CellRun::Busy => {
+                println!(
+                    "cell {index} ({}) is being run by another process; nothing to do",
+                    cell.name
+                );
+                std::process::exit(crate::experiments::runner::EXIT_CELL_BUSY);
+            }
+            CellRun::Interrupted => std::process::exit(crate::train::interrupt::EXIT_INTERRUPTED),
         }
-        return Ok(());
     }
     let sweep = Sweep::load(&args.file, &overrides)?;
     if args.list {
@@ -257,14 +267,16 @@ fn sweep_command(args: &SweepArgs) -> Result<()> {
         }
         return Ok(());
     }
+    crate::train::interrupt::install()?;
     let outcome = run_sweep(&sweep, args.workers, args.threads, false)?;
     println!(
-        "sweep {}: {} done before, {} finished now, {} failed, {} running elsewhere",
+        "sweep {}: {} done before, {} finished now, {} failed, {} running elsewhere, {} interrupted",
         sweep.out.display(),
         outcome.done_before,
         outcome.finished,
         outcome.failed.len(),
-        outcome.busy
+        outcome.busy,
+        outcome.interrupted
     );
     if !outcome.failed.is_empty() {
         for (name, error) in &outcome.failed {

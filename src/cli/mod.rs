@@ -316,6 +316,12 @@ pub struct BenchArgs {
 
 /// Parses the command line, runs it, and prints any error as sentences.
 pub fn main() -> ExitCode {
+    // Die quietly when a reader closes the pipe (`adanoise lr-schedule ... | head`), as Unix tools do.
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to the default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -109,6 +109,19 @@ impl BatchStream {
         seed: u64,
         epoch: u64,
     ) -> Self {
+        Self::start_at(split, batch_size, norm, seed, epoch, 0)
+    }
+
+    /// As [`Self::start`], skipping the first `skip` batches (to go on with a stopped epoch):
+    /// their random draws are made, so the later batches are those of an uninterrupted epoch.
+    pub fn start_at(
+        split: Arc<Split>,
+        batch_size: usize,
+        norm: Normalization,
+        seed: u64,
+        epoch: u64,
+        skip: usize,
+    ) -> Self {
         let (sender, receiver) = sync_channel(4);
         let worker = std::thread::Builder::new()
             .name("adanoise-data".into())
@@ -117,7 +130,17 @@ impl BatchStream {
                 let mut order: Vec<usize> = (0..split.len()).collect();
                 order.shuffle(&mut stream(seed, Purpose::EpochOrder, epoch));
                 let mut aug = stream(seed, Purpose::Augmentation, epoch);
-                for chunk in order.chunks(batch_size) {
+                for (b, chunk) in order.chunks(batch_size).enumerate() {
+                    if b < skip {
+                        for _ in chunk {
+                            let _: (usize, usize, bool) = (
+                                aug.random_range(0..=2 * CROP_PADDING),
+                                aug.random_range(0..=2 * CROP_PADDING),
+                                aug.random_bool(0.5),
+                            );
+                        }
+                        continue;
+                    }
                     let mut images = vec![0f32; chunk.len() * IMAGE_BYTES];
                     let mut labels = Vec::with_capacity(chunk.len());
                     for (slot, &i) in chunk.iter().enumerate() {
@@ -254,6 +277,21 @@ mod tests {
         let mut labels: Vec<i64> = a.iter().flat_map(|x| x.labels.clone()).collect();
         labels.sort();
         assert_eq!(labels, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_stream_started_late_continues_the_same_epoch() {
+        let split = Arc::new(Split {
+            images: (0..10 * IMAGE_BYTES).map(|i| (i % 256) as u8).collect(),
+            labels: (0..10).collect(),
+        });
+        let all: Vec<Batch> =
+            BatchStream::start(split.clone(), 3, Normalization::CIFAR10, 5, 1).collect();
+        let rest: Vec<Batch> =
+            BatchStream::start_at(split, 3, Normalization::CIFAR10, 5, 1, 2).collect();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0].images, all[2].images);
+        assert_eq!(rest[1].labels, all[3].labels);
     }
 
     #[test]

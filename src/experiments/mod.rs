@@ -6,5 +6,5 @@ pub mod runner;
 pub mod sweep;
 
 pub use cell_state::{CellState, CellStatus, cell_status};
-pub use runner::{SweepOutcome, run_cell, run_sweep};
+pub use runner::{CellRun, SweepOutcome, run_cell, run_sweep};
 pub use sweep::{Cell, Sweep, SweepOverrides, read_cells};

@@ -17,6 +17,7 @@ pub struct SweepOutcome {
     pub finished: usize,
     pub failed: Vec<(String, String)>,
     pub busy: usize,
+    pub interrupted: usize,
 }
 
 /// How a child cell process ended.
@@ -59,6 +60,10 @@ pub fn run_sweep(
     let mut running: Vec<(&Cell, Child, Instant)> = Vec::new();
     let mut started = 0;
     while !queue.is_empty() || !running.is_empty() {
+        if crate::train::interrupt::requested() {
+            // Stop starting cells; the running ones checkpoint and exit on the same signal.
+            queue.clear();
+        }
         while running.len() < workers && !queue.is_empty() {
             let cell = queue.remove(0);
             let dir = sweep.cell_dir(cell);
@@ -117,7 +122,15 @@ pub fn run_sweep(
             let dir = sweep.cell_dir(cell);
             let s = cell_status(&dir, cell.config.epochs);
             let secs = since.elapsed().as_secs_f64();
-            if status.code() == Some(EXIT_CELL_BUSY) {
+            if status.code() == Some(crate::train::interrupt::EXIT_INTERRUPTED) {
+                outcome.interrupted += 1;
+                if !quiet {
+                    println!(
+                        "        stop  {}: interrupted, checkpoint written",
+                        cell.name
+                    );
+                }
+            } else if status.code() == Some(EXIT_CELL_BUSY) {
                 outcome.busy += 1;
                 if !quiet {
                     println!("        skip  {}: another process is running it", cell.name);
@@ -148,9 +161,19 @@ pub fn run_sweep(
     Ok(outcome)
 }
 
+/// How a cell process ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellRun {
+    Finished,
+    /// Another process holds the cell.
+    Busy,
+    /// Stopped by a signal after writing a checkpoint: run it again to continue.
+    Interrupted,
+}
+
 /// Trains one cell (resuming it if interrupted) while holding its lock; a failure is recorded
-/// in the cell's `failed.json`. Returns `Ok(false)` when another process holds the cell.
-pub fn run_cell(sweep_out: &Path, cell: &Cell, threads: Option<usize>) -> Result<bool> {
+/// in the cell's `failed.json`.
+pub fn run_cell(sweep_out: &Path, cell: &Cell, threads: Option<usize>) -> Result<CellRun> {
     let dir = sweep_out.join(&cell.name);
     // Another process may be probing the lock for an instant: retry briefly before giving up.
     let mut lock = None;
@@ -162,7 +185,7 @@ pub fn run_cell(sweep_out: &Path, cell: &Cell, threads: Option<usize>) -> Result
         std::thread::sleep(Duration::from_millis(100));
     }
     let Some(_lock) = lock else {
-        return Ok(false);
+        return Ok(CellRun::Busy);
     };
     let mut config = cell.config.clone();
     if threads.is_some() {
@@ -181,7 +204,8 @@ pub fn run_cell(sweep_out: &Path, cell: &Cell, threads: Option<usize>) -> Result
         ..Default::default()
     };
     match train(&config, &dir, &options) {
-        Ok(_) => Ok(true),
+        Ok(outcome) if outcome.interrupted => Ok(CellRun::Interrupted),
+        Ok(_) => Ok(CellRun::Finished),
         Err(e) => {
             record_failure(&dir, &e)?;
             bail!(e)

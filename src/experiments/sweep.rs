@@ -1,7 +1,9 @@
 //! Sweep files and their cells. A sweep file has a `[base]` table (any training
 //! option) and a `[grid]` table of value lists; the cells are the product of the
-//! lists, in the order the file writes them. Each cell is an ordinary run
-//! directory under the sweep's output directory, named from its values.
+//! lists, in the order the file writes them. A list element may be a table that
+//! sets several options together (`{optimizer = "adam", lr = 1e-3}`). Each cell
+//! is an ordinary run directory under the sweep's output directory, named from
+//! its values.
 
 use crate::fsio::write_atomic;
 use crate::train::TrainConfig;
@@ -186,10 +188,21 @@ impl Sweep {
                 rest /= vals.len();
             }
             for ((key, vals), pick) in axes.iter().zip(&picks) {
-                let value = &vals[*pick];
-                set_dotted(&mut table, key, value.clone());
-                values.push((key.clone(), show_value(value)));
-                names.push(name_part(key, value));
+                match &vals[*pick] {
+                    // A table sets several options together: `{optimizer = "adam", lr = 1e-3}`.
+                    toml::Value::Table(linked) => {
+                        for (k, v) in linked {
+                            set_dotted(&mut table, k, v.clone());
+                            values.push((k.clone(), show_value(v)));
+                            names.push(name_part(k, v));
+                        }
+                    }
+                    value => {
+                        set_dotted(&mut table, key, value.clone());
+                        values.push((key.clone(), show_value(value)));
+                        names.push(name_part(key, value));
+                    }
+                }
             }
             let config = TrainConfig::from_table(table.clone()).with_context(|| {
                 format!(
@@ -361,6 +374,24 @@ mod tests {
             ..Default::default()
         };
         assert!(format!("{:#}", Sweep::load(&path, &o).unwrap_err()).contains("no cell left"));
+    }
+
+    #[test]
+    fn linked_values_set_several_options() {
+        let (_d, path) = write(
+            "[grid]\nmodel = ['baby-cnn']\nsetting = [{optimizer = 'sgd', lr = 0.05}, {optimizer = 'adam', lr = 0.001}]\n",
+        );
+        let sweep = Sweep::load(&path, &SweepOverrides::default()).unwrap();
+        assert_eq!(sweep.cells.len(), 2);
+        assert_eq!(sweep.cells[1].name, "baby-cnn-adam-lr0.001");
+        assert_eq!(sweep.cells[1].config.lr, 0.001);
+        let o = SweepOverrides {
+            only: vec!["optimizer=sgd".into()],
+            ..Default::default()
+        };
+        let only = Sweep::load(&path, &o).unwrap();
+        assert_eq!(only.cells.len(), 1);
+        assert_eq!(only.cells[0].config.lr, 0.05);
     }
 
     #[test]

@@ -188,13 +188,8 @@ impl Figure for Figure1<'_> {
             .legend(|(x, y)| TriangleMarker::new((x + 8, y), 6, GRAD_COLOR.filled()));
         chart
             .draw_secondary_series(h.iter().filter(|m| sigmas(m).1 > 0.0).map(|m| {
-                Rectangle::new(
-                    [
-                        (m.epoch as f64 - 0.3, m.val_loss - (v1 - v0) * 0.012),
-                        (m.epoch as f64 + 0.3, m.val_loss + (v1 - v0) * 0.012),
-                    ],
-                    VAL_COLOR.filled(),
-                )
+                EmptyElement::at((m.epoch as f64, m.val_loss))
+                    + Rectangle::new([(-4, -4), (4, 4)], VAL_COLOR.filled())
             }))
             .map_err(err)?
             .label("weight noise")

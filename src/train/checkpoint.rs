@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
-const MAGIC: &[u8; 16] = b"ADANOISE-CKPT-1\n";
+const MAGIC: &[u8; 16] = b"ADANOISE-CKPT-2\n";
 
 /// The small, human-readable part of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,12 +24,14 @@ pub struct CheckpointState {
     pub extra: serde_json::Value,
 }
 
-/// A whole checkpoint: state plus the model's and the optimiser's burnpack records.
+/// A whole checkpoint: state plus the model's and the optimiser's burnpack records, and,
+/// for a checkpoint written in the middle of an epoch, the model at that epoch's start.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub state: CheckpointState,
     pub model: Vec<u8>,
     pub optimizer: Vec<u8>,
+    pub epoch_start_model: Option<Vec<u8>>,
 }
 
 fn section(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -42,6 +44,10 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
     section(&mut body, &serde_json::to_vec(&ckpt.state)?);
     section(&mut body, &ckpt.model);
     section(&mut body, &ckpt.optimizer);
+    section(
+        &mut body,
+        ckpt.epoch_start_model.as_deref().unwrap_or_default(),
+    );
     let mut out = Vec::with_capacity(body.len() + 32);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&Md5::digest(&body));
@@ -75,14 +81,17 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>> {
         rest = &rest[8 + len..];
         Some(data)
     };
-    let (Some(state), Some(model), Some(optimizer)) = (take(), take(), take()) else {
+    let (Some(state), Some(model), Some(optimizer), Some(start)) = (take(), take(), take(), take())
+    else {
         bail!(corrupt());
     };
     let state = serde_json::from_slice(&state).with_context(corrupt)?;
+    let epoch_start_model = (!start.is_empty()).then_some(start);
     Ok(Some(Checkpoint {
         state,
         model,
         optimizer,
+        epoch_start_model,
     }))
 }
 
@@ -103,12 +112,14 @@ mod tests {
             },
             model: vec![1, 2, 3],
             optimizer: vec![9; 10],
+            epoch_start_model: Some(vec![4, 5]),
         };
         save(&path, &ckpt).unwrap();
         let back = load(&path).unwrap().unwrap();
         assert_eq!(back.state, ckpt.state);
         assert_eq!(back.model, ckpt.model);
         assert_eq!(back.optimizer, ckpt.optimizer);
+        assert_eq!(back.epoch_start_model, ckpt.epoch_start_model);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;

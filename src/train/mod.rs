@@ -3,6 +3,8 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod epoch;
+pub mod interrupt;
 pub mod metrics;
 pub mod param_stats;
 pub mod progress;

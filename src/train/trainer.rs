@@ -1,32 +1,29 @@
-//! The training loop: one flat function per epoch (train, evaluate, record,
-//! checkpoint), in the spirit of nanoGPT's `train.py`.
+//! Running a training run: set-up (data, model, optimiser, schedules), resume
+//! from a checkpoint, the epoch loop, and what is written after each epoch
+//! (metrics line, checkpoint, summary), in the spirit of nanoGPT's `train.py`.
 
 use super::checkpoint::{self, Checkpoint, CheckpointState};
 use super::config::TrainConfig;
-use super::metrics::{EpochMetrics, NoiseApplied, RunStatus, Summary};
-use super::param_stats::{WeightSnapshot, grad_norm};
-use super::progress::EpochProgress;
+use super::epoch::{EpochContext, EpochEnd, PartialEpoch, noise_note, run_epoch};
+use super::interrupt;
+use super::metrics::{EpochMetrics, RunStatus, Summary};
 use super::run_dir::{Opened, RunDir};
 use crate::data::augment::batches_per_epoch;
-use crate::data::{
-    Batch, BatchStream, Dataset, Normalization, eval_batches, load_cifar10, source::train_subset,
-};
+use crate::data::{Dataset, Normalization, eval_batches, load_cifar10, source::train_subset};
 use crate::models::{Model, trainable_params};
-use crate::noise::{
-    Decision, NoiseKind, NoiseScheduler, Observation, add_gradient_noise, add_weight_noise,
-};
+use crate::noise::{Decision, NoiseKind, NoiseScheduler, Observation};
 use crate::rng::{Purpose, derived_seed, with_seeded_device};
 use crate::schedule::CosineRestarts;
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::lr_scheduler::LrScheduler;
-use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bytes, Device, Tensor};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+
+pub use super::epoch::{batch_tensors, evaluate};
 
 /// Options of a `train` invocation that are not part of the run's config.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +35,8 @@ pub struct RunOptions {
     pub offline: bool,
     /// Stop (as if interrupted) once this many epochs are recorded; the run stays resumable.
     pub stop_after: Option<u64>,
+    /// Stop (as a signal would) after this global optimiser step; for tests.
+    pub stop_at_step: Option<u64>,
 }
 
 /// How a call to [`train`] ended.
@@ -45,14 +44,24 @@ pub struct RunOptions {
 pub struct Outcome {
     pub summary: Summary,
     pub history: Vec<EpochMetrics>,
+    /// Stopped by a signal (or `stop_at_step`) after writing a checkpoint.
+    pub interrupted: bool,
 }
 
-/// Uploads a batch: images `[n, 3, 32, 32]` and labels `[n]`.
-pub fn batch_tensors(batch: Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
-    let n = batch.len();
-    let images = Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, 32, 32]), device);
-    let labels = Tensor::<1, Int>::from_data(TensorData::new(batch.labels, [n]), device);
-    (images, labels)
+/// The noise scheduler and the decision in force for the next epoch (checkpointed together).
+#[derive(Serialize, Deserialize)]
+struct NoiseState {
+    scheduler: NoiseScheduler,
+    next: Decision,
+}
+
+/// What a checkpoint's `extra` holds.
+#[derive(Serialize, Deserialize)]
+struct ExtraState {
+    noise: NoiseState,
+    /// Set when the checkpoint was written in the middle of an epoch.
+    #[serde(default)]
+    partial: Option<PartialEpoch>,
 }
 
 /// Draws every lazily initialised parameter now, while the device RNG is freshly seeded.
@@ -86,6 +95,67 @@ pub fn load_data(config: &TrainConfig, offline: bool) -> Result<Dataset> {
     Ok(data)
 }
 
+fn record_error(e: burn::store::RecordError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+fn model_bytes(model: &Model) -> Result<Vec<u8>> {
+    // BatchNorm running statistics keep their latest update aside until synced; `valid()`
+    // syncs them (a record taken without it would lose the last step's update).
+    let _ = model.valid();
+    Ok(model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(record_error)?
+        .to_vec())
+}
+
+fn load_model(template: Model, bytes: Vec<u8>) -> Result<Model> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(record_error)
+        .context("the checkpoint's model record is unreadable")?;
+    template
+        .try_load_record(record)
+        .map_err(record_error)
+        .context("the checkpoint does not fit this model")
+}
+
+/// Writes the checkpoint: after a whole epoch, or in the middle of one (`partial`).
+fn save_checkpoint(
+    dir: &RunDir,
+    epochs_done: u64,
+    model: &Model,
+    optim: &ModuleOptimizer,
+    scheduler: &CosineRestarts,
+    noise: NoiseState,
+    partial: Option<(PartialEpoch, &Model)>,
+) -> Result<NoiseState> {
+    let (partial, epoch_start_model) = match partial {
+        Some((p, start)) => (Some(p), Some(model_bytes(start)?)),
+        None => (None, None),
+    };
+    let extra = ExtraState { noise, partial };
+    checkpoint::save(
+        &dir.checkpoint_path(),
+        &Checkpoint {
+            state: CheckpointState {
+                epoch: epochs_done,
+                step: scheduler.current_step(),
+                extra: serde_json::to_value(&extra)?,
+            },
+            model: model_bytes(model)?,
+            optimizer: optim
+                .to_record()
+                .into_bytes()
+                .map_err(record_error)?
+                .to_vec(),
+            epoch_start_model,
+        },
+    )?;
+    Ok(extra.noise)
+}
+
 /// Runs (or resumes) a training run into `out`.
 pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<Outcome> {
     config.validate()?;
@@ -109,33 +179,42 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
         return Ok(Outcome {
             summary: *summary,
             history,
+            interrupted: false,
         });
     }
-    let mut model = init_model(config, data.num_classes(), &train_device);
+    let template = init_model(config, data.num_classes(), &train_device);
+    let mut model = template.clone();
     let mut optim = config.optimizer.build(config.weight_decay);
     let mut noise = NoiseState {
         scheduler: NoiseScheduler::new(config.noise_scheduler, config.schedule_length()),
         next: Decision::quiet(0),
     };
+    let mut resume_epoch: Option<(PartialEpoch, Model)> = None;
 
     let (dir, mut history) = match opened {
         Opened::Fresh(dir) => (dir, Vec::new()),
         Opened::Resumed(dir, ckpt, history) => {
-            let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(ckpt.model))
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("the checkpoint's model record is unreadable")?;
-            model = model
-                .try_load_record(record)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("the checkpoint does not fit this model")?;
+            let ckpt = *ckpt;
+            model = load_model(template.clone(), ckpt.model)?;
             let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
-                .map_err(|e| anyhow::anyhow!("{e}"))
+                .map_err(record_error)
                 .context("the checkpoint's optimiser record is unreadable")?;
             optim = optim.load_record(record);
             scheduler.set_step(ckpt.state.step);
-            noise = serde_json::from_value(ckpt.state.extra.clone())
+            let extra: ExtraState = serde_json::from_value(ckpt.state.extra.clone())
                 .context("the checkpoint's noise scheduler state is unreadable; delete the run directory and train again")?;
-            if !options.quiet {
+            noise = extra.noise;
+            if let (Some(partial), Some(bytes)) = (extra.partial, ckpt.epoch_start_model) {
+                if !options.quiet {
+                    println!(
+                        "resuming {} in epoch {} after step {} of {steps_per_epoch}",
+                        out.display(),
+                        partial.epoch,
+                        partial.steps_done
+                    );
+                }
+                resume_epoch = Some((partial, load_model(template.clone(), bytes)?));
+            } else if !options.quiet {
                 println!(
                     "resuming {} after epoch {}",
                     out.display(),
@@ -162,30 +241,58 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
 
     let train_split = Arc::new(data.train);
     let test_batches = eval_batches(&data.test, config.batch_size, Normalization::CIFAR10);
-    let start = history.len() as u64 + 1;
+    let should_stop =
+        |step: u64| interrupt::requested() || options.stop_at_step.is_some_and(|s| step >= s);
     let last = options
         .stop_after
         .map_or(config.epochs, |n| n.min(config.epochs));
-    for epoch in start..=last {
-        let mut ctx = EpochContext {
+    let mut interrupted = false;
+    for epoch in history.len() as u64 + 1..=last {
+        let ctx = EpochContext {
             config,
             epoch,
             steps: steps_per_epoch,
             device: &train_device,
             quiet: options.quiet,
+            decision: &noise.next,
+            train_split: train_split.clone(),
+            test_batches: &test_batches,
+            should_stop: &should_stop,
         };
-        let result = run_epoch(
-            &mut ctx,
+        let (next_model, mut metrics) = match run_epoch(
+            &ctx,
             model,
             &mut optim,
             &mut scheduler,
-            &noise.next,
-            train_split.clone(),
-            &test_batches,
-        );
-        let (next_model, metrics) = match result {
-            Ok(ok) => ok,
-            Err(EpochError::Diverged(message)) => {
+            resume_epoch.take(),
+        ) {
+            EpochEnd::Finished(m, metrics) => (*m, metrics),
+            EpochEnd::Stopped(m, start, partial) => {
+                let steps_done = partial.steps_done;
+                save_checkpoint(
+                    &dir,
+                    epoch - 1,
+                    &m,
+                    &optim,
+                    &scheduler,
+                    noise,
+                    Some((partial, &start)),
+                )?;
+                if !options.quiet {
+                    println!(
+                        "stopped in epoch {epoch} after step {steps_done} of {steps_per_epoch}; checkpoint written: continue with --resume"
+                    );
+                }
+                let summary =
+                    Summary::from_history(&history, config.epochs, RunStatus::Running, None);
+                dir.write_summary(&summary)?;
+                return Ok(Outcome {
+                    summary,
+                    history,
+                    interrupted: true,
+                });
+            }
+            EpochEnd::Diverged(message) => {
                 let summary = Summary::from_history(
                     &history,
                     config.epochs,
@@ -199,10 +306,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
                     out.display()
                 );
             }
-            Err(EpochError::Other(e)) => return Err(e),
         };
         model = next_model;
-        let mut metrics = metrics;
         let decision = noise.scheduler.observe(Observation {
             epoch,
             train_loss: metrics.train_loss,
@@ -212,49 +317,11 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
         });
         metrics.decision = Some(decision.clone());
         noise.next = decision;
+        // The metrics line first: a kill before the checkpoint redoes this epoch on resume.
         dir.append_metrics(&metrics)?;
-        checkpoint::save(
-            &dir.checkpoint_path(),
-            &Checkpoint {
-                state: CheckpointState {
-                    epoch,
-                    step: scheduler.current_step(),
-                    extra: serde_json::to_value(&noise)?,
-                },
-                model: model
-                    .clone()
-                    .into_record()
-                    .into_bytes()
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .to_vec(),
-                optimizer: optim
-                    .to_record()
-                    .into_bytes()
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .to_vec(),
-            },
-        )?;
+        noise = save_checkpoint(&dir, epoch, &model, &optim, &scheduler, noise, None)?;
         if !options.quiet {
-            println!(
-                "epoch {epoch}/{}{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | grad norm {:.4} update {:.3e} | lr {:.3e} | {:.1}s {:.0} img/s",
-                config.epochs,
-                noise_note(&metrics.noise_applied),
-                metrics.train_loss,
-                metrics.train_acc,
-                metrics.val_loss,
-                metrics.val_acc,
-                metrics.grad_norm,
-                metrics.weight_update,
-                metrics.lr,
-                metrics.seconds,
-                metrics.images_per_s
-            );
-            if let Some(d) = metrics.decision.as_ref().filter(|d| !d.flags.is_empty()) {
-                println!(
-                    "  noise scheduler after epoch {epoch}: {}",
-                    describe(d, config.noise)
-                );
-            }
+            log_epoch(config, &metrics);
         }
         history.push(metrics);
         let status = if epoch == config.epochs {
@@ -268,6 +335,13 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
             status,
             None,
         ))?;
+        if epoch < config.epochs && should_stop(scheduler.current_step()) {
+            interrupted = true;
+            if !options.quiet {
+                println!("stopped after epoch {epoch}; checkpoint written: continue with --resume");
+            }
+            break;
+        }
     }
     let status = if history.len() as u64 == config.epochs {
         RunStatus::Finished
@@ -276,28 +350,35 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
     };
     let summary = Summary::from_history(&history, config.epochs, status, None);
     dir.write_summary(&summary)?;
-    Ok(Outcome { summary, history })
+    Ok(Outcome {
+        summary,
+        history,
+        interrupted,
+    })
 }
 
-/// The noise scheduler and the decision in force for the next epoch (checkpointed together).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct NoiseState {
-    scheduler: NoiseScheduler,
-    next: Decision,
-}
-
-fn noise_note(applied: &NoiseApplied) -> String {
-    let mut parts = Vec::new();
-    if applied.grad_sigma > 0.0 {
-        parts.push(format!("grad noise {:.4}", applied.grad_sigma));
-    }
-    if applied.weight_sigma > 0.0 {
-        parts.push(format!("weight noise {:.4}", applied.weight_sigma));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", parts.join(", "))
+fn log_epoch(config: &TrainConfig, m: &EpochMetrics) {
+    println!(
+        "epoch {}/{}{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | grad norm {:.4} update {:.3e} | lr {:.3e} | {:.1}s {:.0} img/s",
+        m.epoch,
+        config.epochs,
+        noise_note(&m.noise_applied),
+        m.train_loss,
+        m.train_acc,
+        m.val_loss,
+        m.val_acc,
+        m.grad_norm,
+        m.weight_update,
+        m.lr,
+        m.seconds,
+        m.images_per_s
+    );
+    if let Some(d) = m.decision.as_ref().filter(|d| !d.flags.is_empty()) {
+        println!(
+            "  noise scheduler after epoch {}: {}",
+            m.epoch,
+            describe(d, config.noise)
+        );
     }
 }
 
@@ -308,7 +389,8 @@ fn describe(d: &Decision, kind: NoiseKind) -> String {
         .iter()
         .map(|f| {
             serde_json::to_value(f)
-                .map(|v| v.as_str().unwrap_or("").to_string())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default()
         })
         .collect();
@@ -331,168 +413,4 @@ fn describe(d: &Decision, kind: NoiseKind) -> String {
             d.weight_sigma
         )
     }
-}
-
-struct EpochContext<'a> {
-    config: &'a TrainConfig,
-    epoch: u64,
-    steps: u64,
-    device: &'a Device,
-    quiet: bool,
-}
-
-enum EpochError {
-    Diverged(String),
-    Other(anyhow::Error),
-}
-
-impl From<anyhow::Error> for EpochError {
-    fn from(e: anyhow::Error) -> Self {
-        EpochError::Other(e)
-    }
-}
-
-/// How often (in steps) running sums are read back from the device for display and NaN checks.
-const READ_EVERY: u64 = 10;
-
-fn run_epoch(
-    ctx: &mut EpochContext,
-    mut model: Model,
-    optim: &mut ModuleOptimizer,
-    scheduler: &mut CosineRestarts,
-    decision: &Decision,
-    train_split: Arc<crate::data::Split>,
-    test_batches: &[Batch],
-) -> Result<(Model, EpochMetrics), EpochError> {
-    let started = Instant::now();
-    let config = ctx.config;
-    let loss_fn = CrossEntropyLossConfig::new().init(ctx.device);
-    let plain = ctx.device.clone().inner();
-    // What this epoch injects: the last decision, unless the run only records (`none`).
-    let applied = if config.noise == NoiseKind::None {
-        NoiseApplied::default()
-    } else {
-        NoiseApplied {
-            grad_sigma: decision.grad_sigma,
-            weight_sigma: decision.weight_sigma,
-        }
-    };
-    // w_{e-1} is taken before this epoch's weight noise.
-    let before = WeightSnapshot::take(&model);
-    if applied.weight_sigma > 0.0 {
-        let seed = derived_seed(config.seed, Purpose::WeightNoise, ctx.epoch);
-        model = add_weight_noise(model, config.noise, applied.weight_sigma, seed);
-    }
-    let note = noise_note(&applied);
-    let mut progress = EpochProgress::new(ctx.epoch, config.epochs, ctx.steps, ctx.quiet);
-    let stream = BatchStream::start(
-        train_split,
-        config.batch_size,
-        Normalization::CIFAR10,
-        config.seed,
-        ctx.epoch,
-    );
-
-    let mut loss_sum = Tensor::<1>::zeros([1], &plain);
-    let mut correct = Tensor::<1, Int>::zeros([1], &plain);
-    let mut norm_sum = Tensor::<1>::zeros([1], &plain);
-    let (mut seen, mut steps, mut lr) = (0usize, 0u64, 0.0);
-    for batch in stream {
-        let n = batch.len();
-        let (images, labels) = batch_tensors(batch, ctx.device);
-        let logits = model.forward(images);
-        let loss = loss_fn.forward(logits.clone(), labels.clone());
-        let hits = logits
-            .detach()
-            .inner()
-            .argmax(1)
-            .reshape([n])
-            .equal(labels.inner())
-            .int()
-            .sum();
-        loss_sum = loss_sum + loss.clone().detach().inner().mul_scalar(n as f64);
-        correct = correct + hits;
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if let Some(norm) = grad_norm(&model, &grads) {
-            norm_sum = norm_sum + norm;
-        }
-        if applied.grad_sigma > 0.0 {
-            // Seeded by the global step: the same noise however the run was interrupted.
-            let seed = derived_seed(
-                config.seed,
-                Purpose::GradientNoise,
-                scheduler.current_step(),
-            );
-            add_gradient_noise(&model, &mut grads, config.noise, applied.grad_sigma, seed);
-        }
-        lr = scheduler.step();
-        model = optim.step(lr, model, grads);
-        seen += n;
-        steps += 1;
-        if steps % READ_EVERY == 0 || steps == ctx.steps {
-            let mean_loss = loss_sum.clone().into_scalar::<f64>() / seen as f64;
-            if !mean_loss.is_finite() {
-                return Err(EpochError::Diverged(format!(
-                    "the training loss became {mean_loss} in epoch {} (step {steps}): training diverged; try a lower --lr",
-                    ctx.epoch
-                )));
-            }
-            let acc = correct.clone().into_scalar::<i64>() as f64 / seen as f64;
-            let speed = seen as f64 / started.elapsed().as_secs_f64();
-            progress.update(steps, mean_loss, acc, lr, speed, &note);
-        }
-    }
-    progress.finish();
-    let train_seconds = started.elapsed().as_secs_f64();
-    let train_loss = loss_sum.into_scalar::<f64>() / seen as f64;
-    let train_acc = correct.into_scalar::<i64>() as f64 / seen as f64;
-    let grad_norm_mean = norm_sum.into_scalar::<f64>() / steps as f64;
-    let weight_update = WeightSnapshot::take(&model).relative_change(&before);
-    let (val_loss, val_acc) = evaluate(&model, test_batches, &plain);
-    if !val_loss.is_finite() {
-        return Err(EpochError::Diverged(format!(
-            "the validation loss became {val_loss} after epoch {}: training diverged; try a lower --lr",
-            ctx.epoch
-        )));
-    }
-    let metrics = EpochMetrics {
-        epoch: ctx.epoch,
-        train_loss,
-        train_acc,
-        val_loss,
-        val_acc,
-        grad_norm: grad_norm_mean,
-        weight_update,
-        lr,
-        steps: scheduler.current_step(),
-        seconds: started.elapsed().as_secs_f64(),
-        images_per_s: seen as f64 / train_seconds,
-        noise_applied: applied,
-        decision: None,
-    };
-    Ok((model, metrics))
-}
-
-/// Mean cross-entropy and accuracy over `batches`, in evaluation mode (BN running statistics).
-pub fn evaluate(model: &Model, batches: &[Batch], plain: &Device) -> (f64, f64) {
-    let model = model.valid();
-    let loss_fn = CrossEntropyLossConfig::new().init(plain);
-    let mut loss_sum = Tensor::<1>::zeros([1], plain);
-    let mut correct = Tensor::<1, Int>::zeros([1], plain);
-    let mut seen = 0usize;
-    for batch in batches {
-        let n = batch.len();
-        let (images, labels) = batch_tensors(batch.clone(), plain);
-        let logits = model.forward(images);
-        loss_sum = loss_sum
-            + loss_fn
-                .forward(logits.clone(), labels.clone())
-                .mul_scalar(n as f64);
-        correct = correct + logits.argmax(1).reshape([n]).equal(labels).int().sum();
-        seen += n;
-    }
-    (
-        loss_sum.into_scalar::<f64>() / seen as f64,
-        correct.into_scalar::<i64>() as f64 / seen as f64,
-    )
 }

@@ -1,0 +1,275 @@
+//! One training epoch: weight noise at its start, then forward, loss, backward,
+//! gradient norm, gradient noise and the optimiser step for every batch, then
+//! evaluation. An epoch can stop between two steps (on a signal) and later go on
+//! from there, with the same batches, noise and sums as if never stopped.
+
+use super::TrainConfig;
+use super::metrics::{EpochMetrics, NoiseApplied};
+use super::param_stats::{WeightSnapshot, grad_norm};
+use super::progress::EpochProgress;
+use crate::data::{Batch, BatchStream, Normalization, Split};
+use crate::models::Model;
+use crate::noise::{Decision, NoiseKind, add_gradient_noise, add_weight_noise};
+use crate::rng::{Purpose, derived_seed};
+use crate::schedule::CosineRestarts;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How often (in steps) running sums are read back from the device for display and NaN checks.
+const READ_EVERY: u64 = 10;
+
+/// The sums of an epoch stopped between two steps (checkpointed with the model at its start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub epoch: u64,
+    pub steps_done: u64,
+    pub seen: u64,
+    pub loss_sum: f64,
+    pub correct: i64,
+    pub norm_sum: f64,
+    pub lr: f64,
+    pub train_seconds: f64,
+}
+
+/// Everything an epoch needs besides the model and the optimiser.
+pub struct EpochContext<'a> {
+    pub config: &'a TrainConfig,
+    pub epoch: u64,
+    pub steps: u64,
+    pub device: &'a Device,
+    pub quiet: bool,
+    pub decision: &'a Decision,
+    pub train_split: Arc<Split>,
+    pub test_batches: &'a [Batch],
+    /// Whether to stop between two steps (a signal arrived).
+    pub should_stop: &'a dyn Fn(u64) -> bool,
+}
+
+pub enum EpochEnd {
+    Finished(Box<Model>, EpochMetrics),
+    /// Stopped between two steps: the model now, the model at the epoch's start, the sums.
+    Stopped(Box<Model>, Box<Model>, PartialEpoch),
+    Diverged(String),
+}
+
+/// Uploads a batch: images `[n, 3, 32, 32]` and labels `[n]`.
+pub fn batch_tensors(batch: Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let n = batch.len();
+    let images = Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, 32, 32]), device);
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(batch.labels, [n]), device);
+    (images, labels)
+}
+
+fn noise_applied(config: &TrainConfig, decision: &Decision) -> NoiseApplied {
+    if config.noise == NoiseKind::None {
+        return NoiseApplied::default();
+    }
+    NoiseApplied {
+        grad_sigma: decision.grad_sigma,
+        weight_sigma: decision.weight_sigma,
+    }
+}
+
+pub fn noise_note(applied: &NoiseApplied) -> String {
+    let mut parts = Vec::new();
+    if applied.grad_sigma > 0.0 {
+        parts.push(format!("grad noise {:.4}", applied.grad_sigma));
+    }
+    if applied.weight_sigma > 0.0 {
+        parts.push(format!("weight noise {:.4}", applied.weight_sigma));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", parts.join(", "))
+    }
+}
+
+/// Runs epoch `ctx.epoch`, from its start or from `resume` (a stopped epoch and its start model).
+pub fn run_epoch(
+    ctx: &EpochContext,
+    mut model: Model,
+    optim: &mut ModuleOptimizer,
+    scheduler: &mut CosineRestarts,
+    resume: Option<(PartialEpoch, Model)>,
+) -> EpochEnd {
+    let started = Instant::now();
+    let config = ctx.config;
+    let loss_fn = CrossEntropyLossConfig::new().init(ctx.device);
+    let plain = ctx.device.clone().inner();
+    let applied = noise_applied(config, ctx.decision);
+    let scalar = |v: f64| Tensor::<1>::from_data(TensorData::new(vec![v as f32], [1]), &plain);
+
+    let (
+        start_model,
+        mut loss_sum,
+        mut correct,
+        mut norm_sum,
+        mut seen,
+        mut steps,
+        mut lr,
+        earlier_seconds,
+    ) = match resume {
+        Some((p, start_model)) => (
+            start_model,
+            scalar(p.loss_sum),
+            Tensor::<1, Int>::from_data(TensorData::new(vec![p.correct], [1]), &plain),
+            scalar(p.norm_sum),
+            p.seen as usize,
+            p.steps_done,
+            p.lr,
+            p.train_seconds,
+        ),
+        None => {
+            // w_{e-1}: the weights before this epoch's weight noise.
+            let start_model = model.clone();
+            if applied.weight_sigma > 0.0 {
+                let seed = derived_seed(config.seed, Purpose::WeightNoise, ctx.epoch);
+                model = add_weight_noise(model, config.noise, applied.weight_sigma, seed);
+            }
+            (
+                start_model,
+                scalar(0.0),
+                Tensor::<1, Int>::zeros([1], &plain),
+                scalar(0.0),
+                0,
+                0,
+                0.0,
+                0.0,
+            )
+        }
+    };
+    let skip = steps as usize;
+    let note = noise_note(&applied);
+    let mut progress = EpochProgress::new(ctx.epoch, config.epochs, ctx.steps, ctx.quiet);
+    let stream = BatchStream::start_at(
+        ctx.train_split.clone(),
+        config.batch_size,
+        Normalization::CIFAR10,
+        config.seed,
+        ctx.epoch,
+        skip,
+    );
+    for batch in stream {
+        let n = batch.len();
+        let (images, labels) = batch_tensors(batch, ctx.device);
+        let logits = model.forward(images);
+        let loss = loss_fn.forward(logits.clone(), labels.clone());
+        let hits = logits
+            .detach()
+            .inner()
+            .argmax(1)
+            .reshape([n])
+            .equal(labels.inner())
+            .int()
+            .sum();
+        loss_sum = loss_sum + loss.clone().detach().inner().mul_scalar(n as f64);
+        correct = correct + hits;
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        if let Some(norm) = grad_norm(&model, &grads) {
+            norm_sum = norm_sum + norm;
+        }
+        if applied.grad_sigma > 0.0 {
+            // Seeded by the global step: the same noise however the run was interrupted.
+            let seed = derived_seed(
+                config.seed,
+                Purpose::GradientNoise,
+                scheduler.current_step(),
+            );
+            add_gradient_noise(&model, &mut grads, config.noise, applied.grad_sigma, seed);
+        }
+        lr = scheduler.step();
+        model = optim.step(lr, model, grads);
+        seen += n;
+        steps += 1;
+        if steps % READ_EVERY == 0 || steps == ctx.steps {
+            let mean_loss = loss_sum.clone().into_scalar::<f64>() / seen as f64;
+            if !mean_loss.is_finite() {
+                progress.finish();
+                return EpochEnd::Diverged(format!(
+                    "the training loss became {mean_loss} in epoch {} (step {steps}): training diverged; try a lower --lr",
+                    ctx.epoch
+                ));
+            }
+            let acc = correct.clone().into_scalar::<i64>() as f64 / seen as f64;
+            let speed =
+                (seen - skip * config.batch_size).max(1) as f64 / started.elapsed().as_secs_f64();
+            progress.update(steps, mean_loss, acc, lr, speed, &note);
+        }
+        if steps < ctx.steps && (ctx.should_stop)(scheduler.current_step()) {
+            progress.finish();
+            let partial = PartialEpoch {
+                epoch: ctx.epoch,
+                steps_done: steps,
+                seen: seen as u64,
+                loss_sum: loss_sum.into_scalar::<f64>(),
+                correct: correct.into_scalar::<i64>(),
+                norm_sum: norm_sum.into_scalar::<f64>(),
+                lr,
+                train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+            };
+            return EpochEnd::Stopped(Box::new(model), Box::new(start_model), partial);
+        }
+    }
+    progress.finish();
+    let train_seconds = earlier_seconds + started.elapsed().as_secs_f64();
+    let train_loss = loss_sum.into_scalar::<f64>() / seen as f64;
+    let train_acc = correct.into_scalar::<i64>() as f64 / seen as f64;
+    let grad_norm_mean = norm_sum.into_scalar::<f64>() / steps as f64;
+    let weight_update =
+        WeightSnapshot::take(&model).relative_change(&WeightSnapshot::take(&start_model));
+    let eval_started = Instant::now();
+    let (val_loss, val_acc) = evaluate(&model, ctx.test_batches, &plain);
+    if !val_loss.is_finite() {
+        return EpochEnd::Diverged(format!(
+            "the validation loss became {val_loss} after epoch {}: training diverged; try a lower --lr",
+            ctx.epoch
+        ));
+    }
+    let metrics = EpochMetrics {
+        epoch: ctx.epoch,
+        train_loss,
+        train_acc,
+        val_loss,
+        val_acc,
+        grad_norm: grad_norm_mean,
+        weight_update,
+        lr,
+        steps: scheduler.current_step(),
+        seconds: train_seconds + eval_started.elapsed().as_secs_f64(),
+        images_per_s: seen as f64 / train_seconds,
+        noise_applied: applied,
+        decision: None,
+    };
+    EpochEnd::Finished(Box::new(model), metrics)
+}
+
+/// Mean cross-entropy and accuracy over `batches`, in evaluation mode (BN running statistics).
+pub fn evaluate(model: &Model, batches: &[Batch], plain: &Device) -> (f64, f64) {
+    let model = model.valid();
+    let loss_fn = CrossEntropyLossConfig::new().init(plain);
+    let mut loss_sum = Tensor::<1>::zeros([1], plain);
+    let mut correct = Tensor::<1, Int>::zeros([1], plain);
+    let mut seen = 0usize;
+    for batch in batches {
+        let n = batch.len();
+        let (images, labels) = batch_tensors(batch.clone(), plain);
+        let logits = model.forward(images);
+        loss_sum = loss_sum
+            + loss_fn
+                .forward(logits.clone(), labels.clone())
+                .mul_scalar(n as f64);
+        correct = correct + logits.argmax(1).reshape([n]).equal(labels).int().sum();
+        seen += n;
+    }
+    (
+        loss_sum.into_scalar::<f64>() / seen as f64,
+        correct.into_scalar::<i64>() as f64 / seen as f64,
+    )
+}
