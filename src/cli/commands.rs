@@ -5,6 +5,7 @@ use super::{
     TrainArgs,
 };
 use crate::bench::{self, BenchOptions};
+use crate::experiments::slurm::{self, SlurmOptions};
 use crate::experiments::{
     CellRun, Sweep, SweepOverrides, cell_status, read_cells, run_cell, run_sweep,
 };
@@ -246,24 +247,29 @@ fn sweep_command(args: &SweepArgs) -> Result<()> {
     }
     let sweep = Sweep::load(&args.file, &overrides)?;
     if args.list {
-        println!(
-            "{:>5}  {:<8} {:>9}  {:>7}  cell",
-            "index", "state", "epochs", "val acc"
-        );
-        for cell in &sweep.cells {
-            let s = cell_status(&sweep.cell_dir(cell), cell.config.epochs);
-            let acc = s
-                .final_val_acc
-                .map_or("-".to_string(), |a| format!("{a:.4}"));
+        print_cells(&sweep);
+        return Ok(());
+    }
+    if args.slurm {
+        let options = SlurmOptions {
+            partition: args.partition.clone(),
+            gpus_per_task: args.gpus_per_task,
+            cpus_per_task: args.cpus_per_task,
+            time: args.time.clone(),
+            array_parallelism: args.array_parallelism,
+            sbatch_args: args.sbatch_arg.clone(),
+            signal_grace_s: args.signal_grace,
+            dry_run: args.dry_run,
+        };
+        if let Some(sub) = slurm::submit(&sweep, &options)? {
             println!(
-                "{:>5}  {:<8} {:>9}  {:>7}  {}{}",
-                cell.index,
-                s.state.name(),
-                format!("{}/{}", s.epochs_done, s.epochs),
-                acc,
-                cell.name,
-                s.error.map_or(String::new(), |e| format!("  ({e})"))
+                "submitted job array {} ({} tasks) from {}",
+                sub.job_id,
+                sub.cells.len(),
+                sub.script.display()
             );
+            println!("watch it:  adanoise sweep {} --list", args.file.display());
+            println!("report:    adanoise report {}", sweep.out.display());
         }
         return Ok(());
     }
@@ -289,6 +295,44 @@ fn sweep_command(args: &SweepArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--list`: every cell with its state, epochs, final val accuracy and, for a submitted
+/// sweep, its Slurm task and state.
+fn print_cells(sweep: &Sweep) {
+    let jobs = slurm::cell_jobs(&sweep.out);
+    let slurm_header = if jobs.is_empty() {
+        String::new()
+    } else {
+        format!("{:<14} {:<11} ", "slurm task", "slurm state")
+    };
+    println!(
+        "{:>5}  {:<8} {:>9}  {:>7}  {slurm_header}cell",
+        "index", "state", "epochs", "val acc"
+    );
+    for cell in &sweep.cells {
+        let s = cell_status(&sweep.cell_dir(cell), cell.config.epochs);
+        let acc = s
+            .final_val_acc
+            .map_or("-".to_string(), |a| format!("{a:.4}"));
+        let job = if jobs.is_empty() {
+            String::new()
+        } else {
+            let (task, state) = jobs
+                .get(&cell.index)
+                .cloned()
+                .unwrap_or(("-".into(), "-".into()));
+            format!("{task:<14} {state:<11} ")
+        };
+        let epochs = format!("{}/{}", s.epochs_done, s.epochs);
+        let error = s.error.map_or(String::new(), |e| format!("  ({e})"));
+        println!(
+            "{:>5}  {:<8} {epochs:>9}  {acc:>7}  {job}{}{error}",
+            cell.index,
+            s.state.name(),
+            cell.name
+        );
+    }
 }
 
 fn report_command(args: &ReportArgs) -> Result<()> {

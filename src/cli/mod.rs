@@ -251,6 +251,33 @@ pub struct SweepArgs {
     /// Run only the cell with this index (of the cell list pinned in the output directory).
     #[arg(long)]
     pub cell: Option<usize>,
+    /// Submit the cells not done as a Slurm job array instead of running them here.
+    #[arg(long)]
+    pub slurm: bool,
+    /// Slurm partition.
+    #[arg(long, requires = "slurm")]
+    pub partition: Option<String>,
+    /// GPUs per array task.
+    #[arg(long, requires = "slurm")]
+    pub gpus_per_task: Option<u32>,
+    /// CPUs per array task (also the cell's thread count) [1].
+    #[arg(long, requires = "slurm")]
+    pub cpus_per_task: Option<u32>,
+    /// Time limit per task, HH:MM:SS; a cell checkpoints and requeues itself before it.
+    #[arg(long, requires = "slurm")]
+    pub time: Option<String>,
+    /// At most this many tasks at once.
+    #[arg(long, requires = "slurm")]
+    pub array_parallelism: Option<u32>,
+    /// Extra sbatch option, e.g. --sbatch-arg=--account=lab (repeatable).
+    #[arg(long, requires = "slurm", allow_hyphen_values = true)]
+    pub sbatch_arg: Vec<String>,
+    /// Seconds before the time limit at which a cell is told to checkpoint and requeue.
+    #[arg(long, requires = "slurm", default_value_t = 120)]
+    pub signal_grace: u32,
+    /// Write and print the sbatch script without submitting it.
+    #[arg(long, requires = "slurm")]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

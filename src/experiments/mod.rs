@@ -3,6 +3,7 @@
 
 pub mod cell_state;
 pub mod runner;
+pub mod slurm;
 pub mod sweep;
 
 pub use cell_state::{CellState, CellStatus, cell_status};

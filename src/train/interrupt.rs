@@ -1,7 +1,7 @@
 //! Stopping cleanly on a signal: SIGINT (Ctrl-C), SIGTERM (preemption, `scancel`,
 //! `scontrol requeue`) and SIGUSR1 (Slurm's warning before a time limit) ask the
 //! training loop to finish its current step, write a checkpoint and exit; a
-//! second SIGINT or SIGTERM exits at once.
+//! second SIGINT exits at once.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -22,12 +22,12 @@ pub fn install() -> std::io::Result<()> {
     {
         use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
         let f = flag().clone();
-        for signal in [SIGINT, SIGTERM] {
-            // The order matters: the shutdown check sees the flag before this signal sets it.
-            signal_hook::flag::register_conditional_shutdown(signal, 130, f.clone())?;
+        // A second Ctrl-C exits at once. SIGTERM never does: schedulers may send it to every
+        // process of a job more than once, and the checkpoint must still be written.
+        signal_hook::flag::register_conditional_shutdown(SIGINT, 130, f.clone())?;
+        for signal in [SIGINT, SIGTERM, SIGUSR1] {
             signal_hook::flag::register(signal, f.clone())?;
         }
-        signal_hook::flag::register(SIGUSR1, f)?;
     }
     Ok(())
 }

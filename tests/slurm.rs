@@ -1,0 +1,238 @@
+//! Sweeps as Slurm job arrays, against a real Slurm (`ci/slurm-up.sh` starts a
+//! single-node cluster; `.ci/run` installs and starts it). Where no cluster is
+//! up, the tests say so and skip, unless ADANOISE_REQUIRE_SLURM=1 makes that a
+//! failure (CI sets it).
+
+use adanoise::data::synthetic::write_binary_release;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn slurm_up() -> bool {
+    let up = Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .any(|s| ["idle", "mixed", "allocated"].contains(&s))
+        });
+    if !up {
+        assert!(
+            std::env::var("ADANOISE_REQUIRE_SLURM").is_err(),
+            "ADANOISE_REQUIRE_SLURM is set but no Slurm node is up (run ci/slurm-up.sh as root)"
+        );
+        eprintln!(
+            "SKIPPED: no Slurm cluster is up here (install slurm-wlm and munge, then run ci/slurm-up.sh as root)"
+        );
+    }
+    up
+}
+
+fn adanoise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adanoise"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn sweep(root: &Path, base: &str, grid: &str) -> (PathBuf, PathBuf) {
+    let file = root.join("sweep.toml");
+    let out = root.join("out");
+    std::fs::write(
+        &file,
+        format!(
+            "out = '{}'\n[base]\n{base}\ndata_dir = '{}'\n[grid]\n{grid}",
+            out.display(),
+            root.join("data").display()
+        ),
+    )
+    .unwrap();
+    (file, out)
+}
+
+fn job_id(submit_stdout: &str) -> String {
+    submit_stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "array")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no job id in: {submit_stdout}"))
+        .to_string()
+}
+
+/// Waits until no task of `job` is left in the queue.
+fn wait_for(job: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let o = Command::new("squeue")
+            .args(["-h", "-r", "-j", job, "-o", "%i %T"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        if text.trim().is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "job {job} still queued after {limit:?}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn epochs(dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_sweep_runs_as_a_job_array_and_reports_every_cell() {
+    if !slurm_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_binary_release(&tmp.path().join("data"), 100, 40, 3).unwrap();
+    let (file, out) = sweep(
+        tmp.path(),
+        "model = 'baby-cnn'\nepochs = 2\nbatch_size = 50\nlr = 0.01",
+        "optimizer = ['sgd', 'adam']\nnoise = ['none', 'gaussian']\n",
+    );
+    let f = file.to_str().unwrap();
+    let dry = ok(adanoise(&[
+        "sweep",
+        f,
+        "--slurm",
+        "--dry-run",
+        "--array-parallelism",
+        "2",
+    ]));
+    assert!(dry.contains("#SBATCH --array=0-3%2"), "{dry}");
+    let submitted = ok(adanoise(&[
+        "sweep",
+        f,
+        "--slurm",
+        "--array-parallelism",
+        "2",
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "00:10:00",
+    ]));
+    let job = job_id(&submitted);
+    let list = ok(adanoise(&["sweep", f, "--list"]));
+    assert!(
+        list.contains(&format!("{job}_0")) && list.contains(&format!("{job}_3")),
+        "{list}"
+    );
+    wait_for(&job, Duration::from_secs(300));
+    let list = ok(adanoise(&["sweep", f, "--list"]));
+    assert_eq!(list.matches(" done ").count(), 4, "{list}");
+    for dir in ["sgd-none", "adam-gaussian"] {
+        assert_eq!(epochs(&out.join(dir)), vec![1, 2]);
+    }
+    let report = ok(adanoise(&["report", out.to_str().unwrap()]));
+    assert_eq!(report.matches("| baby-cnn |").count(), 4, "{report}");
+    // Nothing left: a second submission submits nothing.
+    let again = ok(adanoise(&["sweep", f, "--slurm"]));
+    assert!(again.contains("nothing to submit"), "{again}");
+}
+
+#[test]
+fn a_requeued_task_resumes_its_cell_without_losing_or_repeating_an_epoch() {
+    if !slurm_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write_binary_release(&tmp.path().join("data"), 1200, 40, 3).unwrap();
+    let (file, out) = sweep(
+        tmp.path(),
+        "model = 'tiny-cnn'\noptimizer = 'sgd-momentum'\nepochs = 3\nbatch_size = 16",
+        "lr = [0.01]\n",
+    );
+    let f = file.to_str().unwrap();
+    let job = job_id(&ok(adanoise(&[
+        "sweep",
+        f,
+        "--slurm",
+        "--cpus-per-task",
+        "1",
+    ])));
+    let cell = out.join("lr0.01");
+    let started = Instant::now();
+    while epochs(&cell).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "no epoch recorded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let task = format!("{job}_0");
+    let o = Command::new("scontrol")
+        .args(["requeue", &task])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "scontrol requeue: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A requeued job waits for a begin time; let it start again now.
+    let started = Instant::now();
+    loop {
+        let o = Command::new("scontrol")
+            .args(["update", &format!("jobid={task}"), "StartTime=now"])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "could not release {task}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_for(&job, Duration::from_secs(400));
+    assert_eq!(
+        epochs(&cell),
+        vec![1, 2, 3],
+        "a complete, gap-free metrics file"
+    );
+    let log = std::fs::read_to_string(cell.join("train.log")).unwrap_or_default();
+    let slurm_log: String = std::fs::read_dir(out.join("slurm"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        slurm_log.contains("restart 1"),
+        "the task ran again after the requeue: {slurm_log}"
+    );
+    assert!(
+        slurm_log.contains("resuming") || log.contains("resuming"),
+        "the cell resumed from its checkpoint: {slurm_log}"
+    );
+    let list = ok(adanoise(&["sweep", f, "--list"]));
+    assert!(list.contains(" done "), "{list}");
+}
