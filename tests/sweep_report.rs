@@ -213,6 +213,10 @@ fn check_in_chromium(page: &Path, tables: usize) {
                 .is_ok_and(|o| o.status.success())
         })
     else {
+        assert!(
+            std::env::var("ADANOISE_REQUIRE_CHROMIUM").is_err(),
+            "ADANOISE_REQUIRE_CHROMIUM is set but no chromium is on PATH"
+        );
         eprintln!(
             "SKIPPED the Chromium check of the HTML report: no chromium on PATH (`apt-get install chromium` enables it; .ci/run installs it)"
         );
