@@ -155,8 +155,60 @@ fn a_sweep_runs_as_a_job_array_and_reports_every_cell() {
     assert!(again.contains("nothing to submit"), "{again}");
 }
 
+/// Lets a requeued task start now instead of after Slurm's begin-time delay.
+fn release(task: &str) {
+    let started = Instant::now();
+    loop {
+        let o = Command::new("scontrol")
+            .args(["update", &format!("jobid={task}"), "StartTime=now"])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "could not release {task}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn wait_epochs(cell: &Path, n: usize) {
+    let started = Instant::now();
+    while epochs(cell).len() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "epoch {n} not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn slurm_logs(out: &Path) -> String {
+    std::fs::read_dir(out.join("slurm"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect()
+}
+
+fn wait_for_restart(out: &Path, n: usize) {
+    let started = Instant::now();
+    while !slurm_logs(out).contains(&format!("restart {n}")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the task did not start again: {}",
+            slurm_logs(out)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 #[test]
-fn a_requeued_task_resumes_its_cell_without_losing_or_repeating_an_epoch() {
+fn a_stopped_or_requeued_task_resumes_its_cell_without_losing_or_repeating_an_epoch() {
     if !slurm_up() {
         return;
     }
@@ -175,17 +227,27 @@ fn a_requeued_task_resumes_its_cell_without_losing_or_repeating_an_epoch() {
         "--cpus-per-task",
         "1",
     ])));
-    let cell = out.join("lr0.01");
-    let started = Instant::now();
-    while epochs(&cell).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "no epoch recorded"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_millis(500));
     let task = format!("{job}_0");
+    let cell = out.join("lr0.01");
+
+    // The time-limit path: SIGUSR1 to the batch script (what --signal=B:USR1@S sends), which
+    // lets the cell checkpoint and requeues the task itself.
+    wait_epochs(&cell, 1);
+    let o = Command::new("scancel")
+        .args(["--signal=USR1", "--batch", &task])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "scancel: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    release(&task);
+    wait_for_restart(&out, 1);
+
+    // The preemption path: scontrol requeue (SIGTERM to the job, Slurm requeues it).
+    wait_epochs(&cell, 2);
     let o = Command::new("scontrol")
         .args(["requeue", &task])
         .output()
@@ -195,43 +257,21 @@ fn a_requeued_task_resumes_its_cell_without_losing_or_repeating_an_epoch() {
         "scontrol requeue: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    // A requeued job waits for a begin time; let it start again now.
-    let started = Instant::now();
-    loop {
-        let o = Command::new("scontrol")
-            .args(["update", &format!("jobid={task}"), "StartTime=now"])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "could not release {task}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    std::thread::sleep(Duration::from_secs(1));
+    release(&task);
+    wait_for_restart(&out, 2);
+
     wait_for(&job, Duration::from_secs(400));
     assert_eq!(
         epochs(&cell),
         vec![1, 2, 3],
         "a complete, gap-free metrics file"
     );
-    let log = std::fs::read_to_string(cell.join("train.log")).unwrap_or_default();
-    let slurm_log: String = std::fs::read_dir(out.join("slurm"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let logs =
+        slurm_logs(&out) + &std::fs::read_to_string(cell.join("train.log")).unwrap_or_default();
     assert!(
-        slurm_log.contains("restart 1"),
-        "the task ran again after the requeue: {slurm_log}"
-    );
-    assert!(
-        slurm_log.contains("resuming") || log.contains("resuming"),
-        "the cell resumed from its checkpoint: {slurm_log}"
+        logs.contains("resuming"),
+        "the cell resumed from its checkpoint: {logs}"
     );
     let list = ok(adanoise(&["sweep", f, "--list"]));
     assert!(list.contains(" done "), "{list}");
