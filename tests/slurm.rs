@@ -3,6 +3,8 @@
 //! up, the tests say so and skip, unless ADANOISE_REQUIRE_SLURM=1 makes that a
 //! failure (CI sets it).
 
+mod common;
+
 use adanoise::data::synthetic::write_binary_release;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,21 +32,10 @@ fn slurm_up() -> bool {
     up
 }
 
-fn adanoise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adanoise"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{adanoise, metrics_epochs as epochs};
 
 fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::ok(&o)
 }
 
 fn sweep(root: &Path, base: &str, grid: &str) -> (PathBuf, PathBuf) {
@@ -89,18 +80,6 @@ fn wait_for(job: &str, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn epochs(dir: &Path) -> Vec<u64> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
 }
 
 #[test]

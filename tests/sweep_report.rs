@@ -1,28 +1,15 @@
 //! Sweeps end to end on synthetic data (grid, skip and resume, a failing cell,
 //! two concurrent sweep processes), and the report and figures made from them.
 
+mod common;
+
 use adanoise::data::synthetic::write_binary_release;
 use adanoise::report::{find_runs, tables};
 use adanoise::train::{RunOptions, TrainConfig, train};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn adanoise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_adanoise"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::{adanoise, metrics_epochs, ok};
 
 /// A 2 x 2 x 2 grid of quick baby-cnn runs, plus `extra` grid lines.
 fn sweep_file(root: &Path, extra: &str) -> (PathBuf, PathBuf) {
@@ -43,18 +30,6 @@ fn sweep_file(root: &Path, extra: &str) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     (file, out)
-}
-
-fn metrics_epochs(dir: &Path) -> Vec<u64> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
 }
 
 #[test]

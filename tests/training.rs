@@ -1,6 +1,8 @@
 //! End-to-end training on small synthetic data: the run directory, resume after
 //! an interruption (equal metrics), refusals, divergence, and the CLI.
 
+mod common;
+
 use adanoise::data::synthetic::write_binary_release;
 use adanoise::models::ModelKind;
 use adanoise::optim::OptimizerKind;
@@ -145,26 +147,17 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
         )
         .unwrap();
         assert_eq!(resumed.summary.status, RunStatus::Finished);
-        let strip = |h: &[adanoise::train::EpochMetrics]| {
-            h.iter()
-                .map(|m| {
-                    (
-                        m.epoch,
-                        m.train_loss,
-                        m.train_acc,
-                        m.val_loss,
-                        m.val_acc,
-                        m.grad_norm,
-                        m.weight_update,
-                        m.lr,
-                        m.steps,
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(strip(&resumed.history), strip(&straight.history), "{model}");
+        assert_eq!(
+            common::deterministic(&resumed.history),
+            common::deterministic(&straight.history),
+            "{model}"
+        );
         let on_disk = adanoise::train::run_dir::read_metrics_file(&metrics).unwrap();
-        assert_eq!(strip(&on_disk), strip(&straight.history), "{model}");
+        assert_eq!(
+            common::deterministic(&on_disk),
+            common::deterministic(&straight.history),
+            "{model}"
+        );
     }
 }
 
@@ -214,12 +207,7 @@ fn divergence_stops_with_a_message_and_keeps_what_was_recorded() {
     assert!(out.join("config.toml").is_file());
 }
 
-fn adanoise(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_adanoise"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::adanoise;
 
 #[test]
 fn cli_trains_from_a_config_file_with_flag_overrides() {
@@ -394,29 +382,6 @@ fn models_json_lists_exact_counts() {
     );
 }
 
-/// Compares everything deterministic about two histories.
-fn same_numbers(a: &[adanoise::train::EpochMetrics], b: &[adanoise::train::EpochMetrics]) -> bool {
-    let key = |h: &[adanoise::train::EpochMetrics]| {
-        h.iter()
-            .map(|m| {
-                (
-                    m.epoch,
-                    m.train_loss,
-                    m.train_acc,
-                    m.val_loss,
-                    m.val_acc,
-                    m.grad_norm,
-                    m.weight_update,
-                    m.lr,
-                    m.steps,
-                    m.decision.clone(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    key(a) == key(b)
-}
-
 #[test]
 fn stopping_in_the_middle_of_an_epoch_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -460,7 +425,7 @@ fn stopping_in_the_middle_of_an_epoch_resumes_exactly() {
         .unwrap();
         assert!(!resumed.interrupted);
         assert!(
-            same_numbers(&resumed.history, &straight.history),
+            common::deterministic(&resumed.history) == common::deterministic(&straight.history),
             "{model}: {:#?}\nvs\n{:#?}",
             resumed.history,
             straight.history
@@ -544,5 +509,8 @@ fn sigterm_checkpoints_and_resume_continues() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let a = adanoise::train::run_dir::read_metrics_file(&straight.join(METRICS_FILE)).unwrap();
     let b = adanoise::train::run_dir::read_metrics_file(&metrics).unwrap();
-    assert!(same_numbers(&a, &b), "{a:#?}\nvs\n{b:#?}");
+    assert!(
+        common::deterministic(&a) == common::deterministic(&b),
+        "{a:#?}\nvs\n{b:#?}"
+    );
 }

@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use adanoise::noise::Decision;
+use adanoise::train::EpochMetrics;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the `adanoise` binary.
+pub fn adanoise<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adanoise"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The standard output of a command that must succeed.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The epoch numbers recorded in a run directory's metrics.jsonl.
+pub fn metrics_epochs(dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+pub type Deterministic = (
+    u64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    u64,
+    Option<Decision>,
+);
+
+/// Everything about a history that does not depend on timing.
+pub fn deterministic(history: &[EpochMetrics]) -> Vec<Deterministic> {
+    history
+        .iter()
+        .map(|m| {
+            (
+                m.epoch,
+                m.train_loss,
+                m.train_acc,
+                m.val_loss,
+                m.val_acc,
+                m.grad_norm,
+                m.weight_update,
+                m.lr,
+                m.steps,
+                m.decision.clone(),
+            )
+        })
+        .collect()
+}
