@@ -40,9 +40,16 @@ pub fn save(figure: &impl Figure, stem: &Path) -> Result<Vec<PathBuf>> {
         let target = stem.with_extension(ext);
         let tmp = stem.with_extension(format!("tmp.{ext}"));
         if ext == "png" {
-            let root = BitMapBackend::new(&tmp, figure.size()).into_drawing_area();
-            figure.draw(&root)?;
-            root.present().map_err(err)?;
+            // Render into memory and encode with the `image` crate the rest of adanoise uses.
+            let (w, h) = figure.size();
+            let mut pixels = vec![0u8; (w * h * 3) as usize];
+            {
+                let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+                figure.draw(&root)?;
+                root.present().map_err(err)?;
+            }
+            let img = image::RgbImage::from_raw(w, h, pixels).expect("the buffer has w * h pixels");
+            img.save_with_format(&tmp, image::ImageFormat::Png)?;
         } else {
             let root = SVGBackend::new(&tmp, figure.size()).into_drawing_area();
             figure.draw(&root)?;
