@@ -294,6 +294,13 @@ fn sweep_command(args: &SweepArgs) -> Result<()> {
             sweep.cells.len()
         );
     }
+    if outcome.interrupted > 0 || crate::train::interrupt::requested() {
+        eprintln!(
+            "interrupted: {} running cell(s) wrote a checkpoint; run the same command again to continue",
+            outcome.interrupted
+        );
+        std::process::exit(crate::train::interrupt::EXIT_INTERRUPTED);
+    }
     Ok(())
 }
 
