@@ -134,23 +134,46 @@ fn a_sweep_runs_as_a_job_array_and_reports_every_cell() {
     assert!(again.contains("nothing to submit"), "{again}");
 }
 
-/// Lets a requeued task start now instead of after Slurm's begin-time delay.
-fn release(task: &str) {
+/// Lets a requeued task start now instead of after Slurm's begin-time delay: once it has
+/// been requeued `restarts` times and waits again, its start time moves to now.
+fn release(task: &str, restarts: u32) {
     let started = Instant::now();
     loop {
         let o = Command::new("scontrol")
-            .args(["update", &format!("jobid={task}"), "StartTime=now"])
+            .args(["show", "job", task])
             .output()
             .unwrap();
-        if o.status.success() {
-            return;
+        let text = String::from_utf8_lossy(&o.stdout);
+        let field = |name: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or("")
+                .to_string()
+        };
+        let (state, count) = (
+            field("JobState"),
+            field("Restarts").parse::<u32>().unwrap_or(0),
+        );
+        if count >= restarts {
+            if state == "RUNNING" || state == "COMPLETED" {
+                return;
+            }
+            if state == "PENDING" {
+                let arg = format!("jobid={task}");
+                let o = Command::new("scontrol")
+                    .args(["update", &arg, "StartTime=now"])
+                    .output()
+                    .unwrap();
+                if o.status.success() {
+                    return;
+                }
+            }
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "could not release {task}: {}",
-            String::from_utf8_lossy(&o.stderr)
+            started.elapsed() < Duration::from_secs(120),
+            "{task}: {state}, {count} restarts"
         );
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -222,7 +245,7 @@ fn a_stopped_or_requeued_task_resumes_its_cell_without_losing_or_repeating_an_ep
         String::from_utf8_lossy(&o.stderr)
     );
     std::thread::sleep(Duration::from_secs(1));
-    release(&task);
+    release(&task, 1);
     wait_for_restart(&out, 1);
 
     // The preemption path: scontrol requeue (SIGTERM to the job, Slurm requeues it).
@@ -237,7 +260,7 @@ fn a_stopped_or_requeued_task_resumes_its_cell_without_losing_or_repeating_an_ep
         String::from_utf8_lossy(&o.stderr)
     );
     std::thread::sleep(Duration::from_secs(1));
-    release(&task);
+    release(&task, 2);
     wait_for_restart(&out, 2);
 
     wait_for(&job, Duration::from_secs(400));

@@ -265,3 +265,31 @@ pub fn html(tables: &Tables, runs: &[RunRecord]) -> Result<String> {
     out.push_str("</body>\n</html>\n");
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_seeds_show_mean_and_std() {
+        assert_eq!(
+            stat(&Stat {
+                mean: 0.85,
+                std: 0.0707,
+                n: 2
+            }),
+            "0.8500 ± 0.0707"
+        );
+        assert_eq!(
+            stat(&Stat {
+                mean: 0.85,
+                std: 0.0,
+                n: 1
+            }),
+            "0.8500"
+        );
+        assert_eq!(signed(Some(-0.01)), "-0.0100");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(latex_escape("lr_min 5%"), "lr\\_min 5\\%");
+    }
+}

@@ -242,3 +242,17 @@ fn best_lr_row(runs: &[&RunRecord], variant: String) -> Row {
         runs: best_runs.iter().map(|r| r.dir.clone()).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_is_mean_and_sample_std() {
+        let s = Stat::of(&[0.8, 0.9]);
+        assert!((s.mean - 0.85).abs() < 1e-12);
+        assert!((s.std - 0.5f64.sqrt() * 0.1).abs() < 1e-12);
+        assert_eq!(s.n, 2);
+        assert_eq!(Stat::of(&[0.7]).std, 0.0);
+    }
+}
