@@ -6,13 +6,11 @@
 
 use crate::device::{DeviceKind, set_cpu_threads};
 use crate::models::ModelKind;
-use crate::noise::{NoiseKind, add_gradient_noise};
+use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
-use crate::train::param_stats::grad_norm;
-use crate::train::trainer::batch_tensors;
+use crate::train::epoch::{batch_tensors, train_step};
 use anyhow::{Result, bail};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::GradientsParams;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
@@ -115,17 +113,29 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
         for (v, variant) in variants.iter().enumerate() {
             let started = Instant::now();
             let (images, labels) = batch_tensors(batch.clone(), &device);
-            let loss = loss_fn.forward(model.forward(images), labels);
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            if *variant != StepKind::Plain {
+            let noise = match *variant {
+                StepKind::GradNoise(sigma) => {
+                    seed += 1;
+                    Some((NoiseKind::Gaussian, sigma, seed))
+                }
+                _ => None,
+            };
+            let measure_norm = *variant != StepKind::Plain;
+            let out = train_step(
+                model,
+                &mut optim,
+                &loss_fn,
+                images,
+                labels,
+                1e-3,
+                measure_norm,
+                noise,
+            );
+            model = out.model;
+            if let Some(norm) = out.grad_norm {
                 // Kept on the device, as in training: read back once at the end.
-                norm_sum = norm_sum + grad_norm(&model, &grads).expect("the model has parameters");
+                norm_sum = norm_sum + norm;
             }
-            if let StepKind::GradNoise(sigma) = *variant {
-                seed += 1;
-                add_gradient_noise(&model, &mut grads, NoiseKind::Gaussian, sigma, seed);
-            }
-            model = optim.step(1e-3, model, grads);
             device
                 .sync()
                 .map_err(|e| anyhow::anyhow!("the device failed: {e:?}"))?;

@@ -2,6 +2,8 @@
 //! start of the paper's 300-epoch, lr 1e-3, 391-steps-per-epoch schedule), and
 //! the `lr-schedule` command's CSV.
 
+mod common;
+
 use adanoise::schedule::CosineRestartsConfig;
 
 #[test]
@@ -26,22 +28,17 @@ fn every_reference_epoch_start_matches() {
     assert_eq!(rows, 300);
 }
 
+/// Runs `adanoise lr-schedule` with the given options.
+fn lr_schedule(options: &str) -> std::process::Output {
+    let args: Vec<&str> = std::iter::once("lr-schedule")
+        .chain(options.split_whitespace())
+        .collect();
+    common::adanoise(&args)
+}
+
 #[test]
 fn command_prints_one_row_per_step() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adanoise"))
-        .args([
-            "lr-schedule",
-            "--epochs",
-            "4",
-            "--steps-per-epoch",
-            "3",
-            "--lr-max",
-            "0.1",
-            "--restart-epochs",
-            "2",
-        ])
-        .output()
-        .unwrap();
+    let out = lr_schedule("--epochs 4 --steps-per-epoch 3 --lr-max 0.1 --restart-epochs 2");
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -62,20 +59,7 @@ fn command_prints_one_row_per_step() {
 
 #[test]
 fn command_rejects_lr_min_above_lr_max() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adanoise"))
-        .args([
-            "lr-schedule",
-            "--epochs",
-            "4",
-            "--steps-per-epoch",
-            "3",
-            "--lr-max",
-            "0.001",
-            "--lr-min",
-            "0.01",
-        ])
-        .output()
-        .unwrap();
+    let out = lr_schedule("--epochs 4 --steps-per-epoch 3 --lr-max 0.001 --lr-min 0.01");
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("lr_min") && !err.contains("panicked"), "{err}");

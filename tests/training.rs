@@ -241,80 +241,28 @@ fn cli_errors_are_sentences_not_panics() {
     let data = data_dir(tmp.path());
     let d = data.to_str().unwrap();
     let out = tmp.path().join("never");
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    // Each command line is written as one string, `{d}` standing for the synthetic data folder.
+    let cases = [
+        ("train --model vgg16 --optimizer sgd --lr 0.1", "vgg16"),
         (
-            vec![
-                "train",
-                "--model",
-                "vgg16",
-                "--optimizer",
-                "sgd",
-                "--lr",
-                "0.1",
-            ],
-            "vgg16",
-        ),
-        (
-            vec![
-                "train",
-                "--model",
-                "baby-cnn",
-                "--optimizer",
-                "sgd",
-                "--lr",
-                "0.001",
-                "--lr-min",
-                "0.01",
-                "--data-dir",
-                d,
-            ],
+            "train --model baby-cnn --optimizer sgd --lr 0.001 --lr-min 0.01 --data-dir {d}",
             "lr_min",
         ),
+        ("train --optimizer sgd --lr 0.1 --data-dir {d}", "model"),
         (
-            vec![
-                "train",
-                "--optimizer",
-                "sgd",
-                "--lr",
-                "0.1",
-                "--data-dir",
-                d,
-            ],
-            "model",
-        ),
-        (
-            vec![
-                "train",
-                "--model",
-                "baby-cnn",
-                "--optimizer",
-                "sgd",
-                "--lr",
-                "0.1",
-                "--offline",
-                "--data-dir",
-                "/nonexistent/x",
-            ],
+            "train --model baby-cnn --optimizer sgd --lr 0.1 --offline --data-dir /nonexistent/x",
             "image folder",
         ),
         (
-            vec![
-                "train",
-                "--model",
-                "baby-cnn",
-                "--optimizer",
-                "sgd",
-                "--lr",
-                "0.1",
-                "--data-dir",
-                d,
-                "--train-subset",
-                "100000",
-            ],
+            "train --model baby-cnn --optimizer sgd --lr 0.1 --data-dir {d} --train-subset 100000",
             "train-subset",
         ),
     ];
-    for (mut args, needle) in cases {
+    for (line, needle) in cases {
+        let mut args: Vec<&str> = line
+            .split_whitespace()
+            .map(|a| if a == "{d}" { d } else { a })
+            .collect();
         args.extend(["--out", out.to_str().unwrap()]);
         let o = adanoise(&args);
         let err = String::from_utf8_lossy(&o.stderr);

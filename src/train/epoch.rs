@@ -13,7 +13,7 @@ use crate::noise::{Decision, NoiseKind, add_gradient_noise, add_weight_noise};
 use crate::rng::{Purpose, derived_seed};
 use crate::schedule::CosineRestarts;
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -91,6 +91,49 @@ pub fn noise_note(applied: &NoiseApplied) -> String {
     }
 }
 
+/// What one training step gives back besides the updated model (all detached, on the device).
+pub struct StepOutput {
+    pub model: Model,
+    pub loss: Tensor<1>,
+    pub logits: Tensor<2>,
+    /// The global L2 norm of the clean loss gradient, when asked for.
+    pub grad_norm: Option<Tensor<1>>,
+}
+
+/// One training step: forward, cross-entropy, backward, the global gradient norm (before
+/// noise and weight decay), gradient noise `(kind, sigma, seed)`, and the optimiser update
+/// with learning rate `lr`. Training and `adanoise bench` both run exactly this.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: Model,
+    optim: &mut ModuleOptimizer,
+    loss_fn: &CrossEntropyLoss,
+    images: Tensor<4>,
+    labels: Tensor<1, Int>,
+    lr: f64,
+    measure_norm: bool,
+    grad_noise: Option<(NoiseKind, f64, u64)>,
+) -> StepOutput {
+    let logits = model.forward(images);
+    let loss = loss_fn.forward(logits.clone(), labels);
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let norm = if measure_norm {
+        grad_norm(&model, &grads)
+    } else {
+        None
+    };
+    if let Some((kind, sigma, seed)) = grad_noise {
+        add_gradient_noise(&model, &mut grads, kind, sigma, seed);
+    }
+    let model = optim.step(lr, model, grads);
+    StepOutput {
+        model,
+        loss: loss.detach(),
+        logits: logits.detach(),
+        grad_norm: norm,
+    }
+}
+
 /// Runs epoch `ctx.epoch`, from its start or from `resume` (a stopped epoch and its start model).
 pub fn run_epoch(
     ctx: &EpochContext,
@@ -159,33 +202,40 @@ pub fn run_epoch(
     for batch in stream {
         let n = batch.len();
         let (images, labels) = batch_tensors(batch, ctx.device);
-        let logits = model.forward(images);
-        let loss = loss_fn.forward(logits.clone(), labels.clone());
-        let hits = logits
-            .detach()
+        // Seeded by the global step: the same noise however the run was interrupted.
+        let noise = (applied.grad_sigma > 0.0).then(|| {
+            let seed = derived_seed(
+                config.seed,
+                Purpose::GradientNoise,
+                scheduler.current_step(),
+            );
+            (config.noise, applied.grad_sigma, seed)
+        });
+        lr = scheduler.step();
+        let out = train_step(
+            model,
+            optim,
+            &loss_fn,
+            images,
+            labels.clone(),
+            lr,
+            true,
+            noise,
+        );
+        model = out.model;
+        let hits = out
+            .logits
             .inner()
             .argmax(1)
             .reshape([n])
             .equal(labels.inner())
             .int()
             .sum();
-        loss_sum = loss_sum + loss.clone().detach().inner().mul_scalar(n as f64);
+        loss_sum = loss_sum + out.loss.inner().mul_scalar(n as f64);
         correct = correct + hits;
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        if let Some(norm) = grad_norm(&model, &grads) {
+        if let Some(norm) = out.grad_norm {
             norm_sum = norm_sum + norm;
         }
-        if applied.grad_sigma > 0.0 {
-            // Seeded by the global step: the same noise however the run was interrupted.
-            let seed = derived_seed(
-                config.seed,
-                Purpose::GradientNoise,
-                scheduler.current_step(),
-            );
-            add_gradient_noise(&model, &mut grads, config.noise, applied.grad_sigma, seed);
-        }
-        lr = scheduler.step();
-        model = optim.step(lr, model, grads);
         seen += n;
         steps += 1;
         if steps % READ_EVERY == 0 || steps == ctx.steps {
