@@ -133,13 +133,15 @@ pub fn cell_status(cell_dir: &Path, epochs: u64) -> CellStatus {
         final_val_acc,
         error: None,
     };
-    if is_locked(cell_dir) {
-        status.state = CellState::Running;
-    } else if summary
+    // A finished run is done even while locked: a process that takes a finished cell's lock
+    // (a second sweep that raced for it, or a probe of the lock) only opens it and leaves.
+    if summary
         .as_ref()
         .is_some_and(|s| s.status == RunStatus::Finished)
     {
         status.state = CellState::Done;
+    } else if is_locked(cell_dir) {
+        status.state = CellState::Running;
     } else if let Some(failure) = read_failure(cell_dir) {
         status.state = CellState::Failed;
         status.error = Some(failure.error);
@@ -164,5 +166,24 @@ mod tests {
         drop(lock);
         assert!(!is_locked(dir.path()));
         assert_eq!(cell_status(dir.path(), 3).state, CellState::Pending);
+    }
+
+    /// A second sweep process may hold a finished cell's lock for the instant it takes to see
+    /// that there is nothing to do; the cell must read as done meanwhile, not as running.
+    #[test]
+    fn a_finished_cell_is_done_even_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir {
+            path: dir.path().to_path_buf(),
+        };
+        let lock = CellLock::try_acquire(dir.path()).unwrap();
+        run.write_summary(&Summary::from_history(&[], 3, RunStatus::Running, None))
+            .unwrap();
+        assert_eq!(cell_status(dir.path(), 3).state, CellState::Running);
+        run.write_summary(&Summary::from_history(&[], 3, RunStatus::Finished, None))
+            .unwrap();
+        assert_eq!(cell_status(dir.path(), 3).state, CellState::Done);
+        drop(lock);
+        assert_eq!(cell_status(dir.path(), 3).state, CellState::Done);
     }
 }
