@@ -4,15 +4,21 @@
 //! in one run, interleaved step by step, so that a busy machine slows them alike
 //! and their ratio stays meaningful.
 
+use crate::data::device_data::{DeviceSplit, byte_storage};
+use crate::data::placement::batch_tensors;
+use crate::data::plan::epoch_plan;
+use crate::data::{BatchStream, IMAGE_BYTES, Normalization, Split};
 use crate::device::{DeviceKind, set_cpu_threads};
 use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
-use crate::train::epoch::{batch_tensors, train_step};
+use crate::train::epoch::train_step;
 use anyhow::{Result, bail};
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::Tensor;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What one timed step does besides forward, backward and the optimiser.
@@ -46,6 +52,8 @@ pub struct BenchOptions {
     pub threads: Option<usize>,
     /// Variants timed in turn at every step; the first is the reference of the ratios.
     pub variants: Vec<StepKind>,
+    /// Cut each step's batch out of a dataset on the device instead of uploading it.
+    pub device_data: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +79,34 @@ pub struct BenchResult {
     pub images_per_s: f64,
     pub median_step_ms: f64,
     pub variants: Vec<VariantResult>,
+    /// Whether the step included assembling its batch on the device.
+    pub device_data: bool,
+    /// Images/s of the host data pipeline (one thread: shuffle, crop, flip, normalise), to set
+    /// against the training images/s: above it, the model never waits for data.
+    pub host_data_images_per_s: f64,
+}
+
+/// Images in the synthetic dataset the data measurements draw from.
+const DATA_IMAGES: usize = 4096;
+
+fn synthetic_split(rng: &mut impl RngExt) -> Split {
+    Split {
+        images: (0..DATA_IMAGES * IMAGE_BYTES)
+            .map(|_| rng.random())
+            .collect(),
+        labels: (0..DATA_IMAGES)
+            .map(|_| rng.random_range(0..10u8))
+            .collect(),
+    }
+}
+
+/// Images/s of one epoch of the host pipeline over `split`, consumed as fast as it comes.
+fn host_data_rate(split: Arc<Split>, batch_size: usize) -> f64 {
+    let started = Instant::now();
+    let images: usize = BatchStream::start(split, batch_size, Normalization::CIFAR10, 1, 1)
+        .map(|b| b.len())
+        .sum();
+    images as f64 / started.elapsed().as_secs_f64()
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -100,19 +136,40 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let n = options.batch_size;
     let batch = crate::data::Batch {
-        images: (0..n * crate::data::IMAGE_BYTES)
+        images: (0..n * IMAGE_BYTES)
             .map(|_| rng.random_range(-2.0f32..2.0))
             .collect(),
         labels: (0..n).map(|_| rng.random_range(0..10i64)).collect(),
     };
+    let split = Arc::new(synthetic_split(&mut rng));
+    let host_data_images_per_s = host_data_rate(split.clone(), n);
     let plain = device.clone().inner();
-    let mut norm_sum = burn::tensor::Tensor::<1>::zeros([1], &plain);
+    let on_device = options
+        .device_data
+        .then(|| DeviceSplit::upload(&split, Normalization::CIFAR10, &plain, byte_storage(&plain)));
+    let mut plans = std::iter::from_fn({
+        let mut epoch = 0;
+        move || {
+            epoch += 1;
+            Some(epoch_plan(DATA_IMAGES, n, 0, epoch))
+        }
+    })
+    .flatten()
+    .filter(|samples| samples.len() == n);
+    let mut norm_sum = Tensor::<1>::zeros([1], &plain);
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(options.steps); variants.len()];
     let mut seed = 0u64;
     for step in 0..options.warmup + options.steps {
         for (v, variant) in variants.iter().enumerate() {
             let started = Instant::now();
-            let (images, labels) = batch_tensors(batch.clone(), &device);
+            let (images, labels) = match &on_device {
+                Some(split) => {
+                    let samples = plans.next().expect("the plan never ends");
+                    let (images, labels) = split.batch(&samples);
+                    (Tensor::from_inner(images), Tensor::from_inner(labels))
+                }
+                None => batch_tensors(batch.clone(), &device),
+            };
             let noise = match *variant {
                 StepKind::GradNoise(sigma) => {
                     seed += 1;
@@ -173,5 +230,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
         images_per_s: results[0].images_per_s,
         median_step_ms: results[0].median_step_ms,
         variants: results,
+        device_data: options.device_data,
+        host_data_images_per_s,
     })
 }

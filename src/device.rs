@@ -3,8 +3,9 @@
 //! this file knows which backends were compiled in.
 
 use anyhow::{Result, bail};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
@@ -61,7 +62,11 @@ impl DeviceKind {
             _ => None,
         };
         match device {
-            Some(device) => Ok(device),
+            Some(device) if self == Self::Cpu => Ok(device),
+            Some(device) => {
+                probe(self, &device)?;
+                Ok(device)
+            }
             None => bail!(
                 "this adanoise was built without the {name} backend (built with: {have}); rebuild with `cargo build --release --features {name}`",
                 name = self.name(),
@@ -79,6 +84,58 @@ impl std::fmt::Display for DeviceKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Runs one tiny computation on a GPU device, so that a missing adapter or driver is an
+/// error that says what to install rather than a panic deep inside the first training step.
+fn probe(kind: DeviceKind, device: &Device) -> Result<()> {
+    static PROBED: Mutex<Vec<(DeviceKind, Result<(), String>)>> = Mutex::new(Vec::new());
+    let mut probed = PROBED.lock().unwrap_or_else(|e| e.into_inner());
+    let outcome = match probed.iter().find(|(k, _)| *k == kind) {
+        Some((_, outcome)) => outcome.clone(),
+        None => {
+            let device = device.clone();
+            let outcome = match catch_quietly(move || {
+                Tensor::<1>::from_data(TensorData::new(vec![1f32, 2.0], [2]), &device)
+                    .sum()
+                    .into_scalar::<f32>()
+            }) {
+                Ok(3.0) => Ok(()),
+                Ok(v) => Err(format!("a test sum gave {v} instead of 3")),
+                Err(message) => Err(message),
+            };
+            probed.push((kind, outcome.clone()));
+            outcome
+        }
+    };
+    outcome.map_err(|why| {
+        anyhow::anyhow!(
+            "no usable {kind} device was found ({why}); {}",
+            match kind {
+                DeviceKind::Cuda => "check that an NVIDIA GPU and its driver are present (`nvidia-smi`)",
+                _ => "install a Vulkan driver for the GPU (on Debian without a GPU, Mesa's software one: `apt-get install mesa-vulkan-drivers`, and set XDG_RUNTIME_DIR), or train with --device cpu",
+            }
+        )
+    })
+}
+
+/// Runs `f`, turning a panic into its message without printing it: backends report a
+/// missing device or an unsupported type by panicking, and adanoise wants to say something
+/// more useful (or fall back) instead.
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the backend panicked".into())
+    })
 }
 
 /// Sets the number of CPU threads of the rayon pool the CPU backend computes on.

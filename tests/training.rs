@@ -462,3 +462,49 @@ fn sigterm_checkpoints_and_resume_continues() {
         "{a:#?}\nvs\n{b:#?}"
     );
 }
+
+/// Batches cut out on the device follow the same plan as the host pipeline's, so a run
+/// trains the same either way, and a run may be resumed with the other placement.
+#[test]
+fn device_resident_data_trains_the_same_run_as_host_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_dir(tmp.path());
+    let host = train(
+        &config(&data, "data_placement = 'host'"),
+        &tmp.path().join("host"),
+        &quiet(),
+    )
+    .unwrap();
+    let device = train(
+        &config(&data, "data_placement = 'device'"),
+        &tmp.path().join("device"),
+        &quiet(),
+    )
+    .unwrap();
+    assert_eq!(host.history.len(), 3);
+    for (h, d) in host.history.iter().zip(&device.history) {
+        for (a, b) in [
+            (h.train_loss, d.train_loss),
+            (h.val_loss, d.val_loss),
+            (h.grad_norm, d.grad_norm),
+        ] {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        assert!((h.val_acc - d.val_acc).abs() <= 0.02);
+    }
+    // Resuming a host-placed run with device data is allowed (a location option).
+    let out = tmp.path().join("mixed");
+    let stop = RunOptions {
+        stop_after: Some(1),
+        ..quiet()
+    };
+    train(&config(&data, "data_placement = 'host'"), &out, &stop).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..quiet()
+    };
+    let mixed = train(&config(&data, "data_placement = 'device'"), &out, &resume).unwrap();
+    assert_eq!(mixed.summary.status, RunStatus::Finished);
+    let last = |h: &[adanoise::train::EpochMetrics]| h.last().unwrap().train_loss;
+    assert!((last(&mixed.history) - last(&host.history)).abs() <= 1e-5);
+}

@@ -416,6 +416,7 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
         device: args.device,
         threads: args.threads,
         variants,
+        device_data: args.device_data,
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
@@ -442,6 +443,16 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
             result.variants[0].variant
         );
     }
+    println!(
+        "  host data pipeline (1 thread): {:.0} images/s, {:.1}x the training step's{}",
+        result.host_data_images_per_s,
+        result.host_data_images_per_s / result.images_per_s,
+        if result.device_data {
+            " (not used: batches were cut out on the device)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 

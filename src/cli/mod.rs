@@ -2,6 +2,7 @@
 
 mod commands;
 
+use crate::data::placement::DataPlacement;
 use crate::device::DeviceKind;
 use crate::models::ModelKind;
 use crate::noise::NoiseKind;
@@ -144,6 +145,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Where batches are assembled: auto (on the device for GPUs, on the host for the CPU),
+    /// host, or device (the dataset is uploaded once; crop, flip, normalisation run there).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_placement: Option<DataPlacement>,
     /// Noise distribution: none (decide and record only), gaussian or uniform.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -336,6 +342,10 @@ pub struct BenchArgs {
     /// noise (--grad-noise, default 0.01), interleaved, and print the overheads.
     #[arg(long)]
     pub noise_overhead: bool,
+    /// Assemble each step's batch on the device from an uploaded dataset (crop, flip and
+    /// normalisation timed as part of the step) instead of uploading a prepared batch.
+    #[arg(long)]
+    pub device_data: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -349,6 +359,7 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    crate::memory::keep_freed_buffers();
     let cli = Cli::parse();
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,10 +3,8 @@
 //! then a horizontal flip with probability 0.5), prepared on a background thread
 //! so the model never waits for data.
 
+use super::plan::{SamplePlan, epoch_plan, eval_plan};
 use super::{IMAGE_BYTES, IMAGE_SIZE, Split};
-use crate::rng::{Purpose, stream};
-use rand::RngExt;
-use rand::seq::SliceRandom;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
@@ -29,7 +27,7 @@ impl Normalization {
     };
 
     /// Lookup table: normalised value of each byte value, per channel.
-    fn table(&self) -> [[f32; 256]; 3] {
+    pub fn table(&self) -> [[f32; 256]; 3] {
         let mut t = [[0f32; 256]; 3];
         for (c, row) in t.iter_mut().enumerate() {
             for (v, out) in row.iter_mut().enumerate() {
@@ -93,6 +91,21 @@ pub fn batches_per_epoch(len: usize, batch_size: usize) -> usize {
     len.div_ceil(batch_size)
 }
 
+/// Builds the batch of `samples` from `split`'s bytes.
+pub fn materialize(split: &Split, samples: &[SamplePlan], table: &[[f32; 256]; 3]) -> Batch {
+    let mut images = vec![0f32; samples.len() * IMAGE_BYTES];
+    for (s, dst) in samples.iter().zip(images.chunks_exact_mut(IMAGE_BYTES)) {
+        augment_into(split.image(s.index), dst, s.dy, s.dx, s.flip, table);
+    }
+    Batch {
+        images,
+        labels: samples
+            .iter()
+            .map(|s| split.labels[s.index] as i64)
+            .collect(),
+    }
+}
+
 /// The augmented training batches of one epoch, produced on a background thread.
 pub struct BatchStream {
     receiver: Receiver<Batch>,
@@ -100,8 +113,7 @@ pub struct BatchStream {
 }
 
 impl BatchStream {
-    /// Starts producing epoch `epoch` (1-based) of a run seeded with `seed`: the order and the
-    /// augmentation are drawn from streams of that seed and epoch, so they are reproducible.
+    /// Starts producing epoch `epoch` (1-based) of a run seeded with `seed` (see [`epoch_plan`]).
     pub fn start(
         split: Arc<Split>,
         batch_size: usize,
@@ -127,31 +139,8 @@ impl BatchStream {
             .name("adanoise-data".into())
             .spawn(move || {
                 let table = norm.table();
-                let mut order: Vec<usize> = (0..split.len()).collect();
-                order.shuffle(&mut stream(seed, Purpose::EpochOrder, epoch));
-                let mut aug = stream(seed, Purpose::Augmentation, epoch);
-                for (b, chunk) in order.chunks(batch_size).enumerate() {
-                    if b < skip {
-                        for _ in chunk {
-                            let _: (usize, usize, bool) = (
-                                aug.random_range(0..=2 * CROP_PADDING),
-                                aug.random_range(0..=2 * CROP_PADDING),
-                                aug.random_bool(0.5),
-                            );
-                        }
-                        continue;
-                    }
-                    let mut images = vec![0f32; chunk.len() * IMAGE_BYTES];
-                    let mut labels = Vec::with_capacity(chunk.len());
-                    for (slot, &i) in chunk.iter().enumerate() {
-                        let dy = aug.random_range(0..=2 * CROP_PADDING);
-                        let dx = aug.random_range(0..=2 * CROP_PADDING);
-                        let flip = aug.random_bool(0.5);
-                        let dst = &mut images[slot * IMAGE_BYTES..(slot + 1) * IMAGE_BYTES];
-                        augment_into(split.image(i), dst, dy, dx, flip, &table);
-                        labels.push(split.labels[i] as i64);
-                    }
-                    if sender.send(Batch { images, labels }).is_err() {
+                for samples in epoch_plan(split.len(), batch_size, seed, epoch).skip(skip) {
+                    if sender.send(materialize(&split, &samples, &table)).is_err() {
                         return; // the consumer stopped early
                     }
                 }
@@ -186,27 +175,8 @@ impl Drop for BatchStream {
 /// The evaluation batches of a split: normalised, not augmented, in order.
 pub fn eval_batches(split: &Split, batch_size: usize, norm: Normalization) -> Vec<Batch> {
     let table = norm.table();
-    (0..split.len())
-        .collect::<Vec<_>>()
-        .chunks(batch_size)
-        .map(|chunk| {
-            let mut images = vec![0f32; chunk.len() * IMAGE_BYTES];
-            for (slot, &i) in chunk.iter().enumerate() {
-                let dst = &mut images[slot * IMAGE_BYTES..(slot + 1) * IMAGE_BYTES];
-                augment_into(
-                    split.image(i),
-                    dst,
-                    CROP_PADDING,
-                    CROP_PADDING,
-                    false,
-                    &table,
-                );
-            }
-            Batch {
-                images,
-                labels: chunk.iter().map(|&i| split.labels[i] as i64).collect(),
-            }
-        })
+    eval_plan(split.len(), batch_size)
+        .map(|samples| materialize(split, &samples, &table))
         .collect()
 }
 

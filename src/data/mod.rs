@@ -4,8 +4,11 @@
 
 pub mod augment;
 pub mod cifar_binary;
+pub mod device_data;
 pub mod download;
 pub mod image_folder;
+pub mod placement;
+pub mod plan;
 pub mod source;
 pub mod synthetic;
 

@@ -2,6 +2,7 @@
 //! `config.toml` is this struct; a `--config` file may hold any subset of it,
 //! and command-line flags override the file.
 
+use crate::data::placement::DataPlacement;
 use crate::device::DeviceKind;
 use crate::models::ModelKind;
 use crate::noise::{NoiseKind, NoiseSchedulerConfig};
@@ -48,6 +49,9 @@ pub struct TrainConfig {
     /// CPU threads for the CPU backend (all cores when absent).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Where batches are assembled: on the host, or on the device from a dataset uploaded once.
+    #[serde(default)]
+    pub data_placement: DataPlacement,
     /// The distribution of injected noise; `none` still decides and records.
     #[serde(default)]
     pub noise: NoiseKind,
@@ -86,7 +90,7 @@ mod defaults {
 
 /// Options that say where or how fast a run executes, not what it computes: a run may be
 /// resumed with other values for these.
-const LOCATION_KEYS: [&str; 2] = ["data_dir", "threads"];
+const LOCATION_KEYS: [&str; 3] = ["data_dir", "threads", "data_placement"];
 
 impl TrainConfig {
     /// Builds a config from a TOML table (a config file with overrides merged in).

@@ -7,7 +7,7 @@ use super::TrainConfig;
 use super::metrics::{EpochMetrics, NoiseApplied};
 use super::param_stats::{WeightSnapshot, grad_norm};
 use super::progress::EpochProgress;
-use crate::data::{Batch, BatchStream, Normalization, Split};
+use crate::data::placement::{EvalSplit, PlacedSplit};
 use crate::models::Model;
 use crate::noise::{Decision, NoiseKind, add_gradient_noise, add_weight_noise};
 use crate::rng::{Purpose, derived_seed};
@@ -18,7 +18,6 @@ use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// How often (in steps) running sums are read back from the device for display and NaN checks.
@@ -45,8 +44,8 @@ pub struct EpochContext<'a> {
     pub device: &'a Device,
     pub quiet: bool,
     pub decision: &'a Decision,
-    pub train_split: Arc<Split>,
-    pub test_batches: &'a [Batch],
+    pub train_data: &'a PlacedSplit,
+    pub test_data: &'a EvalSplit,
     /// Whether to stop between two steps (a signal arrived).
     pub should_stop: &'a dyn Fn(u64) -> bool,
 }
@@ -56,14 +55,6 @@ pub enum EpochEnd {
     /// Stopped between two steps: the model now, the model at the epoch's start, the sums.
     Stopped(Box<Model>, Box<Model>, PartialEpoch),
     Diverged(String),
-}
-
-/// Uploads a batch: images `[n, 3, 32, 32]` and labels `[n]`.
-pub fn batch_tensors(batch: Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
-    let n = batch.len();
-    let images = Tensor::<4>::from_data(TensorData::new(batch.images, [n, 3, 32, 32]), device);
-    let labels = Tensor::<1, Int>::from_data(TensorData::new(batch.labels, [n]), device);
-    (images, labels)
 }
 
 fn noise_applied(config: &TrainConfig, decision: &Decision) -> NoiseApplied {
@@ -191,17 +182,12 @@ pub fn run_epoch(
     let skip = steps as usize;
     let note = noise_note(&applied);
     let mut progress = EpochProgress::new(ctx.epoch, config.epochs, ctx.steps, ctx.quiet);
-    let stream = BatchStream::start_at(
-        ctx.train_split.clone(),
-        config.batch_size,
-        Normalization::CIFAR10,
-        config.seed,
-        ctx.epoch,
-        skip,
-    );
-    for batch in stream {
-        let n = batch.len();
-        let (images, labels) = batch_tensors(batch, ctx.device);
+    let batches =
+        ctx.train_data
+            .epoch_batches(config.batch_size, config.seed, ctx.epoch, skip, &plain);
+    for (images, labels) in batches {
+        let n = labels.dims()[0];
+        let (images, labels) = (Tensor::from_inner(images), Tensor::from_inner(labels));
         // Seeded by the global step: the same noise however the run was interrupted.
         let noise = (applied.grad_sigma > 0.0).then(|| {
             let seed = derived_seed(
@@ -275,7 +261,7 @@ pub fn run_epoch(
     let weight_update =
         WeightSnapshot::take(&model).relative_change(&WeightSnapshot::take(&start_model));
     let eval_started = Instant::now();
-    let (val_loss, val_acc) = evaluate(&model, ctx.test_batches, &plain);
+    let (val_loss, val_acc) = evaluate(&model, ctx.test_data, &plain);
     if !val_loss.is_finite() {
         return EpochEnd::Diverged(format!(
             "the validation loss became {val_loss} after epoch {}: training diverged; try a lower --lr",
@@ -301,15 +287,14 @@ pub fn run_epoch(
 }
 
 /// Mean cross-entropy and accuracy over `batches`, in evaluation mode (BN running statistics).
-pub fn evaluate(model: &Model, batches: &[Batch], plain: &Device) -> (f64, f64) {
+pub fn evaluate(model: &Model, data: &EvalSplit, plain: &Device) -> (f64, f64) {
     let model = model.valid();
     let loss_fn = CrossEntropyLossConfig::new().init(plain);
     let mut loss_sum = Tensor::<1>::zeros([1], plain);
     let mut correct = Tensor::<1, Int>::zeros([1], plain);
     let mut seen = 0usize;
-    for batch in batches {
-        let n = batch.len();
-        let (images, labels) = batch_tensors(batch.clone(), plain);
+    for (images, labels) in data.batches(plain) {
+        let n = labels.dims()[0];
         let logits = model.forward(images);
         loss_sum = loss_sum
             + loss_fn

@@ -9,7 +9,8 @@ use super::interrupt;
 use super::metrics::{EpochMetrics, RunStatus, Summary};
 use super::run_dir::{Opened, RunDir};
 use crate::data::augment::batches_per_epoch;
-use crate::data::{Dataset, Normalization, eval_batches, load_cifar10, source::train_subset};
+use crate::data::placement::PlacedSplit;
+use crate::data::{Dataset, load_cifar10, source::train_subset};
 use crate::models::{Model, trainable_params};
 use crate::noise::{Decision, NoiseKind, NoiseScheduler, Observation};
 use crate::rng::{Purpose, derived_seed, with_seeded_device};
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 
-pub use super::epoch::{batch_tensors, evaluate};
+pub use super::epoch::evaluate;
 
 /// Options of a `train` invocation that are not part of the run's config.
 #[derive(Debug, Clone, Default)]
@@ -75,15 +76,20 @@ impl ModuleVisitor for Materialize {
 
 /// Builds the model for a run, initialised from the run's seed.
 pub fn init_model(config: &TrainConfig, classes: usize, device: &Device) -> Model {
-    with_seeded_device(
-        device,
+    // Drawn on the CPU whatever the device (as PyTorch users do before `.to(device)`), so a
+    // seed gives the same initial weights on every backend.
+    let host = Device::flex().autodiff();
+    let model = with_seeded_device(
+        &host,
         derived_seed(config.seed, Purpose::ModelInit, 0),
         || {
-            let model = config.model.build(classes, device);
+            let model = config.model.build(classes, &host);
             model.visit(&mut Materialize);
             model
         },
-    )
+    );
+    // `fork` keeps which parameters require gradients; `to_device` would drop it.
+    model.fork(device)
 }
 
 /// Loads the dataset a config names, with its training subset applied.
@@ -239,8 +245,10 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
         );
     }
 
-    let train_split = Arc::new(data.train);
-    let test_batches = eval_batches(&data.test, config.batch_size, Normalization::CIFAR10);
+    let on_device = config.data_placement.on_device(config.device);
+    let train_data = PlacedSplit::new(Arc::new(data.train), on_device, &device);
+    let test_data =
+        PlacedSplit::new(Arc::new(data.test), on_device, &device).for_eval(config.batch_size);
     let should_stop =
         |step: u64| interrupt::requested() || options.stop_at_step.is_some_and(|s| step >= s);
     let last = options
@@ -255,8 +263,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
             device: &train_device,
             quiet: options.quiet,
             decision: &noise.next,
-            train_split: train_split.clone(),
-            test_batches: &test_batches,
+            train_data: &train_data,
+            test_data: &test_data,
             should_stop: &should_stop,
         };
         let (next_model, mut metrics) = match run_epoch(
