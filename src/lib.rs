@@ -19,6 +19,7 @@ pub mod data;
 pub mod device;
 pub mod experiments;
 pub mod fsio;
+pub mod kernels;
 pub mod memory;
 pub mod models;
 pub mod noise;

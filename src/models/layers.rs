@@ -2,7 +2,6 @@
 //! no model depends on a Burn default that might differ from PyTorch's.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::Device;
 
@@ -52,9 +51,4 @@ pub fn linear(input: usize, output: usize, device: &Device) -> Linear {
     LinearConfig::new(input, output)
         .with_initializer(torch_default_init())
         .init(device)
-}
-
-/// 2x2 max pooling, stride 2.
-pub fn max_pool2() -> MaxPool2d {
-    MaxPool2dConfig::new([2, 2]).init()
 }

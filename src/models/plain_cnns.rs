@@ -1,11 +1,11 @@
 //! The paper's three custom CNNs: baby-cnn, tiny-cnn and simple-cnn
 //! (conv 3x3 + ReLU + max-pool stages, then fully connected layers).
 
-use super::layers::{conv3x3, linear, max_pool2};
+use super::layers::{conv3x3, linear};
+use crate::kernels::{conv2d, max_pool_2x2};
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
-use burn::nn::pool::MaxPool2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
@@ -13,7 +13,6 @@ use burn::tensor::{Device, Tensor};
 #[derive(Module, Debug)]
 pub struct PlainCnn {
     convs: Vec<Conv2d>,
-    pool: MaxPool2d,
     linears: Vec<Linear>,
 }
 
@@ -33,17 +32,13 @@ impl PlainCnn {
             .windows(2)
             .map(|w| linear(w[0], w[1], device))
             .collect();
-        Self {
-            convs,
-            pool: max_pool2(),
-            linears,
-        }
+        Self { convs, linears }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = x;
         for conv in &self.convs {
-            x = self.pool.forward(relu(conv.forward(x)));
+            x = max_pool_2x2(relu(conv2d(conv, x)));
         }
         let mut x: Tensor<2> = x.flatten(1, 3);
         let last = self.linears.len() - 1;

@@ -4,6 +4,7 @@
 
 use super::batch_norm::BatchNorm2d;
 use super::layers::{linear, resnet_conv};
+use crate::kernels::conv2d;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
@@ -43,11 +44,11 @@ impl BasicBlock {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(conv2d(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(conv2d(&self.conv1, x)));
+        let out = self.bn2.forward(conv2d(&self.conv2, out));
         relu(out + identity)
     }
 }
@@ -88,7 +89,7 @@ impl ResNet18 {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self
             .stem_pool
-            .forward(relu(self.stem_bn.forward(self.stem.forward(x))));
+            .forward(relu(self.stem_bn.forward(conv2d(&self.stem, x))));
         for block in &self.blocks {
             x = block.forward(x);
         }

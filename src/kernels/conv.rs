@@ -1,0 +1,533 @@
+//! 2-D convolution (square kernel, one stride, symmetric zero padding, no groups or
+//! dilation: every convolution of the paper's models) on the CPU, with its own backward.
+//!
+//! The forward pass is flex's. The backward pass is where flex loses to PyTorch: Burn
+//! computes the weight gradient as a convolution of the batch-transposed input with the
+//! output gradient as its kernel, which on flex becomes an im2col over a 32x32 "kernel"
+//! (hundreds of MB) feeding a matrix product only 9 columns wide. Here both gradients are
+//! one well-shaped matrix product per chunk of images, as in PyTorch's CPU path:
+//! `dW += dY_c * col(x_c)^T` and `dx_c = col2im(W^T * dY_c)`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+#[backend_extension(Flex, Autodiff)]
+pub trait Conv2dKernel: Backend {
+    /// `x [n, c_in, h, w]` convolved with `weight [c_out, c_in, k, k]`, no bias.
+    fn conv2d_no_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], weight: &[usize], stride: usize, padding: usize) -> Self {
+        let (h, w, k) = (x[2], x[3], weight[2]);
+        Self {
+            n: x[0],
+            c_in: x[1],
+            h,
+            w,
+            c_out: weight[0],
+            k,
+            stride,
+            padding,
+            oh: (h + 2 * padding - k) / stride + 1,
+            ow: (w + 2 * padding - k) / stride + 1,
+        }
+    }
+
+    /// Rows of the im2col matrix: one per input channel and kernel position.
+    fn patch(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    fn out_plane(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Images per matrix product: enough for a wide product. It does not depend on the
+    /// number of threads, so neither do the results (see [`weight_grad`]).
+    fn chunk(&self) -> usize {
+        4096usize.div_ceil(self.out_plane()).clamp(1, self.n.max(1))
+    }
+}
+
+/// The patches of images `x_imgs` (each `c_in x h x w`) as rows, `[images * out_plane, patch]`:
+/// one row per output position, `patch` (input channel, kernel row, kernel column) long. Laid
+/// out this way (not as im2col's columns) the matrix product packs it contiguously.
+fn im2row(g: &Geometry, x_imgs: &[f32], images: usize, rows: &mut [f32]) {
+    let patch = g.patch();
+    for img in 0..images {
+        let image = &x_imgs[img * g.c_in * g.h * g.w..][..g.c_in * g.h * g.w];
+        for oh in 0..g.oh {
+            for ow in 0..g.ow {
+                let t = (img * g.oh + oh) * g.ow + ow;
+                let row = &mut rows[t * patch..][..patch];
+                for ci in 0..g.c_in {
+                    let plane = &image[ci * g.h * g.w..][..g.h * g.w];
+                    for kh in 0..g.k {
+                        let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+                        let dst = &mut row[(ci * g.k + kh) * g.k..][..g.k];
+                        if ih < 0 || ih >= g.h as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[ih as usize * g.w..][..g.w];
+                        for (kw, v) in dst.iter_mut().enumerate() {
+                            let iw = (ow * g.stride + kw) as isize - g.padding as isize;
+                            *v = if iw >= 0 && iw < g.w as isize {
+                                src[iw as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `col` (`[patch, images * out_plane]`: each output position's gradient with respect
+/// to its patch) back into images `dx_imgs`, where the patches overlap.
+fn col2im(g: &Geometry, col: &[f32], images: usize, dx_imgs: &mut [f32]) {
+    let width = images * g.out_plane();
+    for ci in 0..g.c_in {
+        for kh in 0..g.k {
+            for kw in 0..g.k {
+                let row = &col[((ci * g.k + kh) * g.k + kw) * width..][..width];
+                for img in 0..images {
+                    let plane = &mut dx_imgs[(img * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
+                    let src = &row[img * g.out_plane()..][..g.out_plane()];
+                    for oh in 0..g.oh {
+                        let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+                        if ih < 0 || ih >= g.h as isize {
+                            continue;
+                        }
+                        let dst = &mut plane[ih as usize * g.w..][..g.w];
+                        for (ow, v) in src[oh * g.ow..][..g.ow].iter().enumerate() {
+                            let iw = (ow * g.stride + kw) as isize - g.padding as isize;
+                            if iw >= 0 && iw < g.w as isize {
+                                dst[iw as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dY` of images `first..first + images`, laid out `[c_out, images * out_plane]`.
+fn gather_output_grad(g: &Geometry, dy: &[f32], first: usize, images: usize, out: &mut [f32]) {
+    let plane = g.out_plane();
+    let width = images * plane;
+    for co in 0..g.c_out {
+        for img in 0..images {
+            let src = &dy[((first + img) * g.c_out + co) * plane..][..plane];
+            out[co * width + img * plane..][..plane].copy_from_slice(src);
+        }
+    }
+}
+
+/// `dst (m x n, row-major) = (accumulate ? dst : 0) + lhs * rhs` with explicit strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
+    assert!(n == 0 || k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    // SAFETY: the asserts above keep every index gemm forms inside the three slices, and
+    // `dst` does not alias the inputs (it is a distinct `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Splits each matrix product over the threads when there are too few chunks to go round
+/// (over rows and columns only, which leaves every sum's order as it is).
+fn product_parallelism(chunks: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if chunks < threads {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// The weight gradient `[c_out, c_in, k, k]`: per chunk of images, `dY_c * rows(x_c)`, then
+/// the chunks' products summed in chunk order. Chunks never share an accumulator, so the
+/// sum is the same however rayon schedules them: a run gives the same numbers every time
+/// (resumed runs are compared bit for bit), whatever the number of threads.
+fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let chunk = g.chunk();
+    let chunks = g.n.div_ceil(chunk);
+    let image = g.c_in * g.h * g.w;
+    let inner = product_parallelism(chunks);
+    let partials: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let first = c * chunk;
+            let images = chunk.min(g.n - first);
+            let width = images * g.out_plane();
+            let mut rows = vec![0f32; width * g.patch()];
+            let mut dyc = vec![0f32; g.c_out * width];
+            im2row(
+                g,
+                &x[first * image..(first + images) * image],
+                images,
+                &mut rows,
+            );
+            gather_output_grad(g, dy, first, images, &mut dyc);
+            // dW_c[co, j] = sum_t dY_c[co, t] * rows[t, j]
+            let mut dw = vec![0f32; g.c_out * g.patch()];
+            matmul(
+                (g.c_out, g.patch(), width),
+                &mut dw,
+                false,
+                &dyc,
+                (width, 1),
+                &rows,
+                (g.patch(), 1),
+                inner,
+            );
+            dw
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut dw = partials
+        .next()
+        .unwrap_or_else(|| vec![0f32; g.c_out * g.patch()]);
+    for partial in partials {
+        dw.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
+
+/// The input gradient `[n, c_in, h, w]`: per chunk of images, `col2im(W^T * dY_c)`.
+fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
+    let chunk = g.chunk();
+    let image = g.c_in * g.h * g.w;
+    let inner = product_parallelism(g.n.div_ceil(chunk));
+    let mut dx = vec![0f32; g.n * image];
+    dx.par_chunks_mut(chunk * image)
+        .enumerate()
+        .for_each(|(c, dx_chunk)| {
+            let first = c * chunk;
+            let images = dx_chunk.len() / image;
+            let width = images * g.out_plane();
+            let mut dyc = vec![0f32; g.c_out * width];
+            gather_output_grad(g, dy, first, images, &mut dyc);
+            let mut col = vec![0f32; g.patch() * width];
+            // col[j, t] = sum_co W[co, j] * dY_c[co, t]
+            matmul(
+                (g.patch(), width, g.c_out),
+                &mut col,
+                false,
+                weight,
+                (1, g.patch()),
+                &dyc,
+                (width, 1),
+                inner,
+            );
+            col2im(g, &col, images, dx_chunk);
+        });
+    dx
+}
+
+fn options(stride: usize, padding: usize) -> ConvOptions<2> {
+    ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1)
+}
+
+impl Conv2dKernel for Flex {
+    fn conv2d_no_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        Flex::conv2d(x, weight, None, options(stride, padding))
+    }
+}
+
+#[derive(Debug)]
+struct Conv2dBackward;
+
+impl Backward<Flex, 2> for Conv2dBackward {
+    /// The input, the weight, the stride and the padding.
+    type State = (FlexTensor, FlexTensor, usize, usize);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, weight_node] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x, weight, stride, padding) = ops.state;
+        let g = Geometry::new(
+            &x.layout().shape().to_vec(),
+            &weight.layout().shape().to_vec(),
+            stride,
+            padding,
+        );
+        let dy: &[f32] = dy.storage();
+        if let Some(node) = x_node {
+            let weight = weight.to_contiguous();
+            let dx = input_grad(&g, weight.storage(), dy);
+            let dx = FlexTensor::from_data(TensorData::new(dx, [g.n, g.c_in, g.h, g.w]));
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let Some(node) = weight_node {
+            let x = x.to_contiguous();
+            let dw = weight_grad(&g, x.storage(), dy);
+            let dw = FlexTensor::from_data(TensorData::new(dw, [g.c_out, g.c_in, g.k, g.k]));
+            grads.register::<Flex>(node.id, dw);
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> Conv2dKernel for Autodiff<Flex, C> {
+    fn conv2d_no_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        match Conv2dBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight) = (x.into_primitive(), weight.into_primitive());
+                let state = (x.clone(), weight.clone(), stride, padding);
+                prep.finish(
+                    state,
+                    Flex::conv2d(x, weight, None, options(stride, padding)),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                None,
+                options(stride, padding),
+            )),
+        }
+    }
+}
+
+/// `conv.forward(x)`: with this kernel's backward on the CPU backend for the convolutions
+/// it covers, Burn's convolution otherwise.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [kh, kw] = conv.kernel_size;
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => Some(t),
+        PaddingConfig2d::Valid => Some(0),
+        _ => None,
+    };
+    let covered = kh == kw
+        && conv.stride[0] == conv.stride[1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && x.dtype() == DType::F32
+        && x.device().inner() == Device::flex();
+    let Some(padding) = padding.filter(|_| covered) else {
+        return conv.forward(x);
+    };
+    let weight = conv.weight.val();
+    let out = Tensor::from_dispatch(<Dispatch as Conv2dKernel>::conv2d_no_bias(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        conv.stride[0],
+        padding,
+    ));
+    match &conv.bias {
+        Some(bias) => {
+            let c = bias.dims()[0];
+            out + bias.val().reshape([1, c, 1, 1])
+        }
+        None => out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Tolerance;
+
+    /// Output and the gradients of input, weight and bias equal Burn's convolution.
+    #[test]
+    fn matches_burn_forward_and_gradients() {
+        let device = Device::flex().autodiff();
+        for (c_in, c_out, k, stride, padding, side, bias) in [
+            (3, 8, 3, 1, 1, 9, true),
+            (4, 6, 3, 2, 1, 8, false),
+            (5, 7, 1, 2, 0, 7, false),
+            (2, 3, 3, 1, 0, 6, true),
+        ] {
+            let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(
+                    padding, padding, padding, padding,
+                ))
+                .with_bias(bias)
+                .init(&device);
+            let n = 5;
+            let values: Vec<f32> = (0..n * c_in * side * side)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let x = Tensor::<4>::from_data(TensorData::new(values, [n, c_in, side, side]), &device);
+            let run = |kernel: bool| {
+                let x = x.clone().require_grad();
+                let y = if kernel {
+                    conv2d(&conv, x.clone())
+                } else {
+                    conv.forward(x.clone())
+                };
+                let weights = y.clone().inner().ones_like().cumsum(3);
+                let grads = (y.clone() * Tensor::from_inner(weights)).sum().backward();
+                let bias_grad = conv
+                    .bias
+                    .as_ref()
+                    .map(|b| b.val().grad(&grads).unwrap().into_data());
+                (
+                    y.inner().into_data(),
+                    x.grad(&grads).unwrap().into_data(),
+                    conv.weight.val().grad(&grads).unwrap().into_data(),
+                    bias_grad,
+                )
+            };
+            let (ours, theirs) = (run(true), run(false));
+            let tol = Tolerance::<f32>::absolute(1e-4).set_relative(1e-4);
+            ours.0.assert_approx_eq::<f32>(&theirs.0, tol);
+            ours.1.assert_approx_eq::<f32>(&theirs.1, tol);
+            ours.2.assert_approx_eq::<f32>(&theirs.2, tol);
+            if let (Some(a), Some(b)) = (ours.3, theirs.3) {
+                a.assert_approx_eq::<f32>(&b, tol);
+            }
+        }
+    }
+
+    /// Direct sums, for the gradients' definitions.
+    fn naive(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let mut dx = vec![0f32; g.n * g.c_in * g.h * g.w];
+        let mut dw = vec![0f32; g.c_out * g.patch()];
+        for n in 0..g.n {
+            for co in 0..g.c_out {
+                for oh in 0..g.oh {
+                    for ow in 0..g.ow {
+                        let d = dy[((n * g.c_out + co) * g.oh + oh) * g.ow + ow];
+                        for ci in 0..g.c_in {
+                            for kh in 0..g.k {
+                                for kw in 0..g.k {
+                                    let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+                                    let iw = (ow * g.stride + kw) as isize - g.padding as isize;
+                                    if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((n * g.c_in + ci) * g.h + ih as usize) * g.w + iw as usize;
+                                    let wi = ((co * g.c_in + ci) * g.k + kh) * g.k + kw;
+                                    dw[wi] += d * x[xi];
+                                    dx[xi] += d * w[wi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (dx, dw)
+    }
+
+    /// Large images make every chunk one image, so the weight gradient sums several chunks'
+    /// products; odd sizes and stride 2 cover the borders. The result does not depend on the
+    /// number of threads, to the bit.
+    #[test]
+    fn gradients_equal_direct_sums_across_chunks() {
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+        };
+        for (stride, padding, side) in [(1, 1, 65), (2, 1, 129), (2, 0, 130)] {
+            let g = Geometry::new(&[3, 2, side, side], &[4, 2, 3, 3], stride, padding);
+            let x: Vec<f32> = (0..3 * 2 * side * side)
+                .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0)
+                .collect();
+            let w: Vec<f32> = (0..4 * 2 * 9)
+                .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+                .collect();
+            let dy: Vec<f32> = (0..3 * 4 * g.oh * g.ow)
+                .map(|i| ((i * 13 % 19) as f32 - 9.0) / 9.0)
+                .collect();
+            assert_eq!(g.chunk(), 1);
+            let grads = |threads| {
+                pool(threads).install(|| (input_grad(&g, &w, &dy), weight_grad(&g, &x, &dy)))
+            };
+            let (dx, dw) = grads(2);
+            assert!((dx.clone(), dw.clone()) == grads(1) && (dx.clone(), dw.clone()) == grads(3));
+            let (dx_ref, dw_ref) = naive(&g, &x, &w, &dy);
+            for (a, b) in dx.iter().zip(&dx_ref).chain(dw.iter().zip(&dw_ref)) {
+                assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+    }
+}
