@@ -41,17 +41,18 @@ fn forward(x: FlexTensor) -> (FlexTensor, Vec<u8>) {
             for i in 0..oh {
                 let top = &src[2 * i * w..(2 * i + 1) * w];
                 let bottom = &src[(2 * i + 1) * w..(2 * i + 2) * w];
+                let (out, arg) = (&mut out[i * ow..][..ow], &mut arg[i * ow..][..ow]);
                 for j in 0..ow {
                     let window = [top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]];
+                    // Selects rather than branches, so the loop vectorises.
                     let (mut best, mut at) = (window[0], 0u8);
                     for (k, &v) in window.iter().enumerate().skip(1) {
-                        if v > best || v.is_nan() {
-                            best = v;
-                            at = k as u8;
-                        }
+                        let take = v > best || v.is_nan();
+                        best = if take { v } else { best };
+                        at = if take { k as u8 } else { at };
                     }
-                    out[i * ow + j] = best;
-                    arg[i * ow + j] = at;
+                    out[j] = best;
+                    arg[j] = at;
                 }
             }
         });
