@@ -319,18 +319,33 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     dw
 }
 
+/// A tensor of `n` images of `per_image` values, each chunk of images filled in parallel by
+/// `fill(first image, images, columns of the chunk's product, the chunk's values, product
+/// parallelism)`.
+fn per_chunk(
+    g: &Geometry,
+    per_image: usize,
+    fill: impl Fn(usize, usize, usize, &mut [f32], gemm::Parallelism) + Sync + Send,
+) -> Vec<f32> {
+    let chunk = g.chunk();
+    let inner = product_parallelism(g.n.div_ceil(chunk));
+    let mut values = vec![0f32; g.n * per_image];
+    values
+        .par_chunks_mut(chunk * per_image)
+        .enumerate()
+        .for_each(|(c, values)| {
+            let images = values.len() / per_image;
+            fill(c * chunk, images, images * g.out_plane(), values, inner);
+        });
+    values
+}
+
 /// The input gradient `[n, c_in, h, w]`: per chunk of images, `col2im(W^T * dY_c)`.
 fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
-    let chunk = g.chunk();
-    let image = g.c_in * g.h * g.w;
-    let inner = product_parallelism(g.n.div_ceil(chunk));
-    let mut dx = vec![0f32; g.n * image];
-    dx.par_chunks_mut(chunk * image)
-        .enumerate()
-        .for_each(|(c, dx_chunk)| {
-            let first = c * chunk;
-            let images = dx_chunk.len() / image;
-            let width = images * g.out_plane();
+    per_chunk(
+        g,
+        g.c_in * g.h * g.w,
+        |first, images, width, dx_chunk, inner| {
             let mut col = vec![0f32; g.patch() * width];
             let mut dyc = vec![0f32; g.c_out * width];
             gather_output_grad(g, dy, first, images, &mut dyc);
@@ -346,24 +361,18 @@ fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
                 inner,
             );
             col2im(g, &col, images, dx_chunk);
-        });
-    dx
+        },
+    )
 }
 
 /// The convolution `[n, c_out, oh, ow]`: per chunk of images, `W * col(x_c)`, written back
 /// image by image.
 fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    let chunk = g.chunk();
     let image = g.c_in * g.h * g.w;
-    let out_image = g.c_out * g.out_plane();
-    let inner = product_parallelism(g.n.div_ceil(chunk));
-    let mut out = vec![0f32; g.n * out_image];
-    out.par_chunks_mut(chunk * out_image)
-        .enumerate()
-        .for_each(|(c, out_chunk)| {
-            let first = c * chunk;
-            let images = out_chunk.len() / out_image;
-            let width = images * g.out_plane();
+    per_chunk(
+        g,
+        g.c_out * g.out_plane(),
+        |first, images, width, out_chunk, inner| {
             let mut col = vec![0f32; g.patch() * width];
             let mut yc = vec![0f32; g.c_out * width];
             im2col(
@@ -390,8 +399,8 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
                         .copy_from_slice(&yc[co * width + img * plane..][..plane]);
                 }
             }
-        });
-    out
+        },
+    )
 }
 
 fn options(stride: usize, padding: usize) -> ConvOptions<2> {
