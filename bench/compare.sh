@@ -37,20 +37,4 @@ for model in "${models[@]}"; do
     done
   done
 done
-python3 - "$results" <<'PY'
-import json, statistics, sys
-rows, columns = {}, []
-for line in open(sys.argv[1]):
-    who, payload = line.rstrip("\n").split("\t", 1)
-    r = json.loads(payload)
-    rows.setdefault(r["model"], {}).setdefault(who, []).append(r["images_per_s"])
-    if who != "adanoise" and who not in columns:
-        columns.append(who)
-head = "| model | adanoise images/s |" + "".join(f" {c} images/s | ratio |" for c in columns)
-print(head)
-print("| --- | ---: |" + " ---: | ---: |" * len(columns))
-for model, d in rows.items():
-    a = statistics.median(d["adanoise"])
-    cells = "".join(f" {statistics.median(d[c]):.1f} | {a / statistics.median(d[c]):.2f} |" for c in columns)
-    print(f"| {model} | {a:.1f} |{cells}")
-PY
+python3 bench/ratio_table.py "$results"

@@ -3,15 +3,18 @@
 # a stripped, xz-compressed adanoise with the wgpu backend, the Vulkan loader it loads at run
 # time, and the real-data archive, in bench/gpu/dist/ (git-ignored; under 64 MiB, so the
 # device tool can carry it). Run here, then on the GPU machine: bench/gpu/measure.sh.
-#   bench/gpu/package.sh            (env: FEATURES=wgpu ARCHIVE=../shared/data/cifar10-jpeg.tar.gz)
-# FEATURES=vulkan packages the SPIR-V backend instead (then BACKENDS=vulkan for measure.sh).
+#   bench/gpu/package.sh            (env: FEATURES=wgpu ARCHIVE=../shared/data/cifar10-jpeg.tar.gz
+#                                    DIST=bench/gpu/dist, or bench/gpu/dist-vulkan for vulkan)
+# FEATURES=vulkan packages the SPIR-V backend instead, into its own folder (then
+# DIST=bench/gpu/dist-vulkan BACKENDS=vulkan for measure.sh): the two packages together are
+# more than one device call carries.
 # Not both in one binary: with `vulkan` compiled in, the wgpu device also takes the SPIR-V
 # path (measured here: that binary segfaults on lavapipe even with --device wgpu).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 features=${FEATURES:-wgpu}
 archive=${ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}
-dist=bench/gpu/dist
+if [ "$features" = wgpu ]; then dist=${DIST:-bench/gpu/dist}; else dist=${DIST:-bench/gpu/dist-$features}; fi
 # Same optimisation as the release profile, without debug info, stripped: a small binary.
 CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/gpu-dist} \
   cargo build --release --features "$features"

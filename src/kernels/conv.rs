@@ -9,16 +9,19 @@
 //! `dW += dY_c * rows(x_c)` and `dx_c = col2im(W^T * dY_c)`; the forward pass is
 //! `y_c = W * col(x_c)` the same way, which also beats flex's tiled im2col.
 
+use super::fixed_order_sum;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
+use burn::backend::ops::{ActivationOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::tensor::activation::relu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
@@ -29,6 +32,16 @@ pub trait Conv2dKernel: Backend {
     fn conv2d_no_bias(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `relu(conv(x, weight) + bias)`, the bias `[c_out]` and the ReLU applied as the
+    /// product's result is written out.
+    fn conv2d_bias_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self>;
@@ -94,6 +107,36 @@ impl Geometry {
     }
 }
 
+/// `dst.copy_from_slice(src)` without a call into libc for short rows: a kernel row is 3
+/// values and a deep layer's image row 2 to 8, where the call costs more than the copy.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let values: [f32; N] = src[..N].try_into().expect("N values");
+        dst[..N].copy_from_slice(&values);
+    }
+    let n = dst.len();
+    if n > 16 {
+        dst.copy_from_slice(&src[..n]);
+        return;
+    }
+    let (mut d, mut s) = (dst, &src[..n]);
+    while d.len() >= 8 {
+        fixed::<8>(d, s);
+        (d, s) = (&mut d[8..], &s[8..]);
+    }
+    match d.len() {
+        0 => {}
+        1 => fixed::<1>(d, s),
+        2 => fixed::<2>(d, s),
+        3 => fixed::<3>(d, s),
+        4 => fixed::<4>(d, s),
+        5 => fixed::<5>(d, s),
+        6 => fixed::<6>(d, s),
+        _ => fixed::<7>(d, s),
+    }
+}
+
 /// The patches of images `x_imgs` as columns, `[patch, images * out_plane]` (the layout the
 /// forward product packs contiguously).
 fn im2col(g: &Geometry, x_imgs: &[f32], images: usize, col: &mut [f32]) {
@@ -118,7 +161,7 @@ fn im2col(g: &Geometry, x_imgs: &[f32], images: usize, col: &mut [f32]) {
                         out_row[hi..].fill(0.0);
                         let first = lo * g.stride + kw - g.padding;
                         if g.stride == 1 {
-                            out_row[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                            copy_row(&mut out_row[lo..hi], &src[first..first + hi - lo]);
                         } else {
                             for (v, &x) in out_row[lo..hi]
                                 .iter_mut()
@@ -136,42 +179,57 @@ fn im2col(g: &Geometry, x_imgs: &[f32], images: usize, col: &mut [f32]) {
 
 /// The patches of images `x_imgs` (each `c_in x h x w`) as rows, `[images * out_plane, patch]`:
 /// one row per output position, `patch` (input channel, kernel row, kernel column) long. Laid
-/// out this way (not as im2col's columns) the matrix product packs it contiguously.
+/// out this way (not as im2col's columns) the matrix product packs it contiguously. Each
+/// input row is copied once into a zero-padded buffer, from which every output position
+/// takes its `k` values without bounds checks (a fixed-size copy for the paper's 3x3 and 1x1).
 fn im2row(g: &Geometry, x_imgs: &[f32], images: usize, rows: &mut [f32]) {
     let patch = g.patch();
+    let mut padded = vec![0f32; g.w + 2 * g.padding];
     for img in 0..images {
         let image = &x_imgs[img * g.c_in * g.h * g.w..][..g.c_in * g.h * g.w];
         for oh in 0..g.oh {
-            for ow in 0..g.ow {
-                let t = (img * g.oh + oh) * g.ow + ow;
-                let row = &mut rows[t * patch..][..patch];
-                for ci in 0..g.c_in {
-                    let plane = &image[ci * g.h * g.w..][..g.h * g.w];
-                    for kh in 0..g.k {
-                        let ih = (oh * g.stride + kh) as isize - g.padding as isize;
-                        let dst = &mut row[(ci * g.k + kh) * g.k..][..g.k];
-                        if ih < 0 || ih >= g.h as isize {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[ih as usize * g.w..][..g.w];
-                        let left = (ow * g.stride) as isize - g.padding as isize;
-                        if left >= 0 && left as usize + g.k <= g.w {
-                            dst.copy_from_slice(&src[left as usize..][..g.k]);
-                            continue;
-                        }
-                        for (kw, v) in dst.iter_mut().enumerate() {
-                            let iw = left + kw as isize;
-                            *v = if iw >= 0 && iw < g.w as isize {
-                                src[iw as usize]
-                            } else {
-                                0.0
-                            };
+            let block = &mut rows[(img * g.oh + oh) * g.ow * patch..][..g.ow * patch];
+            for ci in 0..g.c_in {
+                for kh in 0..g.k {
+                    let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+                    let inside = ih >= 0 && ih < g.h as isize;
+                    if inside {
+                        let row = &image[(ci * g.h + ih as usize) * g.w..][..g.w];
+                        padded[g.padding..g.padding + g.w].copy_from_slice(row);
+                    } else {
+                        // A row of the zero padding: every window reads zeros.
+                        padded.fill(0.0);
+                    }
+                    let source = &padded[..];
+                    let at = (ci * g.k + kh) * g.k;
+                    match g.k {
+                        1 => windows::<1>(source, block, at, patch, g.stride),
+                        3 => windows::<3>(source, block, at, patch, g.stride),
+                        k => {
+                            for (ow, dst) in block.chunks_exact_mut(patch).enumerate() {
+                                dst[at..at + k].copy_from_slice(&source[ow * g.stride..][..k]);
+                            }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// For each output position of a row (each `patch`-long row of `block`), the `K` values of
+/// its window in the padded input row `source`, at offset `at` of its row.
+#[inline(always)]
+fn windows<const K: usize>(
+    source: &[f32],
+    block: &mut [f32],
+    at: usize,
+    patch: usize,
+    stride: usize,
+) {
+    for (ow, dst) in block.chunks_exact_mut(patch).enumerate() {
+        let values: [f32; K] = source[ow * stride..][..K].try_into().expect("K values");
+        dst[at..at + K].copy_from_slice(&values);
     }
 }
 
@@ -212,7 +270,7 @@ fn gather_output_grad(g: &Geometry, dy: &[f32], first: usize, images: usize, out
     for co in 0..g.c_out {
         for img in 0..images {
             let src = &dy[((first + img) * g.c_out + co) * plane..][..plane];
-            out[co * width + img * plane..][..plane].copy_from_slice(src);
+            copy_row(&mut out[co * width + img * plane..][..plane], src);
         }
     }
 }
@@ -366,8 +424,8 @@ fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 /// The convolution `[n, c_out, oh, ow]`: per chunk of images, `W * col(x_c)`, written back
-/// image by image.
-fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
+/// image by image, adding `bias` and clamping at zero when given one.
+fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias_relu: Option<&[f32]>) -> Vec<f32> {
     let image = g.c_in * g.h * g.w;
     per_chunk(
         g,
@@ -395,8 +453,15 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
             let plane = g.out_plane();
             for co in 0..g.c_out {
                 for img in 0..images {
-                    out_chunk[(img * g.c_out + co) * plane..][..plane]
-                        .copy_from_slice(&yc[co * width + img * plane..][..plane]);
+                    let dst = &mut out_chunk[(img * g.c_out + co) * plane..][..plane];
+                    let src = &yc[co * width + img * plane..][..plane];
+                    match bias_relu {
+                        Some(bias) => dst
+                            .iter_mut()
+                            .zip(src)
+                            .for_each(|(d, &y)| *d = (y + bias[co]).max(0.0)),
+                        None => copy_row(dst, src),
+                    }
                 }
             }
         },
@@ -407,11 +472,23 @@ fn options(stride: usize, padding: usize) -> ConvOptions<2> {
     ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1)
 }
 
-/// The forward pass on flex tensors: this kernel for `f32`, flex's convolution otherwise.
-fn conv_forward(x: FlexTensor, weight: FlexTensor, stride: usize, padding: usize) -> FlexTensor {
+/// The forward pass on flex tensors (then `+ bias` and ReLU when given a bias): this kernel
+/// for `f32`, flex's convolution otherwise.
+fn conv_forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<&FlexTensor>,
+    stride: usize,
+    padding: usize,
+) -> FlexTensor {
     if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-        return Flex::conv2d(x, weight, None, options(stride, padding));
+        let y = Flex::conv2d(x, weight, bias.cloned(), options(stride, padding));
+        return match bias {
+            Some(_) => Flex::relu(y),
+            None => y,
+        };
     }
+    let bias = bias.map(|b| b.to_contiguous());
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let g = Geometry::new(
         &x.layout().shape().to_vec(),
@@ -419,7 +496,12 @@ fn conv_forward(x: FlexTensor, weight: FlexTensor, stride: usize, padding: usize
         stride,
         padding,
     );
-    let y = forward(&g, x.storage(), weight.storage());
+    let y = forward(
+        &g,
+        x.storage(),
+        weight.storage(),
+        bias.as_ref().map(|b| b.storage()),
+    );
     FlexTensor::from_data(TensorData::new(y, [g.n, g.c_out, g.oh, g.ow]))
 }
 
@@ -430,7 +512,46 @@ impl Conv2dKernel for Flex {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        conv_forward(x, weight, stride, padding)
+        conv_forward(x, weight, None, stride, padding)
+    }
+
+    fn conv2d_bias_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        conv_forward(x, weight, Some(&bias), stride, padding)
+    }
+}
+
+/// Registers the gradients of the convolution's input and weight, for the parents that
+/// want them, from the gradient `dy` of its (pre-bias) output.
+fn register_grads(
+    (x, weight): (&FlexTensor, &FlexTensor),
+    (x_node, weight_node): (Option<NodeId>, Option<NodeId>),
+    (stride, padding): (usize, usize),
+    dy: &[f32],
+    grads: &mut Gradients,
+) {
+    let g = Geometry::new(
+        &x.layout().shape().to_vec(),
+        &weight.layout().shape().to_vec(),
+        stride,
+        padding,
+    );
+    if let Some(node) = x_node {
+        let weight = weight.to_contiguous();
+        let dx = input_grad(&g, weight.storage(), dy);
+        let dx = FlexTensor::from_data(TensorData::new(dx, [g.n, g.c_in, g.h, g.w]));
+        grads.register::<Flex>(node, dx);
+    }
+    if let Some(node) = weight_node {
+        let x = x.to_contiguous();
+        let dw = weight_grad(&g, x.storage(), dy);
+        let dw = FlexTensor::from_data(TensorData::new(dw, [g.c_out, g.c_in, g.k, g.k]));
+        grads.register::<Flex>(node, dw);
     }
 }
 
@@ -445,25 +566,62 @@ impl Backward<Flex, 2> for Conv2dBackward {
         let [x_node, weight_node] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (x, weight, stride, padding) = ops.state;
-        let g = Geometry::new(
-            &x.layout().shape().to_vec(),
-            &weight.layout().shape().to_vec(),
-            stride,
-            padding,
-        );
-        let dy: &[f32] = dy.storage();
-        if let Some(node) = x_node {
-            let weight = weight.to_contiguous();
-            let dx = input_grad(&g, weight.storage(), dy);
-            let dx = FlexTensor::from_data(TensorData::new(dx, [g.n, g.c_in, g.h, g.w]));
-            grads.register::<Flex>(node.id, dx);
+        let nodes = (x_node.map(|n| n.id), weight_node.map(|n| n.id));
+        register_grads((&x, &weight), nodes, (stride, padding), dy.storage(), grads);
+    }
+}
+
+/// The gradient of `relu(y + bias)` with respect to `y` (`dy` where the output `out`
+/// `[images, channels, plane]` is positive, else zero) and to `bias` (its sum over images
+/// and positions, in a fixed order).
+fn through_bias_relu(
+    out: &[f32],
+    dy: &[f32],
+    [images, channels, plane]: [usize; 3],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dz = vec![0f32; dy.len()];
+    dz.par_chunks_mut(plane)
+        .zip(out.par_chunks(plane).zip(dy.par_chunks(plane)))
+        .for_each(|(dz, (out, dy))| {
+            for ((dz, &o), &d) in dz.iter_mut().zip(out).zip(dy) {
+                *dz = if o > 0.0 { d } else { 0.0 };
+            }
+        });
+    let bias_grad = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            (0..images)
+                .map(|n| {
+                    let dz = &dz[(n * channels + c) * plane..][..plane];
+                    fixed_order_sum(dz, dz, |v, _| v)
+                })
+                .sum::<f64>() as f32
+        })
+        .collect();
+    (dz, bias_grad)
+}
+
+#[derive(Debug)]
+struct Conv2dBiasReluBackward;
+
+impl Backward<Flex, 3> for Conv2dBiasReluBackward {
+    /// The input, the weight, the output (whose sign is the ReLU's mask), stride, padding.
+    type State = (FlexTensor, FlexTensor, FlexTensor, usize, usize);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, weight_node, bias_node] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x, weight, out, stride, padding) = ops.state;
+        let shape = out.layout().shape();
+        let (channels, plane) = (shape[1], shape[2] * shape[3]);
+        let sizes = [shape[0], channels, plane];
+        let (dz, bias_grad) = through_bias_relu(out.storage(), dy.storage(), sizes);
+        if let Some(node) = bias_node {
+            let db = FlexTensor::from_data(TensorData::new(bias_grad, [channels]));
+            grads.register::<Flex>(node.id, db);
         }
-        if let Some(node) = weight_node {
-            let x = x.to_contiguous();
-            let dw = weight_grad(&g, x.storage(), dy);
-            let dw = FlexTensor::from_data(TensorData::new(dw, [g.c_out, g.c_in, g.k, g.k]));
-            grads.register::<Flex>(node.id, dw);
-        }
+        let nodes = (x_node.map(|n| n.id), weight_node.map(|n| n.id));
+        register_grads((&x, &weight), nodes, (stride, padding), &dz, grads);
     }
 }
 
@@ -482,21 +640,48 @@ impl<C: CheckpointStrategy> Conv2dKernel for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (x, weight) = (x.into_primitive(), weight.into_primitive());
                 let state = (x.clone(), weight.clone(), stride, padding);
-                prep.finish(state, conv_forward(x, weight, stride, padding))
+                prep.finish(state, conv_forward(x, weight, None, stride, padding))
             }
             OpsKind::UnTracked(prep) => prep.finish(conv_forward(
                 x.into_primitive(),
                 weight.into_primitive(),
+                None,
                 stride,
                 padding,
             )),
         }
     }
+
+    fn conv2d_bias_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        let prepared = Conv2dBiasReluBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        let out = conv_forward(x.clone(), weight.clone(), Some(&bias), stride, padding);
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                let out = out.to_contiguous();
+                prep.finish((x, weight, out.clone(), stride, padding), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
 }
 
-/// `conv.forward(x)`: with this kernel's backward on the CPU backend for the convolutions
-/// it covers, Burn's convolution otherwise.
-pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// The padding of `conv` when this kernel covers it for `x` (square kernel and stride,
+/// symmetric padding, no dilation or groups, `f32` on the CPU backend).
+fn kernel_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<usize> {
     let [kh, kw] = conv.kernel_size;
     let padding = match conv.padding {
         PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => Some(t),
@@ -509,7 +694,13 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         && conv.groups == 1
         && x.dtype() == DType::F32
         && x.device().inner() == Device::flex();
-    let Some(padding) = padding.filter(|_| covered) else {
+    padding.filter(|_| covered)
+}
+
+/// `conv.forward(x)`: with this kernel's backward on the CPU backend for the convolutions
+/// it covers, Burn's convolution otherwise.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let Some(padding) = kernel_padding(conv, &x) else {
         return conv.forward(x);
     };
     let weight = conv.weight.val();
@@ -528,15 +719,40 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// `relu(conv.forward(x))`: on the CPU backend, for a convolution with a bias that this
+/// kernel covers, the bias and the ReLU are applied as the output is written (and their
+/// gradients taken in one pass); elsewhere Burn's convolution, then ReLU.
+pub fn conv2d_relu(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match (kernel_padding(conv, &x), &conv.bias) {
+        (Some(padding), Some(bias)) => {
+            Tensor::from_dispatch(<Dispatch as Conv2dKernel>::conv2d_bias_relu(
+                x.into_dispatch(),
+                conv.weight.val().into_dispatch(),
+                bias.val().into_dispatch(),
+                conv.stride[0],
+                padding,
+            ))
+        }
+        _ => relu(conv2d(conv, x)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::Tolerance;
 
-    /// Output and the gradients of input, weight and bias equal Burn's convolution.
+    /// Output and the gradients of input, weight and bias equal Burn's convolution, alone
+    /// and followed by a ReLU (fused with the bias when there is one).
     #[test]
     fn matches_burn_forward_and_gradients() {
+        for then_relu in [false, true] {
+            compare_with_burn(then_relu);
+        }
+    }
+
+    fn compare_with_burn(then_relu: bool) {
         let device = Device::flex().autodiff();
         for (c_in, c_out, k, stride, padding, side, bias) in [
             (3, 8, 3, 1, 1, 9, true),
@@ -558,10 +774,11 @@ mod tests {
             let x = Tensor::<4>::from_data(TensorData::new(values, [n, c_in, side, side]), &device);
             let run = |kernel: bool| {
                 let x = x.clone().require_grad();
-                let y = if kernel {
-                    conv2d(&conv, x.clone())
-                } else {
-                    conv.forward(x.clone())
+                let y = match (kernel, then_relu) {
+                    (true, false) => conv2d(&conv, x.clone()),
+                    (true, true) => conv2d_relu(&conv, x.clone()),
+                    (false, false) => conv.forward(x.clone()),
+                    (false, true) => relu(conv.forward(x.clone())),
                 };
                 let weights = y.clone().inner().ones_like().cumsum(3);
                 let grads = (y.clone() * Tensor::from_inner(weights)).sum().backward();
@@ -577,6 +794,11 @@ mod tests {
                 )
             };
             let (ours, theirs) = (run(true), run(false));
+            if then_relu {
+                // Clamped outputs exist, so the ReLU's mask is exercised.
+                let zeros = ours.0.iter::<f32>().filter(|&v| v == 0.0).count();
+                assert!(zeros > 0 && zeros < ours.0.num_elements());
+            }
             let tol = Tolerance::<f32>::absolute(1e-4).set_relative(1e-4);
             ours.0.assert_approx_eq::<f32>(&theirs.0, tol);
             ours.1.assert_approx_eq::<f32>(&theirs.1, tol);
@@ -649,7 +871,7 @@ mod tests {
             let grads = |threads| {
                 pool(threads).install(|| {
                     [
-                        forward(&g, &x, &w),
+                        forward(&g, &x, &w, None),
                         input_grad(&g, &w, &dy),
                         weight_grad(&g, &x, &dy),
                     ]

@@ -1,11 +1,14 @@
 //! 2-D batch normalisation with PyTorch's semantics: the running variance is
 //! updated with the *unbiased* batch variance (`n / (n - 1)`), where Burn's own
-//! `BatchNorm` uses the biased one. Momentum 0.1 and eps 1e-5 as in PyTorch.
+//! `BatchNorm` uses the biased one. Momentum 0.1 and eps 1e-5 as in PyTorch. A ReLU that
+//! follows it can be fused into it ([`BatchNorm2d::forward_relu`]).
 
+use crate::kernels::batch_norm_train_relu;
 use burn::module::{Flag, Module, Param, RunningState};
 use burn::tensor::Device;
 use burn::tensor::Tensor;
-use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::activation::relu;
+use burn::tensor::module::batch_norm;
 
 pub const MOMENTUM: f64 = 0.1;
 pub const EPSILON: f64 = 1e-5;
@@ -32,31 +35,47 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.normalize(input, false)
+    }
+
+    /// `relu(self.forward(input))`, in one pass on the CPU.
+    pub fn forward_relu(&self, input: Tensor<4>) -> Tensor<4> {
+        self.normalize(input, true)
+    }
+
+    fn normalize(&self, input: Tensor<4>, relu_after: bool) -> Tensor<4> {
         let device = input.device();
         if !(device.is_autodiff() && self.training.is_enabled()) {
             let mean = self.running_mean.value().to_device(&device);
             let var = self.running_var.value().to_device(&device);
-            return batch_norm(input, self.gamma.val(), self.beta.val(), mean, var, EPSILON);
+            let out = batch_norm(input, self.gamma.val(), self.beta.val(), mean, var, EPSILON);
+            return if relu_after { relu(out) } else { out };
         }
         let [batch, _, height, width] = input.dims();
         let n = (batch * height * width) as f64;
-        let out = batch_norm_train(input, self.gamma.val(), self.beta.val(), EPSILON);
+        let (output, batch_mean, batch_var) = batch_norm_train_relu(
+            input,
+            self.gamma.val(),
+            self.beta.val(),
+            EPSILON,
+            relu_after,
+        );
         let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         let mean = self
             .running_mean
             .value_sync()
             .to_device(&device)
             .mul_scalar(1.0 - MOMENTUM)
-            .add(out.mean.detach().mul_scalar(MOMENTUM));
+            .add(batch_mean.detach().mul_scalar(MOMENTUM));
         let var = self
             .running_var
             .value_sync()
             .to_device(&device)
             .mul_scalar(1.0 - MOMENTUM)
-            .add(out.variance.detach().mul_scalar(MOMENTUM * unbiased));
+            .add(batch_var.detach().mul_scalar(MOMENTUM * unbiased));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
-        out.output
+        output
     }
 
     /// The running statistics (mean, variance), for tests and inspection.

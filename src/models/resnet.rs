@@ -47,7 +47,7 @@ impl BasicBlock {
             Some(d) => d.bn.forward(conv2d(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(conv2d(&self.conv1, x)));
+        let out = self.bn1.forward_relu(conv2d(&self.conv1, x));
         let out = self.bn2.forward(conv2d(&self.conv2, out));
         relu(out + identity)
     }
@@ -89,7 +89,7 @@ impl ResNet18 {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self
             .stem_pool
-            .forward(relu(self.stem_bn.forward(conv2d(&self.stem, x))));
+            .forward(self.stem_bn.forward_relu(conv2d(&self.stem, x)));
         for block in &self.blocks {
             x = block.forward(x);
         }
