@@ -11,6 +11,8 @@
 #                           MODELS="baby-cnn tiny-cnn simple-cnn resnet18" DEADLINE=420 OUT=dir)
 # On a bare machine without a Vulkan loader or glvnd, unpack them first (as root):
 #   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+# where .gl/ (git-ignored) holds Debian's libvulkan1 libegl1 libglvnd0 libopengl0 libgl1
+# libglx0 libgles2, fetched here with `apt-get download` (as on the H200, 2026-11-27).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 started=$(date +%s)
