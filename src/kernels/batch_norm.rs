@@ -193,22 +193,50 @@ fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
-/// Flex's own batch normalisation, then its ReLU: for what this kernel does not cover.
-fn fallback(
+/// Burn's own batch normalisation on backend `B`, then its ReLU: for what this kernel does
+/// not cover.
+fn fallback<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    epsilon: f64,
+    relu: bool,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let out = B::batch_norm_train(x, gamma, beta, epsilon);
+    let output = if relu {
+        B::relu(out.output)
+    } else {
+        out.output
+    };
+    (output, out.mean, out.variance)
+}
+
+/// This kernel's forward pass on flex tensors: the contiguous input and `gamma` (which the
+/// backward pass keeps), the output, the statistics, and the batch mean and variance `[c]`.
+fn normalize(
     x: FlexTensor,
     gamma: FlexTensor,
     beta: FlexTensor,
     epsilon: f64,
     relu: bool,
-) -> (FlexTensor, FlexTensor, FlexTensor) {
-    use burn::backend::ops::{ActivationOps, ModuleOps};
-    let out = Flex::batch_norm_train(x, gamma, beta, epsilon);
-    let output = if relu {
-        Flex::relu(out.output)
-    } else {
-        out.output
-    };
-    (output, out.mean, out.variance)
+) -> (
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    Statistics,
+    FlexTensor,
+    FlexTensor,
+) {
+    let (x, gamma, beta) = (
+        x.to_contiguous(),
+        gamma.to_contiguous(),
+        beta.to_contiguous(),
+    );
+    let (y, stats, var) = forward(&x, &gamma, &beta, epsilon, relu);
+    let c = stats.mean.len();
+    let y = tensor(y, &x.layout().shape().to_vec());
+    let (mean, var) = (tensor(stats.mean.clone(), &[c]), tensor(var, &[c]));
+    (x, gamma, y, stats, mean, var)
 }
 
 impl BatchNormKernel for Flex {
@@ -220,20 +248,10 @@ impl BatchNormKernel for Flex {
         relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         if !supported(&x) {
-            return fallback(x, gamma, beta, epsilon, relu);
+            return fallback::<Self>(x, gamma, beta, epsilon, relu);
         }
-        let (x, gamma, beta) = (
-            x.to_contiguous(),
-            gamma.to_contiguous(),
-            beta.to_contiguous(),
-        );
-        let (y, stats, var) = forward(&x, &gamma, &beta, epsilon, relu);
-        let c = stats.mean.len();
-        (
-            tensor(y, &x.layout().shape().to_vec()),
-            tensor(stats.mean, &[c]),
-            tensor(var, &[c]),
-        )
+        let (_, _, y, _, mean, var) = normalize(x, gamma, beta, epsilon, relu);
+        (y, mean, var)
     }
 }
 
@@ -275,31 +293,24 @@ impl<C: CheckpointStrategy> BatchNormKernel for Autodiff<Flex, C> {
         relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         if !supported(x.primitive()) {
-            use burn::backend::ops::{ActivationOps, ModuleOps};
-            let out = Autodiff::<Flex, C>::batch_norm_train(x, gamma, beta, epsilon);
-            let output = if relu {
-                Autodiff::<Flex, C>::relu(out.output)
-            } else {
-                out.output
-            };
-            return (output, out.mean, out.variance);
+            return fallback::<Self>(x, gamma, beta, epsilon, relu);
         }
         let prepared = BatchNormBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful();
-        let x = x.into_primitive().to_contiguous();
-        let gamma = gamma.into_primitive().to_contiguous();
-        let beta = beta.into_primitive().to_contiguous();
-        let (y, stats, var) = forward(&x, &gamma, &beta, epsilon, relu);
-        let c = stats.mean.len();
-        let mean = Self::from_inner(tensor(stats.mean.clone(), &[c]));
-        let var = Self::from_inner(tensor(var, &[c]));
-        let y = tensor(y, &x.layout().shape().to_vec());
+        let (x, gamma, y, stats, mean, var) = normalize(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            epsilon,
+            relu,
+        );
         let output = match prepared {
             OpsKind::Tracked(prep) => prep.finish((x, gamma, stats, relu), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
+        let (mean, var) = (Self::from_inner(mean), Self::from_inner(var));
         (output, mean, var)
     }
 }

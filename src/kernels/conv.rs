@@ -632,23 +632,15 @@ impl<C: CheckpointStrategy> Conv2dKernel for Autodiff<Flex, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        match Conv2dBackward
+        let prepared = Conv2dBackward
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, weight) = (x.into_primitive(), weight.into_primitive());
-                let state = (x.clone(), weight.clone(), stride, padding);
-                prep.finish(state, conv_forward(x, weight, None, stride, padding))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(conv_forward(
-                x.into_primitive(),
-                weight.into_primitive(),
-                None,
-                stride,
-                padding,
-            )),
+            .stateful();
+        let (x, weight) = (x.into_primitive(), weight.into_primitive());
+        let out = conv_forward(x.clone(), weight.clone(), None, stride, padding);
+        match prepared {
+            OpsKind::Tracked(prep) => prep.finish((x, weight, stride, padding), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 
