@@ -6,7 +6,7 @@
 //! output gradient twice. Sums run in a fixed order (per plane in 16 lanes, then over planes
 //! in `f64`), so results do not depend on the number of threads.
 
-use super::fixed_order_sum;
+use super::{fixed_order_sum, fixed_order_sum_pair};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -138,23 +138,28 @@ fn backward(
     relu: bool,
     dy: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    // The gradient reaching the normalisation: dy where the ReLU passed, else zero.
-    let through = |x: f32, dy: f32, ch: usize| {
-        if relu && x * stats.scale[ch] + stats.shift[ch] <= 0.0 {
+    // The gradient reaching the normalisation: dy where the ReLU passed (`x * scale + shift
+    // > 0`), else zero.
+    let through = |x: f32, dy: f32, (scale, shift): (f32, f32)| {
+        if relu && x * scale + shift <= 0.0 {
             0.0
         } else {
             dy
         }
     };
+    let affine = |ch: usize| (stats.scale[ch], stats.shift[ch]);
     let sums: Vec<(f64, f64)> = (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let (m, s) = (stats.mean[ch], stats.inv_std[ch]);
-            let mut sum_dz = 0f64;
-            let mut sum_dz_xhat = 0f64;
+            let (m, s, ab) = (stats.mean[ch], stats.inv_std[ch], affine(ch));
+            let (mut sum_dz, mut sum_dz_xhat) = (0f64, 0f64);
             for (xp, dyp) in g.planes(x, ch).zip(g.planes(dy, ch)) {
-                sum_dz += fixed_order_sum(xp, dyp, |x, d| through(x, d, ch));
-                sum_dz_xhat += fixed_order_sum(xp, dyp, |x, d| through(x, d, ch) * (x - m) * s);
+                let (dz, dz_xhat) = fixed_order_sum_pair(xp, dyp, |x, d| {
+                    let dz = through(x, d, ab);
+                    (dz, dz * (x - m) * s)
+                });
+                sum_dz += dz;
+                sum_dz_xhat += dz_xhat;
             }
             (sum_dz, sum_dz_xhat)
         })
@@ -177,9 +182,9 @@ fn backward(
         .enumerate()
         .for_each(|(p, (dx, (x, dy)))| {
             let ch = p % g.c;
-            let (k1, k2, k3) = coefficients[ch];
+            let ((k1, k2, k3), ab) = (coefficients[ch], affine(ch));
             for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(dy) {
-                *dx = k1 * through(x, d, ch) + k2 * x + k3;
+                *dx = k1 * through(x, d, ab) + k2 * x + k3;
             }
         });
     (dx, gamma_grad, beta_grad)

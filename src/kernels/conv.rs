@@ -9,7 +9,7 @@
 //! `dW += dY_c * rows(x_c)` and `dx_c = col2im(W^T * dY_c)`; the forward pass is
 //! `y_c = W * col(x_c)` the same way, which also beats flex's tiled im2col.
 
-use super::fixed_order_sum;
+use super::{fixed_order_sum, matmul, winograd};
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -46,6 +46,11 @@ pub trait Conv2dKernel: Backend {
         padding: usize,
     ) -> FloatTensor<Self>;
 }
+
+/// Chunks a batch is split into at least, so that the copies around each product run on
+/// every thread even where one chunk's product alone would be wide enough (deep layers).
+/// A constant, not the thread count, so the sums' order does not depend on the machine.
+const MIN_CHUNKS: usize = 4;
 
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -100,10 +105,17 @@ impl Geometry {
         (lo.min(hi), hi)
     }
 
+    /// The Winograd tiling of a 3x3, stride 1, padding 1 convolution; `None` for others.
+    fn winograd(&self) -> Option<winograd::Tiling> {
+        (self.k == 3 && self.stride == 1 && self.padding == 1)
+            .then(|| winograd::Tiling::new(self.c_in, self.c_out, self.h, self.w))
+    }
+
     /// Images per matrix product: enough for a wide product. It does not depend on the
     /// number of threads, so neither do the results (see [`weight_grad`]).
     fn chunk(&self) -> usize {
-        4096usize.div_ceil(self.out_plane()).clamp(1, self.n.max(1))
+        let wide = 4096usize.div_ceil(self.out_plane());
+        wide.min(self.n.div_ceil(MIN_CHUNKS)).max(1)
     }
 }
 
@@ -275,48 +287,6 @@ fn gather_output_grad(g: &Geometry, dy: &[f32], first: usize, images: usize, out
     }
 }
 
-/// `dst (m x n, row-major) = (accumulate ? dst : 0) + lhs * rhs` with explicit strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-    parallelism: gemm::Parallelism,
-) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
-    assert!(n == 0 || k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
-    // SAFETY: the asserts above keep every index gemm forms inside the three slices, and
-    // `dst` does not alias the inputs (it is a distinct `&mut`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 /// Splits each matrix product over the threads when there are too few chunks to go round
 /// (over rows and columns only, which leaves every sum's order as it is).
 fn product_parallelism(chunks: usize) -> gemm::Parallelism {
@@ -400,6 +370,17 @@ fn per_chunk(
 
 /// The input gradient `[n, c_in, h, w]`: per chunk of images, `col2im(W^T * dY_c)`.
 fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
+    if let Some(forward_tiling) = g.winograd() {
+        // The same convolution, from the output gradient's channels to the input's.
+        let tiling = winograd::Tiling::new(g.c_out, g.c_in, g.h, g.w);
+        debug_assert_eq!((forward_tiling.h, forward_tiling.w), (tiling.h, tiling.w));
+        let u = winograd::transform_weights(&tiling, weight, true);
+        let out_image = g.c_out * g.out_plane();
+        return per_chunk(g, g.c_in * g.h * g.w, |first, images, _, dx, inner| {
+            let dy_imgs = &dy[first * out_image..(first + images) * out_image];
+            winograd::convolve(&tiling, &u, dy_imgs, images, dx, inner, None);
+        });
+    }
     per_chunk(
         g,
         g.c_in * g.h * g.w,
@@ -427,6 +408,17 @@ fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 /// image by image, adding `bias` and clamping at zero when given one.
 fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias_relu: Option<&[f32]>) -> Vec<f32> {
     let image = g.c_in * g.h * g.w;
+    if let Some(tiling) = g.winograd() {
+        let u = winograd::transform_weights(&tiling, weight, false);
+        return per_chunk(
+            g,
+            g.c_out * g.out_plane(),
+            |first, images, _, out, inner| {
+                let x_imgs = &x[first * image..(first + images) * image];
+                winograd::convolve(&tiling, &u, x_imgs, images, out, inner, bias_relu);
+            },
+        );
+    }
     per_chunk(
         g,
         g.c_out * g.out_plane(),

@@ -1,8 +1,9 @@
-//! 2x2 max pooling with stride 2 (the plain CNNs' `MaxPool2d(2)`) on the CPU, with its
-//! own backward. Burn's flex backend pools through a general 3-D kernel that stores an
-//! `i64` index per output and scatters through it; this one keeps a one-byte window
-//! position per output and writes each input gradient once (the windows do not overlap).
-//! It picks the same element as PyTorch: the first maximum in the window, or the last NaN.
+//! Square max pooling (the plain CNNs' `MaxPool2d(2)` and ResNet-18's 3x3/2 stem pool
+//! with padding 1) on the CPU, with its own backward. Burn's flex backend pools through a
+//! general 3-D kernel that stores an `i64` index per output and scatters through it; this
+//! one keeps a one-byte window position per output and adds each output's gradient back
+//! plane by plane (in a fixed order, where windows overlap). It picks the same element as
+//! PyTorch: the first maximum in the window, or the last NaN; padding is never picked.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -18,133 +19,271 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 #[backend_extension(Flex, Autodiff)]
-pub trait MaxPool2x2: Backend {
-    /// `[n, c, h, w]` with `h` and `w` even to `[n, c, h / 2, w / 2]`.
-    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+pub trait MaxPoolKernel: Backend {
+    /// `[n, c, h, w]` pooled over `kernel x kernel` windows `stride` apart, with `padding`
+    /// rows and columns of the (never chosen) padding on each side, floor mode.
+    fn max_pool_square(
+        x: FloatTensor<Self>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
 }
 
-/// The pooled tensor and, per output, which of the four window elements it came from.
-fn forward(x: FlexTensor) -> (FlexTensor, Vec<u8>) {
-    let x = x.to_contiguous();
-    let dims = x.layout().shape().to_vec();
-    let [n, c, h, w] = [dims[0], dims[1], dims[2], dims[3]];
-    let (oh, ow) = (h / 2, w / 2);
-    let input: &[f32] = x.storage();
-    let mut output = vec![0f32; n * c * oh * ow];
-    let mut argmax = vec![0u8; n * c * oh * ow];
-    output
-        .par_chunks_mut(oh * ow)
-        .zip(argmax.par_chunks_mut(oh * ow))
-        .enumerate()
-        .for_each(|(plane, (out, arg))| {
-            let src = &input[plane * h * w..(plane + 1) * h * w];
-            for i in 0..oh {
-                let top = &src[2 * i * w..(2 * i + 1) * w];
-                let bottom = &src[(2 * i + 1) * w..(2 * i + 2) * w];
-                let (out, arg) = (&mut out[i * ow..][..ow], &mut arg[i * ow..][..ow]);
-                for j in 0..ow {
-                    let window = [top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]];
-                    // Selects rather than branches, so the loop vectorises.
-                    let (mut best, mut at) = (window[0], 0u8);
-                    for (k, &v) in window.iter().enumerate().skip(1) {
-                        let take = v > best || v.is_nan();
-                        best = if take { v } else { best };
-                        at = if take { k as u8 } else { at };
+/// Sizes of one pooling.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Window {
+    fn new(h: usize, w: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+        Self {
+            kernel,
+            stride,
+            padding,
+            h,
+            w,
+            oh: (h + 2 * padding - kernel) / stride + 1,
+            ow: (w + 2 * padding - kernel) / stride + 1,
+        }
+    }
+
+    /// The plain CNNs' pooling, which has its own vectorised loop.
+    fn is_2x2(&self) -> bool {
+        self.kernel == 2 && self.stride == 2 && self.padding == 0
+    }
+
+    /// Input rows (or columns, for `extent = w`) `lo..hi` that output row `i` reads, and
+    /// the window position of `lo`.
+    fn span(&self, i: usize, extent: usize) -> (usize, usize, usize) {
+        let start = (i * self.stride) as isize - self.padding as isize;
+        let lo = start.max(0) as usize;
+        let hi = ((start + self.kernel as isize) as usize).min(extent);
+        (lo, hi, (lo as isize - start) as usize)
+    }
+
+    /// Input position `(row, column)` of window position `at` of output `(i, j)`.
+    fn source(&self, i: usize, j: usize, at: usize) -> (usize, usize) {
+        (
+            i * self.stride + at / self.kernel - self.padding,
+            j * self.stride + at % self.kernel - self.padding,
+        )
+    }
+}
+
+/// The 2x2 windows of one plane: each row's pairs first, then the two rows' winners, which
+/// picks what the window scanned in order would (the rule "a later value wins if greater or
+/// NaN" is associative); selects rather than branches, so the loop vectorises.
+fn pool_plane_2x2(win: &Window, src: &[f32], out: &mut [f32], arg: &mut [u8]) {
+    #[inline(always)]
+    fn later_wins(earlier: f32, later: f32) -> bool {
+        later > earlier || later.is_nan()
+    }
+    let (w, ow) = (win.w, win.ow);
+    for i in 0..win.oh {
+        let top = src[2 * i * w..][..2 * ow].chunks_exact(2);
+        let bottom = src[(2 * i + 1) * w..][..2 * ow].chunks_exact(2);
+        let (out, arg) = (&mut out[i * ow..][..ow], &mut arg[i * ow..][..ow]);
+        for (((out, arg), top), bottom) in out.iter_mut().zip(arg.iter_mut()).zip(top).zip(bottom) {
+            let right = later_wins(top[0], top[1]);
+            let (upper, upper_at) = if right { (top[1], 1) } else { (top[0], 0) };
+            let right = later_wins(bottom[0], bottom[1]);
+            let (lower, lower_at) = if right {
+                (bottom[1], 3)
+            } else {
+                (bottom[0], 2)
+            };
+            let take = later_wins(upper, lower);
+            *out = if take { lower } else { upper };
+            *arg = if take { lower_at } else { upper_at };
+        }
+    }
+}
+
+/// Any square window of one plane, the padding skipped: as PyTorch, the running maximum
+/// starts at -inf on the window's first element inside the image.
+fn pool_plane(win: &Window, src: &[f32], out: &mut [f32], arg: &mut [u8]) {
+    for i in 0..win.oh {
+        let (row_lo, row_hi, first_kh) = win.span(i, win.h);
+        for j in 0..win.ow {
+            let (col_lo, col_hi, first_kw) = win.span(j, win.w);
+            let mut best = f32::NEG_INFINITY;
+            let mut at = first_kh * win.kernel + first_kw;
+            for (kh, row) in (first_kh..).zip(row_lo..row_hi) {
+                let values = &src[row * win.w + col_lo..row * win.w + col_hi];
+                for (kw, &v) in (first_kw..).zip(values) {
+                    if v > best || v.is_nan() {
+                        best = v;
+                        at = kh * win.kernel + kw;
                     }
-                    out[j] = best;
-                    arg[j] = at;
                 }
             }
+            out[i * win.ow + j] = best;
+            arg[i * win.ow + j] = at as u8;
+        }
+    }
+}
+
+/// The pooled tensor and, per output, the position in its window it came from.
+fn forward(x: FlexTensor, win: Window) -> (FlexTensor, Vec<u8>) {
+    let x = x.to_contiguous();
+    let dims = x.layout().shape().to_vec();
+    let planes = dims[0] * dims[1];
+    let input: &[f32] = x.storage();
+    let out_plane = win.oh * win.ow;
+    let mut output = vec![0f32; planes * out_plane];
+    let mut argmax = vec![0u8; planes * out_plane];
+    output
+        .par_chunks_mut(out_plane)
+        .zip(argmax.par_chunks_mut(out_plane))
+        .enumerate()
+        .for_each(|(plane, (out, arg))| {
+            let src = &input[plane * win.h * win.w..][..win.h * win.w];
+            if win.is_2x2() {
+                pool_plane_2x2(&win, src, out, arg);
+            } else {
+                pool_plane(&win, src, out, arg);
+            }
         });
-    let pooled = FlexTensor::from_data(TensorData::new(output, [n, c, oh, ow]));
+    let pooled = FlexTensor::from_data(TensorData::new(output, [dims[0], dims[1], win.oh, win.ow]));
     (pooled, argmax)
 }
 
-/// The input gradient: each output's gradient goes to the element it was taken from.
-fn backward(grad: FlexTensor, argmax: &[u8], input_shape: &Shape) -> FlexTensor {
+/// The input gradient: each output's gradient goes to the element it was taken from,
+/// added in output order where windows overlap.
+fn backward(grad: FlexTensor, argmax: &[u8], input_shape: &Shape, win: Window) -> FlexTensor {
     let grad = grad.to_contiguous();
-    let [n, c, h, w] = [
-        input_shape[0],
-        input_shape[1],
-        input_shape[2],
-        input_shape[3],
-    ];
-    let (oh, ow) = (h / 2, w / 2);
     let dy: &[f32] = grad.storage();
-    let mut dx = vec![0f32; n * c * h * w];
-    dx.par_chunks_mut(h * w)
+    let out_plane = win.oh * win.ow;
+    let mut dx = vec![0f32; input_shape.num_elements()];
+    dx.par_chunks_mut(win.h * win.w)
         .enumerate()
         .for_each(|(plane, dst)| {
-            let g = &dy[plane * oh * ow..(plane + 1) * oh * ow];
-            let a = &argmax[plane * oh * ow..(plane + 1) * oh * ow];
-            for i in 0..oh {
-                for j in 0..ow {
-                    let k = a[i * ow + j] as usize;
-                    dst[(2 * i + k / 2) * w + 2 * j + k % 2] = g[i * ow + j];
+            let g = &dy[plane * out_plane..][..out_plane];
+            let a = &argmax[plane * out_plane..][..out_plane];
+            for i in 0..win.oh {
+                for j in 0..win.ow {
+                    let at = a[i * win.ow + j] as usize;
+                    let (row, col) = if win.is_2x2() {
+                        // The divisions by a constant, in the plain CNNs' hot loop.
+                        (2 * i + at / 2, 2 * j + at % 2)
+                    } else {
+                        win.source(i, j, at)
+                    };
+                    dst[row * win.w + col] += g[i * win.ow + j];
                 }
             }
         });
-    FlexTensor::from_data(TensorData::new(dx, [n, c, h, w]))
+    FlexTensor::from_data(TensorData::new(dx, input_shape.clone()))
 }
 
-fn supported(x: &FlexTensor) -> bool {
+/// The window this kernel pools `x` with, or `None` for what it does not cover (Burn's
+/// pooling then runs, with its own checks and messages).
+fn window(x: &FlexTensor, kernel: usize, stride: usize, padding: usize) -> Option<Window> {
     let dims = x.layout().shape();
-    x.dtype() == DType::F32
+    let fits = x.dtype() == DType::F32
         && dims.num_dims() == 4
-        && dims[2].is_multiple_of(2)
-        && dims[3].is_multiple_of(2)
+        && kernel >= 1
+        && stride >= 1
+        && kernel * kernel <= u8::MAX as usize + 1
+        // PyTorch's own limit, which keeps every window at least one element inside.
+        && padding <= kernel / 2
+        && dims[2] + 2 * padding >= kernel
+        && dims[3] + 2 * padding >= kernel;
+    fits.then(|| Window::new(dims[2], dims[3], kernel, stride, padding))
 }
 
-impl MaxPool2x2 for Flex {
-    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        if supported(&x) {
-            forward(x).0
-        } else {
-            Flex::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
+impl MaxPoolKernel for Flex {
+    fn max_pool_square(
+        x: FloatTensor<Self>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        match window(&x, kernel, stride, padding) {
+            Some(win) => forward(x, win).0,
+            None => Flex::max_pool2d(
+                x,
+                [kernel, kernel],
+                [stride, stride],
+                [padding, padding],
+                [1, 1],
+                false,
+            ),
         }
     }
 }
 
 #[derive(Debug)]
-struct MaxPool2x2Backward;
+struct MaxPoolBackward;
 
-impl Backward<Flex, 1> for MaxPool2x2Backward {
-    type State = (Arc<Vec<u8>>, Shape);
+impl Backward<Flex, 1> for MaxPoolBackward {
+    type State = (Arc<Vec<u8>>, Shape, Window);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (argmax, shape) = ops.state;
+        let (argmax, shape, win) = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            backward(grad, &argmax, &shape)
+            backward(grad, &argmax, &shape, win)
         });
     }
 }
 
-impl<C: CheckpointStrategy> MaxPool2x2 for Autodiff<Flex, C> {
-    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !supported(x.primitive()) {
-            return Autodiff::<Flex, C>::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
-        }
-        match MaxPool2x2Backward
+impl<C: CheckpointStrategy> MaxPoolKernel for Autodiff<Flex, C> {
+    fn max_pool_square(
+        x: FloatTensor<Self>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        let Some(win) = window(x.primitive(), kernel, stride, padding) else {
+            return Autodiff::<Flex, C>::max_pool2d(
+                x,
+                [kernel, kernel],
+                [stride, stride],
+                [padding, padding],
+                [1, 1],
+                false,
+            );
+        };
+        match MaxPoolBackward
             .prepare::<C>([x.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
                 let shape = x.primitive().layout().shape().clone();
-                let (pooled, argmax) = forward(x.into_primitive());
-                prep.finish((Arc::new(argmax), shape), pooled)
+                let (pooled, argmax) = forward(x.into_primitive(), win);
+                prep.finish((Arc::new(argmax), shape, win), pooled)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive()).0),
+            OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive(), win).0),
         }
     }
 }
 
-/// `MaxPool2d(2)`: this kernel on the CPU backend, Burn's pooling elsewhere.
-pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
+/// `MaxPool2d(kernel, stride, padding)`: this kernel on the CPU backend, Burn's pooling
+/// elsewhere.
+pub fn max_pool2d(x: Tensor<4>, kernel: usize, stride: usize, padding: usize) -> Tensor<4> {
     if x.device().inner() == Device::flex() {
-        Tensor::from_dispatch(<Dispatch as MaxPool2x2>::max_pool_2x2(x.into_dispatch()))
+        Tensor::from_dispatch(<Dispatch as MaxPoolKernel>::max_pool_square(
+            x.into_dispatch(),
+            kernel,
+            stride,
+            padding,
+        ))
     } else {
-        burn::tensor::module::max_pool2d(x, MaxPoolOptions::new([2, 2]))
+        burn::tensor::module::max_pool2d(
+            x,
+            MaxPoolOptions::new([kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding([padding, padding]),
+        )
     }
 }
 
@@ -153,45 +292,81 @@ mod tests {
     use super::*;
     use burn::tensor::Tolerance;
 
-    fn reference(x: Tensor<4>) -> Tensor<4> {
-        burn::tensor::module::max_pool2d(x, MaxPoolOptions::new([2, 2]))
-    }
-
-    /// Forward and gradient equal Burn's pooling, ties included (first maximum wins).
+    /// Forward and gradient equal Burn's pooling, ties included (first maximum wins), for
+    /// the plain CNNs' 2x2 windows, the ResNet stem's overlapping padded 3x3/2 ones and
+    /// others, on even and odd sizes.
     #[test]
     fn matches_burn_forward_and_gradient() {
         let device = Device::flex().autodiff();
-        // Small integers make ties frequent.
-        let values: Vec<f32> = (0..2 * 3 * 6 * 8)
-            .map(|i| ((i * 7919) % 5) as f32)
-            .collect();
-        let x = Tensor::<4>::from_data(TensorData::new(values, [2, 3, 6, 8]), &device);
-        let weights = Tensor::<4>::from_data(
-            TensorData::new((0..2 * 3 * 3 * 4).map(|i| i as f32).collect(), [2, 3, 3, 4]),
-            &device,
-        );
-        let run = |pool: fn(Tensor<4>) -> Tensor<4>| {
-            let x = x.clone().require_grad();
-            let y = pool(x.clone());
-            let grads = (y.clone() * weights.clone()).sum().backward();
-            (y.inner().into_data(), x.grad(&grads).unwrap().into_data())
-        };
-        let (y, dx) = run(max_pool_2x2);
-        let (y_ref, dx_ref) = run(reference);
-        y.assert_approx_eq::<f32>(&y_ref, Tolerance::absolute(0.0));
-        dx.assert_approx_eq::<f32>(&dx_ref, Tolerance::absolute(0.0));
+        for (kernel, stride, padding) in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 1), (3, 3, 0)] {
+            for (h, w) in [(6, 8), (7, 5)] {
+                // Small integers make ties frequent; negative ones make the padding matter.
+                let values: Vec<f32> = (0..2 * 3 * h * w)
+                    .map(|i| ((i * 7919) % 5) as f32 - 3.0)
+                    .collect();
+                let x = Tensor::<4>::from_data(TensorData::new(values, [2, 3, h, w]), &device);
+                let options = MaxPoolOptions::new([kernel, kernel])
+                    .with_stride([stride, stride])
+                    .with_padding([padding, padding]);
+                let out = burn::tensor::module::max_pool2d(x.clone(), options.clone()).dims();
+                let count = out.iter().product::<usize>();
+                let weights = Tensor::<4>::from_data(
+                    TensorData::new((0..count).map(|i| (i % 11) as f32).collect(), out),
+                    &device,
+                );
+                let run = |pool: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+                    let x = x.clone().require_grad();
+                    let y = pool(x.clone());
+                    let grads = (y.clone() * weights.clone()).sum().backward();
+                    (y.inner().into_data(), x.grad(&grads).unwrap().into_data())
+                };
+                let (y, dx) = run(&|x| max_pool2d(x, kernel, stride, padding));
+                let (y_ref, dx_ref) =
+                    run(&|x| burn::tensor::module::max_pool2d(x, options.clone()));
+                let case = format!("kernel {kernel} stride {stride} padding {padding} {h}x{w}");
+                assert_eq!(y.shape(), y_ref.shape(), "{case}");
+                y.assert_approx_eq::<f32>(&y_ref, Tolerance::absolute(0.0));
+                dx.assert_approx_eq::<f32>(&dx_ref, Tolerance::absolute(1e-6));
+            }
+        }
+    }
+
+    /// A window of -inf still picks an element inside the image, never the padding, and its
+    /// gradient lands there.
+    #[test]
+    fn all_negative_infinity_window_picks_inside_element() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<4>::full([1, 1, 3, 3], f32::NEG_INFINITY, &device).require_grad();
+        let y = max_pool2d(x.clone(), 3, 2, 1);
+        assert_eq!(y.dims(), [1, 1, 2, 2]);
+        let grads = y.sum().backward();
+        let dx: Vec<f32> = x.grad(&grads).unwrap().into_data().iter::<f32>().collect();
+        assert_eq!(dx.iter().sum::<f32>(), 4.0);
+        // Each window's first inside element: (0,0), (0,1), (1,0), (1,1).
+        assert_eq!(dx, [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]
-    fn nan_propagates_and_odd_sizes_fall_back() {
+    fn nan_propagates_and_unsupported_windows_fall_back() {
         let device = Device::flex();
         let x = Tensor::<4>::from_data(
             TensorData::new(vec![1.0, f32::NAN, 3.0, 2.0], [1, 1, 2, 2]),
             &device,
         );
-        let y: Vec<f32> = max_pool_2x2(x).into_data().iter::<f32>().collect();
+        let y: Vec<f32> = max_pool2d(x.clone(), 2, 2, 0)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        assert!(y[0].is_nan());
+        let y: Vec<f32> = max_pool2d(x, 3, 2, 1).into_data().iter::<f32>().collect();
         assert!(y[0].is_nan());
         let odd = Tensor::<4>::ones([1, 2, 5, 5], &device);
-        assert_eq!(max_pool_2x2(odd).dims(), [1, 2, 2, 2]);
+        let flex = FlexTensor::from_data(TensorData::new(vec![1f32; 50], [1, 2, 5, 5]));
+        assert!(
+            window(&flex, 3, 1, 2).is_none(),
+            "padding over half the window"
+        );
+        assert!(window(&flex, 3, 1, 1).is_some());
+        assert_eq!(max_pool2d(odd, 2, 2, 0).dims(), [1, 2, 2, 2]);
     }
 }

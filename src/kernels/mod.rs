@@ -5,10 +5,11 @@
 pub mod batch_norm;
 pub mod conv;
 pub mod max_pool;
+mod winograd;
 
 pub use batch_norm::batch_norm_train_relu;
 pub use conv::{conv2d, conv2d_relu};
-pub use max_pool::max_pool_2x2;
+pub use max_pool::max_pool2d;
 
 /// The sum of `value(a[i], b[i])` over the two equally long slices, in a fixed order (16
 /// interleaved lanes, which vectorise, then the lanes in turn, in `f64`), so that a kernel's
@@ -28,4 +29,74 @@ fn fixed_order_sum(a: &[f32], b: &[f32], value: impl Fn(f32, f32) -> f32) -> f64
         *sum += value(a, b);
     }
     lanes.iter().map(|&l| l as f64).sum()
+}
+
+/// Two sums of [`fixed_order_sum`]'s kind in one pass over the slices: `value` gives both
+/// terms of each element.
+#[inline(always)]
+fn fixed_order_sum_pair(
+    a: &[f32],
+    b: &[f32],
+    value: impl Fn(f32, f32) -> (f32, f32),
+) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    let (mut first, mut second) = ([0f32; 16], [0f32; 16]);
+    let (a_blocks, b_blocks) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (a_rest, b_rest) = (a_blocks.remainder(), b_blocks.remainder());
+    for (a, b) in a_blocks.zip(b_blocks) {
+        for lane in 0..16 {
+            let (u, v) = value(a[lane], b[lane]);
+            first[lane] += u;
+            second[lane] += v;
+        }
+    }
+    for (lane, (&a, &b)) in a_rest.iter().zip(b_rest).enumerate() {
+        let (u, v) = value(a, b);
+        first[lane] += u;
+        second[lane] += v;
+    }
+    let total = |lanes: [f32; 16]| lanes.iter().map(|&l| l as f64).sum();
+    (total(first), total(second))
+}
+
+/// `dst (m x n, row-major) = (accumulate ? dst : 0) + lhs * rhs` with explicit strides.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
+    assert!(n == 0 || k == 0 || (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
+    // SAFETY: the asserts above keep every index gemm forms inside the three slices, and
+    // `dst` does not alias the inputs (it is a distinct `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }

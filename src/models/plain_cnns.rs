@@ -2,7 +2,7 @@
 //! (conv 3x3 + ReLU + max-pool stages, then fully connected layers).
 
 use super::layers::{conv3x3, linear};
-use crate::kernels::{conv2d_relu, max_pool_2x2};
+use crate::kernels::{conv2d_relu, max_pool2d};
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
@@ -38,7 +38,7 @@ impl PlainCnn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = x;
         for conv in &self.convs {
-            x = max_pool_2x2(conv2d_relu(conv, x));
+            x = max_pool2d(conv2d_relu(conv, x), 2, 2, 0);
         }
         let mut x: Tensor<2> = x.flatten(1, 3);
         let last = self.linears.len() - 1;

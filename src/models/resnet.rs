@@ -4,7 +4,7 @@
 
 use super::batch_norm::BatchNorm2d;
 use super::layers::{linear, resnet_conv};
-use crate::kernels::conv2d;
+use crate::kernels::{conv2d, max_pool2d};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
@@ -53,10 +53,15 @@ impl BasicBlock {
     }
 }
 
+/// The stem's max pool: kernel, stride, padding.
+const STEM_POOL: (usize, usize, usize) = (3, 2, 1);
+
 #[derive(Module, Debug)]
 pub struct ResNet18 {
     stem: Conv2d,
     stem_bn: BatchNorm2d,
+    /// Kept for the checkpoints' record format; the forward pass pools with
+    /// [`max_pool2d`] and [`STEM_POOL`], the same settings.
     stem_pool: MaxPool2d,
     blocks: Vec<BasicBlock>,
     pool: AdaptiveAvgPool2d,
@@ -76,10 +81,15 @@ impl ResNet18 {
         Self {
             stem: resnet_conv(3, 64, 3, 1, device),
             stem_bn: BatchNorm2d::new(64, device),
-            stem_pool: MaxPool2dConfig::new([3, 3])
-                .with_strides([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(),
+            stem_pool: {
+                let (kernel, stride, padding) = STEM_POOL;
+                MaxPool2dConfig::new([kernel, kernel])
+                    .with_strides([stride, stride])
+                    .with_padding(PaddingConfig2d::Explicit(
+                        padding, padding, padding, padding,
+                    ))
+                    .init()
+            },
             blocks,
             pool: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
             fc: linear(512, classes, device),
@@ -87,9 +97,9 @@ impl ResNet18 {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self
-            .stem_pool
-            .forward(self.stem_bn.forward_relu(conv2d(&self.stem, x)));
+        let (kernel, stride, padding) = STEM_POOL;
+        let stem = self.stem_bn.forward_relu(conv2d(&self.stem, x));
+        let mut x = max_pool2d(stem, kernel, stride, padding);
         for block in &self.blocks {
             x = block.forward(x);
         }
