@@ -52,6 +52,9 @@ pub trait Conv2dKernel: Backend {
 /// A constant, not the thread count, so the sums' order does not depend on the machine.
 const MIN_CHUNKS: usize = 4;
 
+/// The smallest output plane whose weight gradient goes through Winograd's transform.
+const WINOGRAD_WEIGHT_GRAD_PLANE: usize = 64;
+
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -307,6 +310,25 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let chunks = g.n.div_ceil(chunk);
     let image = g.c_in * g.h * g.w;
     let inner = product_parallelism(chunks);
+    // On small planes a chunk has few tiles: the sixteen products would each be a short sum
+    // into a large `c_out x c_in` result, slower than the one im2row product.
+    if let Some(tiling) = g
+        .winograd()
+        .filter(|_| g.out_plane() >= WINOGRAD_WEIGHT_GRAD_PLANE)
+    {
+        let out_image = g.c_out * g.out_plane();
+        let partials: Vec<Vec<f32>> = (0..chunks)
+            .into_par_iter()
+            .map(|c| {
+                let (first, images) = (c * chunk, chunk.min(g.n - c * chunk));
+                let x_imgs = &x[first * image..(first + images) * image];
+                let dy_imgs = &dy[first * out_image..(first + images) * out_image];
+                winograd::transformed_weight_grad(&tiling, x_imgs, dy_imgs, images, inner)
+            })
+            .collect();
+        let du = sum_in_order(partials, 16 * g.c_out * g.c_in);
+        return winograd::weight_grad(&tiling, &du);
+    }
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|c| {
@@ -337,14 +359,17 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             dw
         })
         .collect();
+    sum_in_order(partials, g.c_out * g.patch())
+}
+
+/// The chunks' partial sums (each `len` long) added in chunk order; zeros for no chunks.
+fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut partials = partials.into_iter();
-    let mut dw = partials
-        .next()
-        .unwrap_or_else(|| vec![0f32; g.c_out * g.patch()]);
+    let mut sum = partials.next().unwrap_or_else(|| vec![0f32; len]);
     for partial in partials {
-        dw.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+        sum.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
     }
-    dw
+    sum
 }
 
 /// A tensor of `n` images of `per_image` values, each chunk of images filled in parallel by

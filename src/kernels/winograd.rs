@@ -210,6 +210,121 @@ pub(super) fn convolve(
     }
 }
 
+/// `A dY A^T` of every 2x2 tile of the output gradient of `images` images (`[images, c_out,
+/// h, w]`), laid out `[16][c_out][images * tiles]`: the gradient reaching each tile
+/// position's product in [`convolve`].
+fn transform_output_grad(t: &Tiling, dy_imgs: &[f32], images: usize, mg: &mut [f32]) {
+    let columns = images * t.tiles();
+    // Zeros below and right of the plane complete the last tiles.
+    let (ph, pw) = (2 * t.tiles_h, 2 * t.tiles_w);
+    let mut padded = vec![0f32; ph * pw];
+    let mut rows = [
+        vec![0f32; pw],
+        vec![0f32; pw],
+        vec![0f32; pw],
+        vec![0f32; pw],
+    ];
+    for img in 0..images {
+        for co in 0..t.c_out {
+            let plane = &dy_imgs[(img * t.c_out + co) * t.h * t.w..][..t.h * t.w];
+            for (row, src) in plane.chunks_exact(t.w).enumerate() {
+                padded[row * pw..][..t.w].copy_from_slice(src);
+            }
+            for ty in 0..t.tiles_h {
+                let (a, c) = (
+                    &padded[2 * ty * pw..][..pw],
+                    &padded[(2 * ty + 1) * pw..][..pw],
+                );
+                for x in 0..pw {
+                    rows[0][x] = a[x];
+                    rows[1][x] = a[x] + c[x];
+                    rows[2][x] = a[x] - c[x];
+                    rows[3][x] = -c[x];
+                }
+                let first = img * t.tiles() + ty * t.tiles_w;
+                for (r, q) in rows.iter().enumerate() {
+                    let at = |k: usize| ((r * 4 + k) * t.c_out + co) * columns + first;
+                    for (tx, out) in mg[at(0)..][..t.tiles_w].iter_mut().enumerate() {
+                        *out = q[2 * tx];
+                    }
+                    for (tx, out) in mg[at(1)..][..t.tiles_w].iter_mut().enumerate() {
+                        *out = q[2 * tx] + q[2 * tx + 1];
+                    }
+                    for (tx, out) in mg[at(2)..][..t.tiles_w].iter_mut().enumerate() {
+                        *out = q[2 * tx] - q[2 * tx + 1];
+                    }
+                    for (tx, out) in mg[at(3)..][..t.tiles_w].iter_mut().enumerate() {
+                        *out = -q[2 * tx + 1];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The gradient of the transformed weights [`transform_weights`] makes, from `images`
+/// images `x_imgs` and their output gradient `dy_imgs`: per tile position `i`,
+/// `dU_i [c_out, c_in] = (A dY A^T)_i * V_i^T` over the chunk's tiles, laid out
+/// `[16][c_out][c_in]`. Chunks' results add up; [`weight_grad`] turns the sum into the
+/// weight gradient.
+pub(super) fn transformed_weight_grad(
+    t: &Tiling,
+    x_imgs: &[f32],
+    dy_imgs: &[f32],
+    images: usize,
+    parallelism: gemm::Parallelism,
+) -> Vec<f32> {
+    let columns = images * t.tiles();
+    let mut v = vec![0f32; 16 * t.c_in * columns];
+    let mut mg = vec![0f32; 16 * t.c_out * columns];
+    transform_input(t, x_imgs, images, &mut v);
+    transform_output_grad(t, dy_imgs, images, &mut mg);
+    let mut du = vec![0f32; 16 * t.c_out * t.c_in];
+    for i in 0..16 {
+        // dU_i [c_out, c_in] = MG_i [c_out, columns] * V_i^T [columns, c_in]
+        matmul(
+            (t.c_out, t.c_in, columns),
+            &mut du[i * t.c_out * t.c_in..][..t.c_out * t.c_in],
+            false,
+            &mg[i * t.c_out * columns..][..t.c_out * columns],
+            (columns, 1),
+            &v[i * t.c_in * columns..][..t.c_in * columns],
+            (1, columns),
+            parallelism,
+        );
+    }
+    du
+}
+
+/// The weight gradient `[c_out, c_in, 3, 3]` from the summed [`transformed_weight_grad`]:
+/// `G^T dU G` per channel pair, the transpose of [`transform_weights`]' `G g G^T`.
+pub(super) fn weight_grad(t: &Tiling, du: &[f32]) -> Vec<f32> {
+    let mut dw = vec![0f32; t.c_out * t.c_in * 9];
+    dw.par_chunks_mut(t.c_in * 9)
+        .enumerate()
+        .for_each(|(co, dw)| {
+            for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
+                let x: [[f32; 4]; 4] = std::array::from_fn(|r| {
+                    std::array::from_fn(|c| du[((r * 4 + c) * t.c_out + co) * t.c_in + ci])
+                });
+                // G^T x (3x4), then (G^T x) G (3x3).
+                let z: [[f32; 4]; 3] = std::array::from_fn(|j| {
+                    std::array::from_fn(|c| match j {
+                        0 => x[0][c] + 0.5 * (x[1][c] + x[2][c]),
+                        1 => 0.5 * (x[1][c] - x[2][c]),
+                        _ => 0.5 * (x[1][c] + x[2][c]) + x[3][c],
+                    })
+                });
+                for (r, z) in z.iter().enumerate() {
+                    dw[r * 3] = z[0] + 0.5 * (z[1] + z[2]);
+                    dw[r * 3 + 1] = 0.5 * (z[1] - z[2]);
+                    dw[r * 3 + 2] = 0.5 * (z[1] + z[2]) + z[3];
+                }
+            }
+        });
+    dw
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +403,45 @@ mod tests {
             transform_weights(&t, &original, true),
             transform_weights(&t, &rotated, false)
         );
+    }
+    /// The weight gradient equals the direct sum `dW[co, ci, kh, kw] = sum x * dY` over
+    /// images and positions, on even and odd sizes.
+    #[test]
+    fn weight_grad_matches_direct_sum() {
+        for (c_in, c_out, h, w) in [(3, 4, 6, 6), (2, 5, 5, 7), (4, 3, 1, 1)] {
+            let t = Tiling::new(c_in, c_out, h, w);
+            let images = 2;
+            let x = values(images * c_in * h * w, 4);
+            let dy = values(images * c_out * h * w, 5);
+            let du = transformed_weight_grad(&t, &x, &dy, images, gemm::Parallelism::None);
+            let dw = weight_grad(&t, &du);
+            for co in 0..c_out {
+                for ci in 0..c_in {
+                    for kh in 0..3 {
+                        for kw in 0..3 {
+                            let mut sum = 0f64;
+                            for img in 0..images {
+                                for oy in 0..h {
+                                    for ox in 0..w {
+                                        let (iy, ix) = (oy + kh, ox + kw);
+                                        if iy == 0 || ix == 0 || iy > h || ix > w {
+                                            continue;
+                                        }
+                                        let xv = x[((img * c_in + ci) * h + iy - 1) * w + ix - 1];
+                                        let g = dy[((img * c_out + co) * h + oy) * w + ox];
+                                        sum += (xv * g) as f64;
+                                    }
+                                }
+                            }
+                            let got = dw[((co * c_in + ci) * 3 + kh) * 3 + kw];
+                            assert!(
+                                (got as f64 - sum).abs() < 1e-4,
+                                "{co} {ci} {kh} {kw}: {got} vs {sum}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
