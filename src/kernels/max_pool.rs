@@ -10,7 +10,6 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::ops::MaxPoolOptions;
@@ -200,6 +199,23 @@ fn window(x: &FlexTensor, kernel: usize, stride: usize, padding: usize) -> Optio
     fits.then(|| Window::new(dims[2], dims[3], kernel, stride, padding))
 }
 
+/// Burn's own pooling on backend `B`: for what this kernel does not cover.
+fn fallback<B: Backend>(
+    x: FloatTensor<B>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> FloatTensor<B> {
+    B::max_pool2d(
+        x,
+        [kernel, kernel],
+        [stride, stride],
+        [padding, padding],
+        [1, 1],
+        false,
+    )
+}
+
 impl MaxPoolKernel for Flex {
     fn max_pool_square(
         x: FloatTensor<Self>,
@@ -209,14 +225,7 @@ impl MaxPoolKernel for Flex {
     ) -> FloatTensor<Self> {
         match window(&x, kernel, stride, padding) {
             Some(win) => forward(x, win).0,
-            None => Flex::max_pool2d(
-                x,
-                [kernel, kernel],
-                [stride, stride],
-                [padding, padding],
-                [1, 1],
-                false,
-            ),
+            None => fallback::<Flex>(x, kernel, stride, padding),
         }
     }
 }
@@ -243,14 +252,7 @@ impl<C: CheckpointStrategy> MaxPoolKernel for Autodiff<Flex, C> {
         padding: usize,
     ) -> FloatTensor<Self> {
         let Some(win) = window(x.primitive(), kernel, stride, padding) else {
-            return Autodiff::<Flex, C>::max_pool2d(
-                x,
-                [kernel, kernel],
-                [stride, stride],
-                [padding, padding],
-                [1, 1],
-                false,
-            );
+            return fallback::<Autodiff<Flex, C>>(x, kernel, stride, padding);
         };
         match MaxPoolBackward
             .prepare::<C>([x.node()])
