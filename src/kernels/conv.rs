@@ -315,6 +315,7 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if let Some(tiling) = g
         .winograd()
         .filter(|_| g.out_plane() >= WINOGRAD_WEIGHT_GRAD_PLANE)
+        .map(|_| winograd::Tiling::for_weight_grad(g.c_in, g.c_out, g.h, g.w))
     {
         let out_image = g.c_out * g.out_plane();
         let partials: Vec<Vec<f32>> = (0..chunks)
@@ -326,7 +327,7 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 winograd::transformed_weight_grad(&tiling, x_imgs, dy_imgs, images, inner)
             })
             .collect();
-        let du = sum_in_order(partials, 16 * g.c_out * g.c_in);
+        let du = sum_in_order(partials, tiling.transformed_weights_len());
         return winograd::weight_grad(&tiling, &du);
     }
     let partials: Vec<Vec<f32>> = (0..chunks)
