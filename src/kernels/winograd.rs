@@ -570,20 +570,137 @@ fn transformed_weight_grad_with<W: Minimal<M, T>, const M: usize, const T: usize
     transform_input::<W, M, T>(t, x_imgs, images, &mut v);
     transform_output_grad::<W, M, T>(t, dy_imgs, images, &mut mg);
     let mut du = vec![0f32; t.transformed_weights_len()];
+    // The product wants `V_i^T` row by row: read in place (a column at a time), the matrix
+    // product ran about 5x slower than on a transposed copy.
+    let mut v_transposed = vec![0f32; t.c_in * columns];
+    let mut block = vec![0f32; t.c_out * t.c_in];
     for i in 0..T * T {
-        // dU_i [c_out, c_in] = MG_i [c_out, columns] * V_i^T [columns, c_in]
-        matmul(
-            (t.c_out, t.c_in, columns),
-            &mut du[i * t.c_out * t.c_in..][..t.c_out * t.c_in],
-            false,
-            &mg[i * t.c_out * columns..][..t.c_out * columns],
-            (columns, 1),
+        transpose(
             &v[i * t.c_in * columns..][..t.c_in * columns],
-            (1, columns),
-            parallelism,
+            t.c_in,
+            columns,
+            &mut v_transposed,
         );
+        let du = &mut du[i * t.c_out * t.c_in..][..t.c_out * t.c_in];
+        // dU_i [c_out, c_in] = MG_i [c_out, columns] * V_i^T [columns, c_in], as a sum of
+        // products over blocks of tiles (see WEIGHT_GRAD_BLOCK).
+        for start in (0..columns).step_by(WEIGHT_GRAD_BLOCK) {
+            let len = WEIGHT_GRAD_BLOCK.min(columns - start);
+            let target = if start == 0 { &mut *du } else { &mut block };
+            matmul(
+                (t.c_out, t.c_in, len),
+                target,
+                false,
+                &mg[i * t.c_out * columns + start..],
+                (columns, 1),
+                &v_transposed[start * t.c_in..],
+                (t.c_in, 1),
+                parallelism,
+            );
+            if start > 0 {
+                du.iter_mut()
+                    .zip(&block)
+                    .for_each(|(sum, value)| *sum += value);
+            }
+        }
     }
     du
+}
+
+/// Tiles per matrix product of the weight gradient, whose block results are then added.
+/// On the transposed right-hand side (the matrix product's fast layout), one product over
+/// all of a chunk's tiles sums them one after another in `f32`: on a 65x65 image that came
+/// to 1.7e-3 relative error against the direct sum in `f64`, against 3e-4 in blocks of 128.
+const WEIGHT_GRAD_BLOCK: usize = 128;
+
+/// `dst [cols, rows]`, the transpose of `src [rows, cols]` (both row-major), in 8x8
+/// blocks: with AVX, each block is eight vector loads, a register transpose and eight
+/// vector stores; the ragged edges, and CPUs without AVX, go element by element.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(src.len() == rows * cols && dst.len() == rows * cols);
+    let (whole_rows, whole_cols) = (rows / 8 * 8, cols / 8 * 8);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        for r in (0..whole_rows).step_by(8) {
+            for c in (0..whole_cols).step_by(8) {
+                // SAFETY: the CPU has AVX; rows r..r+8 and columns c..c+8 lie inside `src`
+                // (`[rows, cols]`), and rows c..c+8, columns r..r+8 inside `dst`
+                // (`[cols, rows]`), as the assert and the loop bounds make sure.
+                unsafe {
+                    transpose_8x8(
+                        src.as_ptr().add(r * cols + c),
+                        cols,
+                        dst.as_mut_ptr().add(c * rows + r),
+                        rows,
+                    )
+                };
+            }
+        }
+    } else {
+        transpose_scalar(src, rows, cols, dst, (0..whole_rows, 0..whole_cols));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    transpose_scalar(src, rows, cols, dst, (0..whole_rows, 0..whole_cols));
+    transpose_scalar(src, rows, cols, dst, (0..rows, whole_cols..cols));
+    transpose_scalar(src, rows, cols, dst, (whole_rows..rows, 0..whole_cols));
+}
+
+/// [`transpose`] of the elements in rows `ranges.0` and columns `ranges.1` of `src`.
+fn transpose_scalar(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    ranges: (std::ops::Range<usize>, std::ops::Range<usize>),
+) {
+    for r in ranges.0 {
+        for c in ranges.1.clone() {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
+/// Transposes the 8x8 block at `src` (rows `src_stride` apart) into `dst` (rows
+/// `dst_stride` apart): interleave pairs of rows, then pairs of pairs, then swap the
+/// 128-bit halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_8x8(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): the caller guarantees eight rows of eight values at both ends.
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let s = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        for i in 0..4 {
+            _mm256_storeu_ps(
+                dst.add(i * dst_stride),
+                _mm256_permute2f128_ps::<0x20>(s[i], s[i + 4]),
+            );
+            _mm256_storeu_ps(
+                dst.add((i + 4) * dst_stride),
+                _mm256_permute2f128_ps::<0x31>(s[i], s[i + 4]),
+            );
+        }
+    }
 }
 
 /// The weight gradient `[c_out, c_in, 3, 3]` from the summed [`transformed_weight_grad`]:
@@ -714,6 +831,25 @@ mod tests {
             );
         }
     }
+    /// The blocked transpose, on sizes with and without ragged edges.
+    #[test]
+    fn transpose_matches_definition() {
+        for (rows, cols) in [(8, 8), (16, 24), (13, 21), (3, 5), (64, 9), (1, 17)] {
+            let src = values(rows * cols, 6);
+            let mut dst = vec![f32::NAN; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at {r},{c}"
+                    );
+                }
+            }
+        }
+    }
+
     /// The weight gradient equals the direct sum `dW[co, ci, kh, kw] = sum x * dY` over
     /// images and positions, on even and odd sizes.
     #[test]
