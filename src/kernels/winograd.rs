@@ -302,23 +302,29 @@ fn weights<W: Minimal<M, T>, const M: usize, const T: usize>(
     u.par_chunks_mut(T * T * t.c_in)
         .enumerate()
         .for_each(|(co, u)| {
-            for ci in 0..t.c_in {
-                let g = |kh: usize, kw: usize| {
-                    if flipped {
-                        weight[((ci * t.c_out + co) * 3 + 2 - kh) * 3 + 2 - kw]
+            // The nine kernel taps of every input channel as nine streams over the
+            // channels, so that both passes are vector loops along them.
+            let mut taps = vec![0f32; 9 * t.c_in];
+            for (tap, stream) in taps.chunks_exact_mut(t.c_in).enumerate() {
+                for (ci, value) in stream.iter_mut().enumerate() {
+                    *value = if flipped {
+                        weight[(ci * t.c_out + co) * 9 + 8 - tap]
                     } else {
-                        weight[((co * t.c_in + ci) * 3 + kh) * 3 + kw]
-                    }
-                };
-                // G g (T x 3) column by column, then (G g) G^T (T x T) row by row.
-                let columns: [[f32; T]; 3] =
-                    std::array::from_fn(|kw| W::kernel([g(0, kw), g(1, kw), g(2, kw)]));
-                for r in 0..T {
-                    let row = W::kernel([columns[0][r], columns[1][r], columns[2][r]]);
-                    for (c, &value) in row.iter().enumerate() {
-                        u[(r * T + c) * t.c_in + ci] = value;
-                    }
+                        weight[(co * t.c_in + ci) * 9 + tap]
+                    };
                 }
+            }
+            // G g (T x 3) column by column, then (G g) G^T (T x T) row by row.
+            let mut half = vec![0f32; T * 3 * t.c_in];
+            for kw in 0..3 {
+                let src = std::array::from_fn(|kh| &taps[(kh * 3 + kw) * t.c_in..][..t.c_in]);
+                let dst = windows(&mut half[kw * t.c_in..], 3 * t.c_in, 0, t.c_in);
+                map_streams(src, dst, t.c_in, W::kernel);
+            }
+            for r in 0..T {
+                let src = std::array::from_fn(|kw| &half[(r * 3 + kw) * t.c_in..][..t.c_in]);
+                let dst = windows(&mut u[r * T * t.c_in..], t.c_in, 0, t.c_in);
+                map_streams(src, dst, t.c_in, W::kernel);
             }
         });
     u
@@ -360,8 +366,8 @@ fn transform_input<W: Minimal<M, T>, const M: usize, const T: usize>(
                     for (r, q) in rows.iter().enumerate() {
                         for c in 0..T {
                             let tiles = &mut half[(r * T + c) * width + j..][..t.tiles_w];
-                            for (tx, value) in tiles.iter_mut().enumerate() {
-                                *value = q[M * tx + c];
+                            for (value, &x) in tiles.iter_mut().zip(q[c..].iter().step_by(M)) {
+                                *value = x;
                             }
                         }
                     }
@@ -459,10 +465,11 @@ fn convolve_with<W: Minimal<M, T>, const M: usize, const T: usize>(
                 let plane = &mut out[((first + k) * t.c_out + co) * t.h * t.w..][..t.h * t.w];
                 for (y, row) in plane.chunks_exact_mut(t.w).enumerate() {
                     let (ty, dy) = (y / M, y % M);
-                    for (tx, values) in row.chunks_mut(M).enumerate() {
-                        let j = k * tiles + ty * t.tiles_w + tx;
-                        for (dx, value) in values.iter_mut().enumerate() {
-                            *value = outputs[(dy * M + dx) * width + j];
+                    let j = k * tiles + ty * t.tiles_w;
+                    for dx in 0..M.min(t.w) {
+                        let tiles = &outputs[(dy * M + dx) * width + j..][..t.tiles_w];
+                        for (value, &y) in row[dx..].iter_mut().step_by(M).zip(tiles) {
+                            *value = y;
                         }
                     }
                 }
@@ -514,8 +521,8 @@ fn transform_output_grad<W: Minimal<M, T>, const M: usize, const T: usize>(
                     for (r, q) in rows.iter().enumerate() {
                         for c in 0..M {
                             let tiles = &mut half[(r * M + c) * width + j..][..t.tiles_w];
-                            for (tx, value) in tiles.iter_mut().enumerate() {
-                                *value = q[M * tx + c];
+                            for (value, &x) in tiles.iter_mut().zip(q[c..].iter().step_by(M)) {
+                                *value = x;
                             }
                         }
                     }
