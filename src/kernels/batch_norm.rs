@@ -6,7 +6,7 @@
 //! output gradient twice. Sums run in a fixed order (per plane in 16 lanes, then over planes
 //! in `f64`), so results do not depend on the number of threads.
 
-use super::{fixed_order_sum, fixed_order_sum_pair};
+use super::{fixed_order_sum, fixed_order_sum_pair, vectorized};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -85,18 +85,20 @@ fn forward(
     let per_channel: Vec<(f32, f32)> = (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let mean = g
-                .planes(x, ch)
-                .map(|p| fixed_order_sum(p, p, |v, _| v))
-                .sum::<f64>()
-                / g.count();
-            let m = mean as f32;
-            let var = g
-                .planes(x, ch)
-                .map(|p| fixed_order_sum(p, p, |v, _| (v - m) * (v - m)))
-                .sum::<f64>()
-                / g.count();
-            (m, var as f32)
+            vectorized!({
+                // Plain loops, not `map().sum()`: the iterator's fold would not be
+                // inlined, and so not compiled for AVX-512.
+                let mut sum = 0f64;
+                for p in g.planes(x, ch) {
+                    sum += fixed_order_sum(p, p, |v, _| v);
+                }
+                let m = (sum / g.count()) as f32;
+                let mut squares = 0f64;
+                for p in g.planes(x, ch) {
+                    squares += fixed_order_sum(p, p, |v, _| (v - m) * (v - m));
+                }
+                (m, (squares / g.count()) as f32)
+            })
         })
         .collect();
     let (mean, var): (Vec<f32>, Vec<f32>) = per_channel.into_iter().unzip();
@@ -112,13 +114,15 @@ fn forward(
         .enumerate()
         .for_each(|(p, (y, x))| {
             let (a, b) = (scale[p % g.c], shift[p % g.c]);
-            if relu {
-                y.iter_mut()
-                    .zip(x)
-                    .for_each(|(y, &x)| *y = (x * a + b).max(0.0));
-            } else {
-                y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
-            }
+            vectorized!({
+                if relu {
+                    y.iter_mut()
+                        .zip(x)
+                        .for_each(|(y, &x)| *y = (x * a + b).max(0.0));
+                } else {
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
+                }
+            })
         });
     let stats = Statistics {
         mean,
@@ -140,8 +144,9 @@ fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     // The gradient reaching the normalisation: dy where the ReLU passed (`x * scale + shift
     // > 0`), else zero.
-    let through = |x: f32, dy: f32, (scale, shift): (f32, f32)| {
-        if relu && x * scale + shift <= 0.0 {
+    // (`&`, not `&&`: no branch, so the loops over it vectorise.)
+    let through = move |x: f32, dy: f32, (scale, shift): (f32, f32)| {
+        if relu & (x * scale + shift <= 0.0) {
             0.0
         } else {
             dy
@@ -151,17 +156,19 @@ fn backward(
     let sums: Vec<(f64, f64)> = (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let (m, s, ab) = (stats.mean[ch], stats.inv_std[ch], affine(ch));
-            let (mut sum_dz, mut sum_dz_xhat) = (0f64, 0f64);
-            for (xp, dyp) in g.planes(x, ch).zip(g.planes(dy, ch)) {
-                let (dz, dz_xhat) = fixed_order_sum_pair(xp, dyp, |x, d| {
-                    let dz = through(x, d, ab);
-                    (dz, dz * (x - m) * s)
-                });
-                sum_dz += dz;
-                sum_dz_xhat += dz_xhat;
-            }
-            (sum_dz, sum_dz_xhat)
+            vectorized!({
+                let (m, s, ab) = (stats.mean[ch], stats.inv_std[ch], affine(ch));
+                let (mut sum_dz, mut sum_dz_xhat) = (0f64, 0f64);
+                for (xp, dyp) in g.planes(x, ch).zip(g.planes(dy, ch)) {
+                    let (dz, dz_xhat) = fixed_order_sum_pair(xp, dyp, |x, d| {
+                        let dz = through(x, d, ab);
+                        (dz, dz * (x - m) * s)
+                    });
+                    sum_dz += dz;
+                    sum_dz_xhat += dz_xhat;
+                }
+                (sum_dz, sum_dz_xhat)
+            })
         })
         .collect();
     let beta_grad: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
@@ -183,9 +190,14 @@ fn backward(
         .for_each(|(p, (dx, (x, dy)))| {
             let ch = p % g.c;
             let ((k1, k2, k3), ab) = (coefficients[ch], affine(ch));
-            for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(dy) {
-                *dx = k1 * through(x, d, ab) + k2 * x + k3;
-            }
+            vectorized!({
+                // Copies in locals: read through the closure's references, they would be
+                // loaded again at every element (the stores might alias them).
+                let (k1, k2, k3, ab) = (k1, k2, k3, ab);
+                for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(dy) {
+                    *dx = k1 * through(x, d, ab) + k2 * x + k3;
+                }
+            })
         });
     (dx, gamma_grad, beta_grad)
 }

@@ -11,6 +11,42 @@ pub use batch_norm::batch_norm_train_relu;
 pub use conv::{conv2d, conv2d_relu};
 pub use max_pool::max_pool2d;
 
+/// Evaluates `$body` compiled for AVX-512 where the CPU has it, else as it is. The crate
+/// is built for the baseline x86-64, whose vectors are a quarter as wide; the body (and
+/// what it inlines) is compiled a second time with the wider registers. It is written out
+/// twice, not passed as one closure, because a closure called from both branches is not
+/// inlined into the AVX-512 one. Results do not change: Rust never fuses a multiply and an
+/// add on its own, and the kernels fix the order of their sums themselves.
+macro_rules! vectorized {
+    ($body:expr) => {
+        if $crate::kernels::has_avx512() {
+            // SAFETY: the CPU has AVX-512F, the only feature `with_avx512` is compiled for.
+            unsafe { $crate::kernels::with_avx512(|| $body) }
+        } else {
+            $body
+        }
+    };
+}
+pub(crate) use vectorized;
+
+/// Whether the CPU has AVX-512F (detected once, then a cached flag).
+#[inline(always)]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Calls `f` from a function compiled for AVX-512F, into which `f` is inlined.
+///
+/// # Safety
+/// The CPU must have AVX-512F ([`has_avx512`]).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+pub(crate) unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// The sum of `value(a[i], b[i])` over the two equally long slices, in a fixed order (16
 /// interleaved lanes, which vectorise, then the lanes in turn, in `f64`), so that a kernel's
 /// sums do not depend on how rayon splits its work.
