@@ -1,12 +1,14 @@
-//! 3x3 convolutions with stride 1 and padding 1 (all of the plain CNNs' convolutions and
-//! most of ResNet-18's: forward, input gradient and weight gradient) by Winograd's minimal
-//! filtering F(m x m, 3x3) (Lavin & Gray, 2016): each m x m block of outputs comes from a
-//! (m+2) x (m+2) input tile with (m+2)^2 multiplications per channel pair instead of 9 m^2,
-//! as (m+2)^2 matrix products over all the tiles of a chunk of images. Planes of 4x4 and
-//! more use F(4x4, 3x3) (36 products for 16 outputs, 4x fewer than the direct sum, and a
-//! transformed input 2.25 times the image), smaller ones F(2x2, 3x3) (16 for 4). The
-//! transforms are fixed sums with small coefficients, so the results differ from the
-//! direct sum by rounding only (F(4x4) a few times more than F(2x2), as in cuDNN and oneDNN).
+//! 3x3 convolutions with stride 1 and padding 1 and 8 or more input channels (every
+//! convolution of the four models except each one's first, RGB convolution and ResNet-18's
+//! stride-2 and 1x1 ones) by Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray,
+//! 2016): each m x m block of outputs comes from a (m+2) x (m+2) input tile with (m+2)^2
+//! multiplications per channel pair instead of 9 m^2, as (m+2)^2 matrix products over all
+//! the tiles of a chunk of images. Forward pass and input gradient use F(4x4, 3x3) on
+//! planes of 4x4 and more (36 products for 16 outputs, 4x fewer than the direct sum, and a
+//! transformed input 2.25 times the image), F(2x2, 3x3) (16 for 4) on smaller ones; the
+//! weight gradient always F(2x2, 3x3) (see [`Tiling::for_weight_grad`]). The transforms are
+//! fixed sums with small coefficients, so the results differ from the direct sum by
+//! rounding only (F(4x4) a few times more than F(2x2), as in cuDNN and oneDNN).
 
 use super::matmul;
 use rayon::prelude::*;
