@@ -15,8 +15,8 @@ pub use max_pool::max_pool2d;
 /// is built for the baseline x86-64, whose vectors are a quarter as wide; the body (and
 /// what it inlines) is compiled a second time with the wider registers. It is written out
 /// twice, not passed as one closure, because a closure called from both branches is not
-/// inlined into the AVX-512 one. Results do not change: Rust never fuses a multiply and an
-/// add on its own, and the kernels fix the order of their sums themselves.
+/// inlined into the AVX-512 one. Results should not change, by construction: Rust never
+/// fuses a multiply and an add on its own, and the kernels fix the order of their sums.
 macro_rules! vectorized {
     ($body:expr) => {
         if $crate::kernels::has_avx512() {
