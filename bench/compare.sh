@@ -5,7 +5,8 @@
 # env: ROUNDS=2 THREADS=2 BATCH=128 STEPS=10 DEVICE=cpu (or wgpu, vulkan, cuda: PyTorch then
 #      runs on cuda), ADANOISE=path/to/adanoise, ADANOISE_ARGS="--device-data",
 #      TORCH_ROWS="label:args;label:args" (PyTorch variants, each a column pair; default one
-#      plain eager row, or on a GPU cuDNN channels_last and the same with bf16 autocast),
+#      plain eager row, or on a GPU cuDNN channels_last and the same with bf16 autocast;
+#      set and empty: adanoise alone),
 #      RAW=file (keep every measurement as JSON lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ if [ "$device" = cpu ]; then
 else
   torch_device=cuda; default_rows="PyTorch cuDNN channels_last:--channels-last;PyTorch cuDNN channels_last + bf16 autocast:--channels-last --amp"
 fi
-IFS=';' read -r -a torch_rows <<< "${TORCH_ROWS:-$default_rows}"
+IFS=';' read -r -a torch_rows <<< "${TORCH_ROWS-$default_rows}"
 # shellcheck disable=SC2206
 adanoise_args=(${ADANOISE_ARGS:-})
 results=${RAW:-$(mktemp)}

@@ -13,6 +13,7 @@ use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
 use crate::train::epoch::train_step;
+use crate::train::precision::{Precision, StepPrecision};
 use anyhow::{Result, bail};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::Tensor;
@@ -54,6 +55,7 @@ pub struct BenchOptions {
     pub variants: Vec<StepKind>,
     /// Cut each step's batch out of a dataset on the device instead of uploading it.
     pub device_data: bool,
+    pub precision: Precision,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +83,9 @@ pub struct BenchResult {
     pub variants: Vec<VariantResult>,
     /// Whether the step included assembling its batch on the device.
     pub device_data: bool,
+    pub precision: String,
+    /// f16: timed steps whose update was skipped (non-finite gradients at the loss scale).
+    pub skipped_steps: usize,
     /// Images/s of the host data pipeline (one thread: shuffle, crop, flip, normalise), to set
     /// against the training images/s: above it, the model never waits for data.
     pub host_data_images_per_s: f64,
@@ -129,7 +134,13 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
         options.variants.clone()
     };
     set_cpu_threads(options.threads);
-    let device = options.device.device()?.autodiff();
+    let device = options.device.device()?;
+    options
+        .precision
+        .check_device(&device, options.device.name())?;
+    let device = device.autodiff();
+    let mut precision = StepPrecision::new(options.precision);
+    let mut skipped_steps = 0;
     let mut model = options.model.build(10, &device);
     let mut optim = options.optimizer.build(crate::optim::WEIGHT_DECAY);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -187,8 +198,12 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
                 1e-3,
                 measure_norm,
                 noise,
+                &mut precision,
             );
             model = out.model;
+            if step >= options.warmup && out.skipped {
+                skipped_steps += 1;
+            }
             if let Some(norm) = out.grad_norm {
                 // Kept on the device, as in training: read back once at the end.
                 norm_sum = norm_sum + norm;
@@ -231,6 +246,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
         median_step_ms: results[0].median_step_ms,
         variants: results,
         device_data: options.device_data,
+        precision: options.precision.name().into(),
+        skipped_steps,
         host_data_images_per_s,
     })
 }

@@ -11,7 +11,7 @@ use adanoise::data::{IMAGE_BYTES, Normalization, Split, augment::materialize};
 use adanoise::device::DeviceKind;
 use adanoise::models::ModelKind;
 use adanoise::noise::{NoiseKind, add_weight_noise};
-use adanoise::train::{RunOptions, RunStatus, TrainConfig, train};
+use adanoise::train::{Precision, RunOptions, RunStatus, TrainConfig, train};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 use std::path::Path;
@@ -97,6 +97,43 @@ fn a_noisy_run_on_the_gpu_matches_the_cpu_until_noise_starts() {
             .iter()
             .all(|m| m.train_loss.is_finite() && m.val_loss.is_finite())
     );
+}
+
+/// Mixed precision on the GPU: f16 (WGSL has no bf16, which is refused with a sentence)
+/// trains with f32 weights and ends its first epoch close to the f32 CPU run.
+#[test]
+fn an_f16_run_on_the_gpu_tracks_the_f32_run() {
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_binary_release(&data, 64, 32, 3).unwrap();
+    let mut half = config(&data, DeviceKind::Wgpu);
+    half.precision = Precision::F16;
+    half.noise = NoiseKind::None;
+    let on_gpu = train(&half, &tmp.path().join("f16"), &quiet()).unwrap();
+    let mut full = config(&data, DeviceKind::Cpu);
+    full.noise = NoiseKind::None;
+    let on_cpu = train(&full, &tmp.path().join("f32"), &quiet()).unwrap();
+    assert_eq!(on_gpu.summary.status, RunStatus::Finished);
+    let (g, c) = (&on_gpu.history[0], &on_cpu.history[0]);
+    assert!(g.loss_scale.is_some(), "{g:?}");
+    assert!(close(g.train_loss, c.train_loss, 2e-2), "{g:?}\n{c:?}");
+    assert!(close(g.val_loss, c.val_loss, 2e-2), "{g:?}\n{c:?}");
+    let mut bf16 = half.clone();
+    bf16.precision = Precision::Bf16;
+    let err = train(&bf16, &tmp.path().join("bf16"), &quiet())
+        .err()
+        .map(|e| format!("{e:#}"));
+    // Some Vulkan devices may gain bf16; where WGSL lacks it the refusal names the fix.
+    if let Some(err) = err {
+        assert!(err.contains("--precision f16"), "{err}");
+        assert!(
+            !tmp.path().join("bf16").exists(),
+            "a refused run left a directory"
+        );
+    }
 }
 
 /// Batches cut out on the GPU equal the host pipeline's.

@@ -161,6 +161,51 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
     }
 }
 
+/// Mixed precision in f16: its loss scale is recorded per epoch and saved in the checkpoint,
+/// so an interrupted run resumes to the same metrics as an uninterrupted one.
+#[test]
+fn f16_run_records_and_resumes_its_loss_scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_dir(tmp.path());
+    let cfg = config(&data, "precision = 'f16'");
+    let straight = train(&cfg, &tmp.path().join("a"), &quiet()).unwrap();
+    assert_eq!(straight.summary.status, RunStatus::Finished);
+    for m in &straight.history {
+        assert!(m.loss_scale.is_some_and(|s| s > 0.0), "{m:?}");
+        assert!(m.skipped_steps.is_some_and(|n| n < 7), "{m:?}");
+        assert!(m.train_loss.is_finite() && m.val_loss.is_finite(), "{m:?}");
+    }
+    let out = tmp.path().join("b");
+    let stopped = RunOptions {
+        stop_after: Some(1),
+        ..quiet()
+    };
+    train(&cfg, &out, &stopped).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..quiet()
+    };
+    let resumed = train(&cfg, &out, &resume).unwrap();
+    assert_eq!(
+        common::deterministic(&resumed.history),
+        common::deterministic(&straight.history)
+    );
+    let scales = |h: &[adanoise::train::EpochMetrics]| {
+        h.iter()
+            .map(|m| (m.loss_scale, m.skipped_steps))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(scales(&resumed.history), scales(&straight.history));
+    // f32 runs record neither.
+    let plain = train(&config(&data, ""), &tmp.path().join("c"), &quiet()).unwrap();
+    assert!(
+        plain
+            .history
+            .iter()
+            .all(|m| m.loss_scale.is_none() && m.skipped_steps.is_none())
+    );
+}
+
 #[test]
 fn resume_refuses_a_different_config() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine (x86-64, NVIDIA driver, PyTorch, no Rust, no network) with what
-# bench/gpu/package.sh prepared: for each backend in BACKENDS, the four models' training
-# step against PyTorch (cuDNN, channels_last; and with bf16 autocast), alternating, median
-# of ROUNDS; then the wall time of an EPOCHS-epoch resnet18 run on the real-data archive.
+# bench/gpu/package.sh prepared: for each backend in BACKENDS and each adanoise precision in
+# PRECISIONS (f32, then mixed f16: one table each), the four models' training step against
+# PyTorch (cuDNN, channels_last; and with bf16 autocast; PyTorch runs with the first
+# precision and the later tables reuse its figures), alternating, median of ROUNDS; then
+# the wall time of an EPOCHS-epoch resnet18 run on the real-data archive (TRAIN_ARGS adds
+# flags to it, such as --precision f16).
 # Every step has a time cap and the whole script ends within DEADLINE seconds, so a slow
 # backend still leaves the table of what finished. Writes into OUT (default bench/gpu/out)
 # no more than six files: gpu-results.md, raw.jsonl, measure.log, and the run's
 # train.log and metrics.jsonl.
-#   bench/gpu/measure.sh   (env: BACKENDS=wgpu DIST=bench/gpu/dist ROUNDS=2 STEPS=20 EPOCHS=5
+#   bench/gpu/measure.sh   (env: BACKENDS=wgpu PRECISIONS="f32 f16" DIST=bench/gpu/dist ROUNDS=2 STEPS=20 EPOCHS=5
 #                           MODELS="baby-cnn tiny-cnn simple-cnn resnet18" DEADLINE=420 OUT=dir)
 # On a bare machine without a Vulkan loader or glvnd, unpack them first (as root):
 #   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -19,6 +22,7 @@ started=$(date +%s)
 dist=${DIST:-bench/gpu/dist}
 out=${OUT:-bench/gpu/out}; mkdir -p "$out"
 backends=${BACKENDS:-wgpu}; epochs=${EPOCHS:-5}; deadline=${DEADLINE:-420}
+precisions=${PRECISIONS:-f32 f16}
 models=${MODELS:-baby-cnn tiny-cnn simple-cnn resnet18}
 report="$out/gpu-results.md"; raw="$out/raw.jsonl"; log="$out/measure.log"
 : > "$raw"; : > "$log"
@@ -62,23 +66,31 @@ for backend in $backends; do
     { echo; echo "The $backend backend did not start:"; echo '```'; tail -5 "$log"; echo '```'; } | tee -a "$report"
     continue
   fi
-  part=$(mktemp)
-  for model in $models; do
-    echo "# $backend $model, $(($(date +%s) - started)) s in" >> "$log"
-    ADANOISE="$dist/adanoise" DEVICE=$backend ADANOISE_ARGS=--device-data STEPS=${STEPS:-20} RAW="$part" \
-      timeout "$(budget 110)" bench/compare.sh "$model" >> "$log" 2>&1 || echo "$model: stopped (exit $?)" | tee -a "$report"
-    sed "s/\t{/\t{\"backend\": \"$backend\", /" "$part" >> "$raw"
+  torch=$(mktemp)
+  for precision in $precisions; do
+    # PyTorch runs with the first precision only; later ones are set against the same figures.
+    part=$(mktemp); ours=$(mktemp)
+    if [ "$precision" = "${precisions%% *}" ]; then no_torch=(); else no_torch=(TORCH_ROWS=); fi
+    for model in $models; do
+      echo "# $backend $precision $model, $(($(date +%s) - started)) s in" >> "$log"
+      env "${no_torch[@]}" ADANOISE="$dist/adanoise" DEVICE="$backend" STEPS="${STEPS:-20}" RAW="$part" \
+        ADANOISE_ARGS="--device-data --precision $precision" timeout "$(budget 110)" bench/compare.sh "$model" >> "$log" 2>&1 || echo "$model ($precision): stopped (exit $?)" | tee -a "$report"
+      grep "^adanoise" "$part" >> "$ours"
+      [ "$precision" = "${precisions%% *}" ] && grep -v "^adanoise" "$part" >> "$torch"
+      sed "s/\t{/\t{\"backend\": \"$backend\", \"precision\": \"$precision\", /" "$part" >> "$raw"
+    done
+    echo "### adanoise in $precision" | tee -a "$report"
+    [ -s "$ours" ] && python3 bench/ratio_table.py "$ours" "$torch" | tee -a "$report"
   done
-  grep -q "\"backend\": \"$backend\"" "$raw" && python3 bench/ratio_table.py <(grep "\"backend\": \"$backend\"" "$raw") | tee -a "$report"
 done
 if [ -f "$dist/cifar10-jpeg.tar.gz" ]; then
   data=$(mktemp -d) && tar xzf "$dist/cifar10-jpeg.tar.gz" -C "$data"
   backend=${backends%% *}
   run=$(mktemp -d)/resnet18
-  echo "## $epochs-epoch resnet18 run on the real-data archive ($backend)" | tee -a "$report"
+  echo "## $epochs-epoch resnet18 run on the real-data archive ($backend${TRAIN_ARGS:+ $TRAIN_ARGS})" | tee -a "$report"
   start=$(date +%s.%N)
   timeout "$(budget 240)" "$dist/adanoise" train --model resnet18 --optimizer sgd-momentum --lr 0.01 --epochs "$epochs" \
-    --device "$backend" --data-dir "$data" --out "$run" --offline > "$out/train.log" 2>&1
+    --device "$backend" --data-dir "$data" --out "$run" --offline ${TRAIN_ARGS:-} > "$out/train.log" 2>&1
   rc=$?
   end=$(date +%s.%N)
   cp "$run/metrics.jsonl" "$out/metrics.jsonl" 2>/dev/null

@@ -417,20 +417,28 @@ fn bench_command(args: &BenchArgs) -> Result<()> {
         threads: args.threads,
         variants,
         device_data: args.device_data,
+        precision: args.precision,
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
     println!(
-        "{} {} batch {} on {} ({} threads, {} timed steps per variant):",
+        "{} {} batch {} on {} in {} ({} threads, {} timed steps per variant):",
         result.model,
         result.optimizer,
         result.batch_size,
         result.device,
+        result.precision,
         result.threads,
         result.steps
     );
+    if result.skipped_steps > 0 {
+        println!(
+            "  {} of the timed f16 steps were skipped (non-finite gradients at the loss scale)",
+            result.skipped_steps
+        );
+    }
     for v in &result.variants {
         println!(
             "  {:<32} {:>8.1} images/s  median step {:>8.1} ms (min {:.1}, max {:.1})  x{:.3} of {}",

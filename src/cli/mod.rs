@@ -7,6 +7,7 @@ use crate::device::DeviceKind;
 use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
+use crate::train::Precision;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -150,6 +151,11 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_placement: Option<DataPlacement>,
+    /// What each step computes in: f32, or mixed precision with f32 weights: bf16, or f16
+    /// with dynamic loss scaling (GPU backends; wgpu has no bf16).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// Noise distribution: none (decide and record only), gaussian or uniform.
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -346,6 +352,9 @@ pub struct BenchArgs {
     /// normalisation timed as part of the step) instead of uploading a prepared batch.
     #[arg(long)]
     pub device_data: bool,
+    /// Compute each step in f32, or in mixed precision (bf16, or f16 with loss scaling).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -1,14 +1,15 @@
 //! 2-D batch normalisation with PyTorch's semantics: the running variance is
 //! updated with the *unbiased* batch variance (`n / (n - 1)`), where Burn's own
 //! `BatchNorm` uses the biased one. Momentum 0.1 and eps 1e-5 as in PyTorch. A ReLU that
-//! follows it can be fused into it ([`BatchNorm2d::forward_relu`]).
+//! follows it can be fused into it ([`BatchNorm2d::forward_relu`]). Half-precision inputs
+//! are normalised in f32 and come back in their own type.
 
 use crate::kernels::batch_norm_train_relu;
 use burn::module::{Flag, Module, Param, RunningState};
-use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::module::batch_norm;
+use burn::tensor::{DType, Device, FloatDType};
 
 pub const MOMENTUM: f64 = 0.1;
 pub const EPSILON: f64 = 1e-5;
@@ -44,6 +45,14 @@ impl BatchNorm2d {
     }
 
     fn normalize(&self, input: Tensor<4>, relu_after: bool) -> Tensor<4> {
+        // Mixed precision normalises in f32, as PyTorch's autocast does: half-precision
+        // batch statistics would lose the small variances.
+        let dtype = input.dtype();
+        if dtype != DType::F32 {
+            return self
+                .normalize(input.cast(FloatDType::F32), relu_after)
+                .cast(FloatDType::from(dtype));
+        }
         let device = input.device();
         if !(device.is_autodiff() && self.training.is_enabled()) {
             let mean = self.running_mean.value().to_device(&device);

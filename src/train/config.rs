@@ -8,6 +8,7 @@ use crate::models::ModelKind;
 use crate::noise::{NoiseKind, NoiseSchedulerConfig};
 use crate::optim::{OptimizerKind, WEIGHT_DECAY};
 use crate::schedule::CosineRestartsConfig;
+use crate::train::Precision;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,10 @@ pub struct TrainConfig {
     /// Where batches are assembled: on the host, or on the device from a dataset uploaded once.
     #[serde(default)]
     pub data_placement: DataPlacement,
+    /// What the training step computes in: f32, or mixed precision (bf16, f16) with f32
+    /// weights.
+    #[serde(default)]
+    pub precision: Precision,
     /// The distribution of injected noise; `none` still decides and records.
     #[serde(default)]
     pub noise: NoiseKind,

@@ -6,6 +6,7 @@
 use super::TrainConfig;
 use super::metrics::{EpochMetrics, NoiseApplied};
 use super::param_stats::{WeightSnapshot, grad_norm};
+use super::precision::StepPrecision;
 use super::progress::EpochProgress;
 use crate::data::placement::{EvalSplit, PlacedSplit};
 use crate::models::Model;
@@ -19,6 +20,10 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
+
+/// Below this f16 loss scale (2^-24, f16's smallest subnormal) a run whose gradients are
+/// still not finite has diverged (40 skipped steps in a row from the initial 2^16).
+const MIN_LOSS_SCALE: f64 = 5.960_464_477_539_063e-8;
 
 /// How often (in steps) running sums are read back from the device for display and NaN checks.
 const READ_EVERY: u64 = 10;
@@ -34,6 +39,9 @@ pub struct PartialEpoch {
     pub norm_sum: f64,
     pub lr: f64,
     pub train_seconds: f64,
+    /// Steps skipped for non-finite f16 gradients (not in the sums above).
+    #[serde(default)]
+    pub skipped_steps: u64,
 }
 
 /// Everything an epoch needs besides the model and the optimiser.
@@ -89,11 +97,15 @@ pub struct StepOutput {
     pub logits: Tensor<2>,
     /// The global L2 norm of the clean loss gradient, when asked for.
     pub grad_norm: Option<Tensor<1>>,
+    /// Whether the update was skipped: f16 gradients that were not finite (the loss scale
+    /// was halved instead).
+    pub skipped: bool,
 }
 
 /// One training step: forward, cross-entropy, backward, the global gradient norm (before
 /// noise and weight decay), gradient noise `(kind, sigma, seed)`, and the optimiser update
-/// with learning rate `lr`. Training and `adanoise bench` both run exactly this.
+/// with learning rate `lr`, computed in `precision`. Training and `adanoise bench` both run
+/// exactly this.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: Model,
@@ -104,15 +116,34 @@ pub fn train_step(
     lr: f64,
     measure_norm: bool,
     grad_noise: Option<(NoiseKind, f64, u64)>,
+    precision: &mut StepPrecision,
 ) -> StepOutput {
-    let logits = model.forward(images);
+    let logits = precision.forward(&model, images);
     let loss = loss_fn.forward(logits.clone(), labels);
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    let norm = if measure_norm {
+    let scaled = precision.backward_loss(loss.clone());
+    let mut grads = GradientsParams::from_grads(scaled.backward(), &model);
+    precision.unscale(&model, &mut grads);
+    let norm = if measure_norm || precision.loss_scale.is_some() {
         grad_norm(&model, &grads)
     } else {
         None
     };
+    if let Some(scale) = precision.loss_scale.as_mut() {
+        // One value read back per step, as PyTorch's GradScaler does.
+        let finite = norm
+            .as_ref()
+            .is_none_or(|n| n.clone().into_scalar::<f64>().is_finite());
+        scale.update(finite);
+        if !finite {
+            return StepOutput {
+                model,
+                loss: loss.detach(),
+                logits: logits.detach(),
+                grad_norm: None,
+                skipped: true,
+            };
+        }
+    }
     if let Some((kind, sigma, seed)) = grad_noise {
         add_gradient_noise(&model, &mut grads, kind, sigma, seed);
     }
@@ -121,7 +152,8 @@ pub fn train_step(
         model,
         loss: loss.detach(),
         logits: logits.detach(),
-        grad_norm: norm,
+        grad_norm: norm.filter(|_| measure_norm),
+        skipped: false,
     }
 }
 
@@ -131,6 +163,7 @@ pub fn run_epoch(
     mut model: Model,
     optim: &mut ModuleOptimizer,
     scheduler: &mut CosineRestarts,
+    precision: &mut StepPrecision,
     resume: Option<(PartialEpoch, Model)>,
 ) -> EpochEnd {
     let started = Instant::now();
@@ -149,6 +182,7 @@ pub fn run_epoch(
         mut steps,
         mut lr,
         earlier_seconds,
+        mut skipped,
     ) = match resume {
         Some((p, start_model)) => (
             start_model,
@@ -159,6 +193,7 @@ pub fn run_epoch(
             p.steps_done,
             p.lr,
             p.train_seconds,
+            p.skipped_steps,
         ),
         None => {
             // w_{e-1}: the weights before this epoch's weight noise.
@@ -176,10 +211,12 @@ pub fn run_epoch(
                 0,
                 0.0,
                 0.0,
+                0,
             )
         }
     };
     let skip = steps as usize;
+    let seen_before = seen;
     let note = noise_note(&applied);
     let mut progress = EpochProgress::new(ctx.epoch, config.epochs, ctx.steps, ctx.quiet);
     let batches =
@@ -207,24 +244,36 @@ pub fn run_epoch(
             lr,
             true,
             noise,
+            precision,
         );
         model = out.model;
-        let hits = out
-            .logits
-            .inner()
-            .argmax(1)
-            .reshape([n])
-            .equal(labels.inner())
-            .int()
-            .sum();
-        loss_sum = loss_sum + out.loss.inner().mul_scalar(n as f64);
-        correct = correct + hits;
-        if let Some(norm) = out.grad_norm {
-            norm_sum = norm_sum + norm;
-        }
-        seen += n;
         steps += 1;
-        if steps % READ_EVERY == 0 || steps == ctx.steps {
+        if out.skipped {
+            skipped += 1;
+            if let Some(scale) = precision.loss_scale.filter(|s| s.scale < MIN_LOSS_SCALE) {
+                progress.finish();
+                return EpochEnd::Diverged(format!(
+                    "the f16 gradients of epoch {} (step {steps}) stayed non-finite down to a loss scale of {:e}: training diverged; try a lower --lr or --precision bf16",
+                    ctx.epoch, scale.scale
+                ));
+            }
+        } else {
+            let hits = out
+                .logits
+                .inner()
+                .argmax(1)
+                .reshape([n])
+                .equal(labels.inner())
+                .int()
+                .sum();
+            loss_sum = loss_sum + out.loss.inner().mul_scalar(n as f64);
+            correct = correct + hits;
+            if let Some(norm) = out.grad_norm {
+                norm_sum = norm_sum + norm;
+            }
+            seen += n;
+        }
+        if (steps % READ_EVERY == 0 || steps == ctx.steps) && seen > 0 {
             let mean_loss = loss_sum.clone().into_scalar::<f64>() / seen as f64;
             if !mean_loss.is_finite() {
                 progress.finish();
@@ -234,8 +283,7 @@ pub fn run_epoch(
                 ));
             }
             let acc = correct.clone().into_scalar::<i64>() as f64 / seen as f64;
-            let speed =
-                (seen - skip * config.batch_size).max(1) as f64 / started.elapsed().as_secs_f64();
+            let speed = (seen - seen_before).max(1) as f64 / started.elapsed().as_secs_f64();
             progress.update(steps, mean_loss, acc, lr, speed, &note);
         }
         if steps < ctx.steps && (ctx.should_stop)(scheduler.current_step()) {
@@ -249,6 +297,7 @@ pub fn run_epoch(
                 norm_sum: norm_sum.into_scalar::<f64>(),
                 lr,
                 train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
+                skipped_steps: skipped,
             };
             return EpochEnd::Stopped(Box::new(model), Box::new(start_model), partial);
         }
@@ -257,7 +306,13 @@ pub fn run_epoch(
     let train_seconds = earlier_seconds + started.elapsed().as_secs_f64();
     let train_loss = loss_sum.into_scalar::<f64>() / seen as f64;
     let train_acc = correct.into_scalar::<i64>() as f64 / seen as f64;
-    let grad_norm_mean = norm_sum.into_scalar::<f64>() / steps as f64;
+    if seen == 0 {
+        return EpochEnd::Diverged(format!(
+            "every f16 step of epoch {} had non-finite gradients: training diverged; try a lower --lr or --precision bf16",
+            ctx.epoch
+        ));
+    }
+    let grad_norm_mean = norm_sum.into_scalar::<f64>() / (steps - skipped) as f64;
     let weight_update =
         WeightSnapshot::take(&model).relative_change(&WeightSnapshot::take(&start_model));
     let eval_started = Instant::now();
@@ -281,6 +336,8 @@ pub fn run_epoch(
         seconds: train_seconds + eval_started.elapsed().as_secs_f64(),
         images_per_s: seen as f64 / train_seconds,
         noise_applied: applied,
+        skipped_steps: precision.loss_scale.map(|_| skipped),
+        loss_scale: precision.loss_scale.map(|s| s.scale),
         decision: None,
     };
     EpochEnd::Finished(Box::new(model), metrics)

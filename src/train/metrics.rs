@@ -30,6 +30,12 @@ pub struct EpochMetrics {
     /// What was injected during this epoch (`none` when no noise was in force).
     #[serde(default)]
     pub noise_applied: NoiseApplied,
+    /// f16 only: steps whose update was skipped because their gradients were not finite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
+    /// f16 only: the dynamic loss scale at the epoch's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
     /// The noise scheduler's decision after this epoch, for the next one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,

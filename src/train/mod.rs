@@ -7,10 +7,12 @@ pub mod epoch;
 pub mod interrupt;
 pub mod metrics;
 pub mod param_stats;
+pub mod precision;
 pub mod progress;
 pub mod run_dir;
 pub mod trainer;
 
 pub use config::TrainConfig;
 pub use metrics::{EpochMetrics, RunStatus, Summary};
+pub use precision::Precision;
 pub use trainer::{Outcome, RunOptions, train};

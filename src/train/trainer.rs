@@ -7,6 +7,7 @@ use super::config::TrainConfig;
 use super::epoch::{EpochContext, EpochEnd, PartialEpoch, noise_note, run_epoch};
 use super::interrupt;
 use super::metrics::{EpochMetrics, RunStatus, Summary};
+use super::precision::{LossScale, StepPrecision};
 use super::run_dir::{Opened, RunDir};
 use crate::data::augment::batches_per_epoch;
 use crate::data::placement::PlacedSplit;
@@ -63,6 +64,9 @@ struct ExtraState {
     /// Set when the checkpoint was written in the middle of an epoch.
     #[serde(default)]
     partial: Option<PartialEpoch>,
+    /// The f16 loss scale (absent for other precisions).
+    #[serde(default)]
+    loss_scale: Option<LossScale>,
 }
 
 /// Draws every lazily initialised parameter now, while the device RNG is freshly seeded.
@@ -134,14 +138,10 @@ fn save_checkpoint(
     model: &Model,
     optim: &ModuleOptimizer,
     scheduler: &CosineRestarts,
-    noise: NoiseState,
-    partial: Option<(PartialEpoch, &Model)>,
+    extra: ExtraState,
+    epoch_start: Option<&Model>,
 ) -> Result<NoiseState> {
-    let (partial, epoch_start_model) = match partial {
-        Some((p, start)) => (Some(p), Some(model_bytes(start)?)),
-        None => (None, None),
-    };
-    let extra = ExtraState { noise, partial };
+    let epoch_start_model = epoch_start.map(model_bytes).transpose()?;
     checkpoint::save(
         &dir.checkpoint_path(),
         &Checkpoint {
@@ -168,6 +168,9 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
     crate::device::set_cpu_threads(config.threads);
     // Everything that can reject the input happens before the run directory is touched.
     let device = config.device.device()?;
+    config
+        .precision
+        .check_device(&device, config.device.name())?;
     let data = load_data(config, options.offline)?;
     let train_device = device.clone().autodiff();
     let steps_per_epoch = batches_per_epoch(data.train.len(), config.batch_size) as u64;
@@ -196,6 +199,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
         next: Decision::quiet(0),
     };
     let mut resume_epoch: Option<(PartialEpoch, Model)> = None;
+    let mut precision = StepPrecision::new(config.precision);
 
     let (dir, mut history) = match opened {
         Opened::Fresh(dir) => (dir, Vec::new()),
@@ -210,6 +214,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
             let extra: ExtraState = serde_json::from_value(ckpt.state.extra.clone())
                 .context("the checkpoint's noise scheduler state is unreadable; delete the run directory and train again")?;
             noise = extra.noise;
+            precision = StepPrecision::with_loss_scale(config.precision, extra.loss_scale);
             if let (Some(partial), Some(bytes)) = (extra.partial, ckpt.epoch_start_model) {
                 if !options.quiet {
                     println!(
@@ -272,6 +277,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
             model,
             &mut optim,
             &mut scheduler,
+            &mut precision,
             resume_epoch.take(),
         ) {
             EpochEnd::Finished(m, metrics) => (*m, metrics),
@@ -283,8 +289,12 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
                     &m,
                     &optim,
                     &scheduler,
-                    noise,
-                    Some((partial, &start)),
+                    ExtraState {
+                        noise,
+                        partial: Some(partial),
+                        loss_scale: precision.loss_scale,
+                    },
+                    Some(&start),
                 )?;
                 if !options.quiet {
                     println!(
@@ -327,7 +337,12 @@ pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<O
         noise.next = decision;
         // The metrics line first: a kill before the checkpoint redoes this epoch on resume.
         dir.append_metrics(&metrics)?;
-        noise = save_checkpoint(&dir, epoch, &model, &optim, &scheduler, noise, None)?;
+        let extra = ExtraState {
+            noise,
+            partial: None,
+            loss_scale: precision.loss_scale,
+        };
+        noise = save_checkpoint(&dir, epoch, &model, &optim, &scheduler, extra, None)?;
         if !options.quiet {
             log_epoch(config, &metrics);
         }
