@@ -56,7 +56,7 @@ impl Precision {
         if !device.supports_dtype(DType::from(dtype)) {
             let hint = match self {
                 Self::Bf16 => {
-                    "use --precision f16 there, or bf16 on a backend that has it (cpu, vulkan on recent drivers, cuda)"
+                    "use --precision f16 there, or bf16 on a backend that has it (cpu, cuda)"
                 }
                 _ => "use --precision f32 there, or another backend",
             };
