@@ -9,6 +9,7 @@
 //! `dW += dY_c * rows(x_c)` and `dx_c = col2im(W^T * dY_c)`; the forward pass is
 //! `y_c = W * col(x_c)` the same way, which also beats flex's tiled im2col.
 
+use super::scratch::scratch;
 use super::{fixed_order_sum, matmul, winograd};
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -166,6 +167,8 @@ fn im2col(g: &Geometry, x_imgs: &[f32], images: usize, col: &mut [f32]) {
         for kh in 0..g.k {
             for kw in 0..g.k {
                 let row = &mut col[((ci * g.k + kh) * g.k + kw) * width..][..width];
+                let (lo, hi) = g.inside_columns(kw);
+                let first = lo * g.stride + kw - g.padding;
                 for img in 0..images {
                     let plane = &x_imgs[(img * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
                     let dst = &mut row[img * g.out_plane()..][..g.out_plane()];
@@ -177,18 +180,16 @@ fn im2col(g: &Geometry, x_imgs: &[f32], images: usize, col: &mut [f32]) {
                             continue;
                         }
                         let src = &plane[ih as usize * g.w..][..g.w];
-                        let (lo, hi) = g.inside_columns(kw);
                         out_row[..lo].fill(0.0);
                         out_row[hi..].fill(0.0);
-                        let first = lo * g.stride + kw - g.padding;
                         if g.stride == 1 {
                             copy_row(&mut out_row[lo..hi], &src[first..first + hi - lo]);
                         } else {
-                            for (v, &x) in out_row[lo..hi]
+                            for (v, x) in out_row[lo..hi]
                                 .iter_mut()
-                                .zip(src[first..].iter().step_by(g.stride))
+                                .zip(src[first..].chunks(g.stride))
                             {
-                                *v = x;
+                                *v = x[0];
                             }
                         }
                     }
@@ -262,6 +263,8 @@ fn col2im(g: &Geometry, col: &[f32], images: usize, dx_imgs: &mut [f32]) {
         for kh in 0..g.k {
             for kw in 0..g.k {
                 let row = &col[((ci * g.k + kh) * g.k + kw) * width..][..width];
+                let (lo, hi) = g.inside_columns(kw);
+                let first = lo * g.stride + kw - g.padding;
                 for img in 0..images {
                     let plane = &mut dx_imgs[(img * g.c_in + ci) * g.h * g.w..][..g.h * g.w];
                     let src = &row[img * g.out_plane()..][..g.out_plane()];
@@ -271,11 +274,17 @@ fn col2im(g: &Geometry, col: &[f32], images: usize, dx_imgs: &mut [f32]) {
                             continue;
                         }
                         let dst = &mut plane[ih as usize * g.w..][..g.w];
-                        for (ow, v) in src[oh * g.ow..][..g.ow].iter().enumerate() {
-                            let iw = (ow * g.stride + kw) as isize - g.padding as isize;
-                            if iw >= 0 && iw < g.w as isize {
-                                dst[iw as usize] += v;
-                            }
+                        let values = &src[oh * g.ow..][lo..hi];
+                        if g.stride == 1 {
+                            dst[first..first + values.len()]
+                                .iter_mut()
+                                .zip(values)
+                                .for_each(|(d, v)| *d += v);
+                        } else {
+                            dst[first..]
+                                .chunks_mut(g.stride)
+                                .zip(values)
+                                .for_each(|(d, v)| d[0] += v);
                         }
                     }
                 }
@@ -343,8 +352,8 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             let images = chunk.min(g.n - first);
             let width = images * g.out_plane();
             let mut dw = vec![0f32; g.c_out * g.patch()];
-            let mut rows = vec![0f32; width * g.patch()];
-            let mut dyc = vec![0f32; g.c_out * width];
+            let mut rows = scratch(width * g.patch());
+            let mut dyc = scratch(g.c_out * width);
             im2row(
                 g,
                 &x[first * image..(first + images) * image],
@@ -417,8 +426,8 @@ fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
         g,
         g.c_in * g.h * g.w,
         |first, images, width, dx_chunk, inner| {
-            let mut col = vec![0f32; g.patch() * width];
-            let mut dyc = vec![0f32; g.c_out * width];
+            let mut col = scratch(g.patch() * width);
+            let mut dyc = scratch(g.c_out * width);
             gather_output_grad(g, dy, first, images, &mut dyc);
             // col[j, t] = sum_co W[co, j] * dY_c[co, t]
             matmul(
@@ -455,8 +464,8 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias_relu: Option<&[f32]>) -
         g,
         g.c_out * g.out_plane(),
         |first, images, width, out_chunk, inner| {
-            let mut col = vec![0f32; g.patch() * width];
-            let mut yc = vec![0f32; g.c_out * width];
+            let mut col = scratch(g.patch() * width);
+            let mut yc = scratch(g.c_out * width);
             im2col(
                 g,
                 &x[first * image..(first + images) * image],

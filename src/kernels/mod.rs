@@ -5,6 +5,7 @@
 pub mod batch_norm;
 pub mod conv;
 pub mod max_pool;
+mod scratch;
 mod winograd;
 
 pub use batch_norm::batch_norm_train_relu;

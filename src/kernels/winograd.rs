@@ -11,6 +11,7 @@
 //! rounding only (F(4x4) a few times more than F(2x2), as in cuDNN and oneDNN).
 
 use super::matmul;
+use super::scratch::scratch;
 use rayon::prelude::*;
 
 /// The one-dimensional transforms of a minimal filtering algorithm F(M, 3), which gives
@@ -423,8 +424,8 @@ fn convolve_with<W: Minimal<M, T>, const M: usize, const T: usize>(
     bias_relu: Option<&[f32]>,
 ) {
     let columns = images * t.tiles();
-    let mut v = vec![0f32; T * T * t.c_in * columns];
-    let mut m = vec![0f32; T * T * t.c_out * columns];
+    let mut v = scratch(T * T * t.c_in * columns);
+    let mut m = scratch(T * T * t.c_out * columns);
     transform_input::<W, M, T>(t, x_imgs, images, &mut v);
     for i in 0..T * T {
         // M_i [c_out, columns] = U_i [c_out, c_in] * V_i [c_in, columns]
@@ -574,8 +575,8 @@ fn transformed_weight_grad_with<W: Minimal<M, T>, const M: usize, const T: usize
     parallelism: gemm::Parallelism,
 ) -> Vec<f32> {
     let columns = images * t.tiles();
-    let mut v = vec![0f32; T * T * t.c_in * columns];
-    let mut mg = vec![0f32; T * T * t.c_out * columns];
+    let mut v = scratch(T * T * t.c_in * columns);
+    let mut mg = scratch(T * T * t.c_out * columns);
     transform_input::<W, M, T>(t, x_imgs, images, &mut v);
     transform_output_grad::<W, M, T>(t, dy_imgs, images, &mut mg);
     let mut du = vec![0f32; t.transformed_weights_len()];
@@ -598,8 +599,8 @@ fn transformed_weight_grad_with<W: Minimal<M, T>, const M: usize, const T: usize
     }
     // The product wants `V_i^T` row by row: read in place (a column at a time), the matrix
     // product ran about 5x slower than on a transposed copy.
-    let mut v_transposed = vec![0f32; t.c_in * columns];
-    let mut block = vec![0f32; t.c_out * t.c_in];
+    let mut v_transposed = scratch(t.c_in * columns);
+    let mut block = scratch(t.c_out * t.c_in);
     for i in 0..T * T {
         transpose(
             &v[i * t.c_in * columns..][..t.c_in * columns],
@@ -625,7 +626,7 @@ fn transformed_weight_grad_with<W: Minimal<M, T>, const M: usize, const T: usize
             );
             if start > 0 {
                 du.iter_mut()
-                    .zip(&block)
+                    .zip(block.iter())
                     .for_each(|(sum, value)| *sum += value);
             }
         }
