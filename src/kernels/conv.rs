@@ -10,7 +10,7 @@
 //! `y_c = W * col(x_c)` the same way, which also beats flex's tiled im2col.
 
 use super::scratch::scratch;
-use super::{fixed_order_sum, matmul, winograd};
+use super::{copy_row, fixed_order_sum, matmul, winograd};
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -129,36 +129,6 @@ impl Geometry {
     }
 }
 
-/// `dst.copy_from_slice(src)` without a call into libc for short rows: a kernel row is 3
-/// values and a deep layer's image row 2 to 8, where the call costs more than the copy.
-#[inline(always)]
-fn copy_row(dst: &mut [f32], src: &[f32]) {
-    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
-        let values: [f32; N] = src[..N].try_into().expect("N values");
-        dst[..N].copy_from_slice(&values);
-    }
-    let n = dst.len();
-    if n > 16 {
-        dst.copy_from_slice(&src[..n]);
-        return;
-    }
-    let (mut d, mut s) = (dst, &src[..n]);
-    while d.len() >= 8 {
-        fixed::<8>(d, s);
-        (d, s) = (&mut d[8..], &s[8..]);
-    }
-    match d.len() {
-        0 => {}
-        1 => fixed::<1>(d, s),
-        2 => fixed::<2>(d, s),
-        3 => fixed::<3>(d, s),
-        4 => fixed::<4>(d, s),
-        5 => fixed::<5>(d, s),
-        6 => fixed::<6>(d, s),
-        _ => fixed::<7>(d, s),
-    }
-}
-
 /// The patches of images `x_imgs` as columns, `[patch, images * out_plane]` (the layout the
 /// forward product packs contiguously).
 fn im2col(g: &Geometry, x_imgs: &[f32], images: usize, col: &mut [f32]) {
@@ -217,7 +187,7 @@ fn im2row(g: &Geometry, x_imgs: &[f32], images: usize, rows: &mut [f32]) {
                     let inside = ih >= 0 && ih < g.h as isize;
                     if inside {
                         let row = &image[(ci * g.h + ih as usize) * g.w..][..g.w];
-                        padded[g.padding..g.padding + g.w].copy_from_slice(row);
+                        copy_row(&mut padded[g.padding..g.padding + g.w], row);
                     } else {
                         // A row of the zero padding: every window reads zeros.
                         padded.fill(0.0);

@@ -96,6 +96,36 @@ fn fixed_order_sum_pair(
     (total(first), total(second))
 }
 
+/// `dst.copy_from_slice(src)` without a call into libc for short rows: a kernel row is 3
+/// values and a deep layer's image row 2 to 16, where the call costs more than the copy.
+#[inline(always)]
+pub(crate) fn copy_row(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let values: [f32; N] = src[..N].try_into().expect("N values");
+        dst[..N].copy_from_slice(&values);
+    }
+    let n = dst.len();
+    if n > 16 {
+        dst.copy_from_slice(&src[..n]);
+        return;
+    }
+    let (mut d, mut s) = (dst, &src[..n]);
+    while d.len() >= 8 {
+        fixed::<8>(d, s);
+        (d, s) = (&mut d[8..], &s[8..]);
+    }
+    match d.len() {
+        0 => {}
+        1 => fixed::<1>(d, s),
+        2 => fixed::<2>(d, s),
+        3 => fixed::<3>(d, s),
+        4 => fixed::<4>(d, s),
+        5 => fixed::<5>(d, s),
+        6 => fixed::<6>(d, s),
+        _ => fixed::<7>(d, s),
+    }
+}
+
 /// `dst (m x n, row-major) = (accumulate ? dst : 0) + lhs * rhs` with explicit strides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(

@@ -10,8 +10,8 @@
 //! fixed sums with small coefficients, so the results differ from the direct sum by
 //! rounding only (F(4x4) a few times more than F(2x2), as in cuDNN and oneDNN).
 
-use super::matmul;
 use super::scratch::scratch;
+use super::{copy_row, matmul};
 use rayon::prelude::*;
 
 /// The one-dimensional transforms of a minimal filtering algorithm F(M, 3), which gives
@@ -334,41 +334,58 @@ fn weights<W: Minimal<M, T>, const M: usize, const T: usize>(
 }
 
 /// `V = B^T d B` of every tile of `images` images, laid out `[positions][c_in][images *
-/// tiles]`. Per input channel and block of images: `B^T` down the input rows that each row
-/// of tiles covers (a vector loop along the row), the tiles' columns gathered into one
-/// stream per tile position, then `B` across those streams (a vector loop over the tiles).
+/// tiles]`, through [`transform_tiles`] with a one-value zero border (the padding).
 fn transform_input<W: Minimal<M, T>, const M: usize, const T: usize>(
     t: &Tiling,
     x_imgs: &[f32],
     images: usize,
     v: &mut [f32],
 ) {
+    transform_tiles::<M, T, T, 1>(t, x_imgs, t.c_in, images, W::input, v);
+}
+
+/// The two-sided transform `F d F^T` of every tile of `images` images of `channels`
+/// channels, where `F` is `transform` (`N` values of a tile's side in, `T` out), laid out
+/// `[positions][channels][images * tiles]`. Tile `(ty, tx)` starts at row and column
+/// `M * ty`, `M * tx` of the plane with `BORDER` zeros before it (and zeros after, to
+/// complete the last tiles). Per channel and block of images: `F` down the rows that each
+/// row of tiles covers (a vector loop along the row), the tiles' columns gathered into one
+/// stream per tile position, then `F` across those streams (a vector loop over the tiles).
+fn transform_tiles<const M: usize, const N: usize, const T: usize, const BORDER: usize>(
+    t: &Tiling,
+    planes: &[f32],
+    channels: usize,
+    images: usize,
+    transform: impl Fn([f32; N]) -> [f32; T] + Copy,
+    out: &mut [f32],
+) {
     let (tiles, columns) = (t.tiles(), images * t.tiles());
     let block = t.block_images();
     let width = block * tiles;
-    // Each plane is copied once into a zero border (one row and column before, enough
-    // after to complete the last tiles), from which every tile reads without checks.
-    let (ph, pw) = (M * t.tiles_h + 2, M * t.tiles_w + 2);
+    // Each plane is copied once into its zero border, from which every tile reads without
+    // checks: the last tile's `N` rows and columns end inside it.
+    let (ph, pw) = (M * t.tiles_h + 2 * BORDER, M * t.tiles_w + 2 * BORDER);
+    debug_assert!(M * (t.tiles_h - 1) + N <= ph && M * (t.tiles_w - 1) + N <= pw);
     let mut padded = vec![0f32; ph * pw];
     let mut rows: [Vec<f32>; T] = std::array::from_fn(|_| vec![0f32; pw]);
-    // `B^T d` of the block's tiles: row `r`, column `c` of tile `j` at `(r * T + c) * width + j`.
-    let mut half = vec![0f32; T * T * width];
-    let stream = t.c_in * columns;
-    for ci in 0..t.c_in {
+    // `F d` of the block's tiles: row `r`, column `c` of tile `j` at `(r * N + c) * width + j`.
+    let mut half = vec![0f32; T * N * width];
+    let stream = channels * columns;
+    for ch in 0..channels {
         for first in (0..images).step_by(block) {
             let count = block.min(images - first);
             for k in 0..count {
-                let plane = &x_imgs[((first + k) * t.c_in + ci) * t.h * t.w..][..t.h * t.w];
+                let plane = &planes[((first + k) * channels + ch) * t.h * t.w..][..t.h * t.w];
                 for (row, src) in plane.chunks_exact(t.w).enumerate() {
-                    padded[(row + 1) * pw + 1..][..t.w].copy_from_slice(src);
+                    copy_row(&mut padded[(row + BORDER) * pw + BORDER..][..t.w], src);
                 }
                 for ty in 0..t.tiles_h {
                     let d = std::array::from_fn(|r| &padded[(M * ty + r) * pw..][..pw]);
-                    map_streams(d, rows.each_mut().map(Vec::as_mut_slice), pw, W::input);
+                    map_streams(d, rows.each_mut().map(Vec::as_mut_slice), pw, transform);
                     let j = k * tiles + ty * t.tiles_w;
                     for (r, q) in rows.iter().enumerate() {
-                        for c in 0..T {
-                            let tiles = &mut half[(r * T + c) * width + j..][..t.tiles_w];
+                        for c in 0..N {
+                            let tiles = &mut half[(r * N + c) * width + j..][..t.tiles_w];
                             for (value, &x) in tiles.iter_mut().zip(q[c..].iter().step_by(M)) {
                                 *value = x;
                             }
@@ -378,14 +395,14 @@ fn transform_input<W: Minimal<M, T>, const M: usize, const T: usize>(
             }
             let len = count * tiles;
             for r in 0..T {
-                let src = std::array::from_fn(|c| &half[(r * T + c) * width..][..len]);
+                let src = std::array::from_fn(|c| &half[(r * N + c) * width..][..len]);
                 let dst = windows(
-                    &mut v[r * T * stream..],
+                    &mut out[r * T * stream..],
                     stream,
-                    ci * columns + first * tiles,
+                    ch * columns + first * tiles,
                     len,
                 );
-                map_streams(src, dst, len, W::input);
+                map_streams(src, dst, len, transform);
             }
         }
     }
@@ -487,63 +504,15 @@ fn convolve_with<W: Minimal<M, T>, const M: usize, const T: usize>(
 
 /// `A dY A^T` of every `M x M` tile of the output gradient of `images` images (`[images,
 /// c_out, h, w]`), laid out `[positions][c_out][images * tiles]`: the gradient reaching
-/// each tile position's product in [`convolve`]. Worked as [`transform_input`] is.
+/// each tile position's product in [`convolve`]. Through [`transform_tiles`], without a
+/// leading border.
 fn transform_output_grad<W: Minimal<M, T>, const M: usize, const T: usize>(
     t: &Tiling,
     dy_imgs: &[f32],
     images: usize,
     mg: &mut [f32],
 ) {
-    let (tiles, columns) = (t.tiles(), images * t.tiles());
-    let block = t.block_images();
-    let width = block * tiles;
-    // Zeros below and right of the plane complete the last tiles.
-    let (ph, pw) = (M * t.tiles_h, M * t.tiles_w);
-    let mut padded = vec![0f32; ph * pw];
-    let mut rows: [Vec<f32>; T] = std::array::from_fn(|_| vec![0f32; pw]);
-    // `A dY` of the block's tiles: row `r`, column `c` of tile `j` at `(r * M + c) * width + j`.
-    let mut half = vec![0f32; T * M * width];
-    let stream = t.c_out * columns;
-    for co in 0..t.c_out {
-        for first in (0..images).step_by(block) {
-            let count = block.min(images - first);
-            for k in 0..count {
-                let plane = &dy_imgs[((first + k) * t.c_out + co) * t.h * t.w..][..t.h * t.w];
-                for (row, src) in plane.chunks_exact(t.w).enumerate() {
-                    padded[row * pw..][..t.w].copy_from_slice(src);
-                }
-                for ty in 0..t.tiles_h {
-                    let d = std::array::from_fn(|r| &padded[(M * ty + r) * pw..][..pw]);
-                    map_streams(
-                        d,
-                        rows.each_mut().map(Vec::as_mut_slice),
-                        pw,
-                        W::output_grad,
-                    );
-                    let j = k * tiles + ty * t.tiles_w;
-                    for (r, q) in rows.iter().enumerate() {
-                        for c in 0..M {
-                            let tiles = &mut half[(r * M + c) * width + j..][..t.tiles_w];
-                            for (value, &x) in tiles.iter_mut().zip(q[c..].iter().step_by(M)) {
-                                *value = x;
-                            }
-                        }
-                    }
-                }
-            }
-            let len = count * tiles;
-            for r in 0..T {
-                let src = std::array::from_fn(|c| &half[(r * M + c) * width..][..len]);
-                let dst = windows(
-                    &mut mg[r * T * stream..],
-                    stream,
-                    co * columns + first * tiles,
-                    len,
-                );
-                map_streams(src, dst, len, W::output_grad);
-            }
-        }
-    }
+    transform_tiles::<M, M, T, 0>(t, dy_imgs, t.c_out, images, W::output_grad, mg);
 }
 
 /// The gradient of the transformed weights [`transform_weights`] makes, from `images`
