@@ -252,6 +252,57 @@ mod tests {
         assert_eq!(scaled, 12.0);
     }
 
+    /// The compute copy casts every weight but BatchNorm's, which stay f32 (Burn's derive
+    /// enters a module's own fields with that module's type, which the mapper keys on).
+    #[test]
+    fn batch_norm_parameters_stay_f32() {
+        struct Dtypes {
+            in_batch_norm: usize,
+            seen: Vec<(bool, DType)>,
+        }
+        impl ModuleVisitor for Dtypes {
+            fn enter_module(&mut self, _name: &str, container_type: &str) {
+                if container_type == BATCH_NORM {
+                    self.in_batch_norm += 1;
+                }
+            }
+            fn exit_module(&mut self, _name: &str, container_type: &str) {
+                if container_type == BATCH_NORM {
+                    self.in_batch_norm -= 1;
+                }
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if param.is_require_grad() {
+                    self.seen
+                        .push((self.in_batch_norm > 0, param.val().dtype()));
+                }
+            }
+        }
+        let device = Device::flex().autodiff();
+        let model = ModelKind::Resnet18
+            .build(10, &device)
+            .map(&mut CastWeights {
+                dtype: FloatDType::F16,
+                in_batch_norm: 0,
+            });
+        let mut dtypes = Dtypes {
+            in_batch_norm: 0,
+            seen: Vec::new(),
+        };
+        model.visit(&mut dtypes);
+        let batch_norm = dtypes.seen.iter().filter(|(bn, _)| *bn).count();
+        // ResNet-18: 20 BatchNorms of two parameters each; 21 convolutions and a linear layer.
+        assert_eq!(batch_norm, 40, "{:?}", dtypes.seen);
+        for (in_batch_norm, dtype) in dtypes.seen {
+            let want = if in_batch_norm {
+                DType::F32
+            } else {
+                DType::F16
+            };
+            assert_eq!(dtype, want);
+        }
+    }
+
     /// The weights stay f32 and receive f32 gradients close to the f32 step's, every one of
     /// them (BatchNorm's included, which stays in f32).
     #[test]
