@@ -69,30 +69,48 @@ impl Precision {
     }
 }
 
+/// Whether a module walk is inside a BatchNorm: Burn's derive enters each of a module's own
+/// fields with that module's type, so BatchNorm's parameters are entered as its fields.
+#[derive(Default)]
+struct BatchNormDepth(usize);
+
+impl BatchNormDepth {
+    const TYPE: &str = "Struct:BatchNorm2d";
+
+    fn enter(&mut self, container_type: &str) {
+        if container_type == Self::TYPE {
+            self.0 += 1;
+        }
+    }
+
+    fn exit(&mut self, container_type: &str) {
+        if container_type == Self::TYPE {
+            self.0 -= 1;
+        }
+    }
+
+    fn inside(&self) -> bool {
+        self.0 > 0
+    }
+}
+
 /// Casts every trainable weight outside BatchNorm to the compute type, keeping its id.
 struct CastWeights {
     dtype: FloatDType,
-    /// How many BatchNorm modules enclose the current parameter.
-    in_batch_norm: usize,
+    batch_norm: BatchNormDepth,
 }
-
-const BATCH_NORM: &str = "Struct:BatchNorm2d";
 
 impl ModuleMapper for CastWeights {
     fn enter_module(&mut self, _name: &str, container_type: &str) {
-        if container_type == BATCH_NORM {
-            self.in_batch_norm += 1;
-        }
+        self.batch_norm.enter(container_type);
     }
 
     fn exit_module(&mut self, _name: &str, container_type: &str) {
-        if container_type == BATCH_NORM {
-            self.in_batch_norm -= 1;
-        }
+        self.batch_norm.exit(container_type);
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.in_batch_norm > 0 || !param.is_require_grad() {
+        if self.batch_norm.inside() || !param.is_require_grad() {
             return param;
         }
         let dtype = self.dtype;
@@ -169,7 +187,7 @@ impl StepPrecision {
             Some(dtype) => {
                 let weights = model.clone().map(&mut CastWeights {
                     dtype,
-                    in_batch_norm: 0,
+                    batch_norm: BatchNormDepth::default(),
                 });
                 weights.forward(images.cast(dtype)).cast(FloatDType::F32)
             }
@@ -252,29 +270,25 @@ mod tests {
         assert_eq!(scaled, 12.0);
     }
 
-    /// The compute copy casts every weight but BatchNorm's, which stay f32 (Burn's derive
-    /// enters a module's own fields with that module's type, which the mapper keys on).
+    /// The compute copy casts every weight but BatchNorm's, which stay f32.
     #[test]
     fn batch_norm_parameters_stay_f32() {
+        #[derive(Default)]
         struct Dtypes {
-            in_batch_norm: usize,
+            batch_norm: BatchNormDepth,
             seen: Vec<(bool, DType)>,
         }
         impl ModuleVisitor for Dtypes {
             fn enter_module(&mut self, _name: &str, container_type: &str) {
-                if container_type == BATCH_NORM {
-                    self.in_batch_norm += 1;
-                }
+                self.batch_norm.enter(container_type);
             }
             fn exit_module(&mut self, _name: &str, container_type: &str) {
-                if container_type == BATCH_NORM {
-                    self.in_batch_norm -= 1;
-                }
+                self.batch_norm.exit(container_type);
             }
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 if param.is_require_grad() {
-                    self.seen
-                        .push((self.in_batch_norm > 0, param.val().dtype()));
+                    let inside = self.batch_norm.inside();
+                    self.seen.push((inside, param.val().dtype()));
                 }
             }
         }
@@ -283,12 +297,9 @@ mod tests {
             .build(10, &device)
             .map(&mut CastWeights {
                 dtype: FloatDType::F16,
-                in_batch_norm: 0,
+                batch_norm: BatchNormDepth::default(),
             });
-        let mut dtypes = Dtypes {
-            in_batch_norm: 0,
-            seen: Vec::new(),
-        };
+        let mut dtypes = Dtypes::default();
         model.visit(&mut dtypes);
         let batch_norm = dtypes.seen.iter().filter(|(bn, _)| *bn).count();
         // ResNet-18: 20 BatchNorms of two parameters each; 21 convolutions and a linear layer.
