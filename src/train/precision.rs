@@ -231,6 +231,7 @@ mod tests {
     use super::*;
     use crate::models::ModelKind;
     use crate::rng::with_seeded_device;
+    use crate::train::trainer::Materialize;
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::tensor::{Distribution, Int, TensorData};
 
@@ -293,12 +294,13 @@ mod tests {
             }
         }
         let device = Device::flex().autodiff();
-        let model = ModelKind::Resnet18
-            .build(10, &device)
-            .map(&mut CastWeights {
+        // Drawn under the device RNG's lock, so it cannot disturb a seeded test beside it.
+        let model = with_seeded_device(&device, 1, || ModelKind::Resnet18.build(10, &device)).map(
+            &mut CastWeights {
                 dtype: FloatDType::F16,
                 batch_norm: BatchNormDepth::default(),
-            });
+            },
+        );
         let mut dtypes = Dtypes::default();
         model.visit(&mut dtypes);
         let batch_norm = dtypes.seen.iter().filter(|(bn, _)| *bn).count();
@@ -322,6 +324,8 @@ mod tests {
         for kind in [ModelKind::TinyCnn, ModelKind::Resnet18] {
             let (model, images) = with_seeded_device(&device, 7, || {
                 let model = kind.build(10, &device);
+                // Burn draws parameters lazily: draw them now, under this seed.
+                model.visit(&mut Materialize);
                 let images =
                     Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
                 (model, images)
@@ -356,13 +360,14 @@ mod tests {
                 assert!(sums.compared >= 6, "{kind:?}: {} weights", sums.compared);
                 let error = (sums.squared_error / sums.squared_norm).sqrt();
                 // Rounding alone (unit roundoff 3.9e-3 for bf16, 4.9e-4 for f16) moves a few
-                // ReLU signs and max-pool winners, and each moved one shifts whole gradients:
-                // measured 0.034 / 0.003 for tiny-cnn, 0.38 / 0.15 for ResNet-18 at this
-                // initialisation (whose 17 layers amplify it). A wiring fault (gradients left
-                // scaled, a weight not reached, BatchNorm in half precision) gives 1 or more.
-                let bound = match (kind, precision) {
-                    (ModelKind::TinyCnn, Precision::F16) => 0.01,
-                    (ModelKind::TinyCnn, _) => 0.1,
+                // ReLU signs and max-pool winners, and each moved one shifts whole gradients;
+                // flex's half-precision sums also vary with thread timing. Measured over
+                // repeated runs: 0.018-0.10 (bf16) and 0.002-0.08 (f16) for tiny-cnn, 0.35-0.39
+                // and 0.12-0.15 for ResNet-18 (whose 17 layers amplify it). A wiring fault
+                // (gradients left scaled, a weight not reached, BatchNorm in half precision)
+                // gives 1 or more.
+                let bound = match kind {
+                    ModelKind::TinyCnn => 0.25,
                     _ => 0.6,
                 };
                 assert!(

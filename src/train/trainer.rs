@@ -70,7 +70,7 @@ struct ExtraState {
 }
 
 /// Draws every lazily initialised parameter now, while the device RNG is freshly seeded.
-struct Materialize;
+pub(crate) struct Materialize;
 
 impl ModuleVisitor for Materialize {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
