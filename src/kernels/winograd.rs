@@ -9,9 +9,15 @@
 //! weight gradient always F(2x2, 3x3) (see [`Tiling::for_weight_grad`]). The transforms are
 //! fixed sums with small coefficients, so the results differ from the direct sum by
 //! rounding only (F(4x4) a few times more than F(2x2), as in cuDNN and oneDNN).
+//!
+//! The transforms run channels-last: each image is transposed to `[h * w][channels]`, and
+//! every tile is then transformed for 16 channels at once, one vector per tile value, into
+//! `[positions][tiles][channels]`. The first version ran them along the tiles of a plane
+//! instead, which needed a strided gather per tile and scalar loops on small planes: they
+//! took about 60 % of a 64-channel 16x16 layer's time, against 20-25 % for the products.
 
+use super::matmul;
 use super::scratch::scratch;
-use super::{copy_row, matmul};
 use rayon::prelude::*;
 
 /// The one-dimensional transforms of a minimal filtering algorithm F(M, 3), which gives
@@ -163,14 +169,20 @@ impl Tiling {
         self.tiles_h * self.tiles_w
     }
 
-    /// Images per block of the transforms: about [`BLOCK_TILES`] tiles, at least one image.
-    fn block_images(&self) -> usize {
-        (BLOCK_TILES / self.tiles()).max(1)
-    }
-
     /// Positions in a transformed tile, hence matrix products per chunk.
     fn positions(&self) -> usize {
         (self.m + 2) * (self.m + 2)
+    }
+
+    /// Whether the tile-position products run as `M_i = U_i * V_i` (`c_out x c_in` times
+    /// `c_in x tiles`), with [`transform_weights`] laid out by output channel, rather than
+    /// as `M_i^T = V_i^T * U_i^T`. Where a chunk has few tiles for its weights (one tile
+    /// per image, and at least 256 output channels: ResNet-18's last two stages), the
+    /// matrix product streams each `U_i` once this way, and runs about 1.5x as fast
+    /// (512 channels); elsewhere the other way round is as fast or faster and needs no
+    /// transposed copy of the products.
+    pub fn weights_by_output_channel(&self) -> bool {
+        self.tiles() * 256 <= self.c_out
     }
 
     /// The length of [`transform_weights`]' and [`transformed_weight_grad`]'s results.
@@ -199,9 +211,69 @@ macro_rules! with_algorithm {
     };
 }
 
-/// Tiles each pass of a transform works on at once: long enough for vector loops over
-/// tiles, short enough for its streams to stay in the L1 cache.
-const BLOCK_TILES: usize = 64;
+/// Channels each tile transform works on at once: one AVX-512 vector of `f32`. The
+/// transforms run channels-last, the same fixed sums for `LANES` channels side by side.
+const LANES: usize = 16;
+
+/// Calls `$body` for each block of channels `$first..$first + $l` of `$channels`, with
+/// `$l` a constant: [`LANES`], then one block of 8, then single channels.
+macro_rules! by_channel_blocks {
+    ($channels:expr, |$first:ident, $l:ident| $body:expr) => {{
+        let channels = $channels;
+        let mut $first = 0;
+        {
+            const $l: usize = LANES;
+            while $first + $l <= channels {
+                $body;
+                $first += $l;
+            }
+        }
+        {
+            const $l: usize = 8;
+            if $first + $l <= channels {
+                $body;
+                $first += $l;
+            }
+        }
+        {
+            const $l: usize = 1;
+            while $first < channels {
+                $body;
+                $first += $l;
+            }
+        }
+    }};
+}
+
+/// `F d F^T` of one tile `d` (`K x K` vectors of `L` channels, row by row) into `out`,
+/// where `F` is `f` (`K` values in, `N` out): `F` down each column, then along each row,
+/// lane by lane (the compiler turns each lane loop into vector instructions). The tiles
+/// are passed by reference: returned by value, they were copied through `memcpy`.
+#[inline(always)]
+fn two_sided<const L: usize, const K: usize, const N: usize>(
+    d: &[[[f32; L]; K]; K],
+    f: impl Fn([f32; K]) -> [f32; N] + Copy,
+    out: &mut [[[f32; L]; N]; N],
+) {
+    // Row `r` of `F d`, column `c`, at `columns[c][r]`.
+    let mut columns = [[[0f32; L]; N]; K];
+    for (c, column) in columns.iter_mut().enumerate() {
+        for lane in 0..L {
+            let values = f(std::array::from_fn(|r| d[r][c][lane]));
+            for (y, value) in column.iter_mut().zip(values) {
+                y[lane] = value;
+            }
+        }
+    }
+    for (r, row) in out.iter_mut().enumerate() {
+        for lane in 0..L {
+            let values = f(std::array::from_fn(|c| columns[c][r][lane]));
+            for (y, value) in row.iter_mut().zip(values) {
+                y[lane] = value;
+            }
+        }
+    }
+}
 
 /// `N` disjoint windows of `len` values of `values`, the `k`-th at `k * stride + offset`.
 #[inline(always)]
@@ -225,73 +297,47 @@ fn windows<const N: usize>(
 }
 
 /// `N` streams of `len` values from `K`: element `j` of the outputs is `f` of element `j`
-/// of the inputs. One vector loop for a whole block of tiles, in AVX-512 where the CPU has
-/// it (the crate is built for the baseline x86-64, whose vectors are a quarter as wide).
+/// of the inputs. One vector loop, in AVX-512 where the CPU has it.
 #[inline(always)]
 fn map_streams<const K: usize, const N: usize, F: Fn([f32; K]) -> [f32; N]>(
-    inputs: [&[f32]; K],
-    outputs: [&mut [f32]; N],
-    len: usize,
-    f: F,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-        return unsafe { map_streams_avx512(inputs, outputs, len, f) };
-    }
-    map_lanes(inputs, outputs, len, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn map_streams_avx512<const K: usize, const N: usize, F: Fn([f32; K]) -> [f32; N]>(
-    inputs: [&[f32]; K],
-    outputs: [&mut [f32]; N],
-    len: usize,
-    f: F,
-) {
-    map_lanes(inputs, outputs, len, f)
-}
-
-/// [`map_streams`]' loop, 16 elements at a time through local arrays: the compiler cannot
-/// tell that the output streams do not overlap the inputs, but locals it can vectorize.
-#[inline(always)]
-fn map_lanes<const K: usize, const N: usize, F: Fn([f32; K]) -> [f32; N]>(
     inputs: [&[f32]; K],
     mut outputs: [&mut [f32]; N],
     len: usize,
     f: F,
 ) {
-    const LANES: usize = 16;
-    let whole = len / LANES * LANES;
-    for j in (0..whole).step_by(LANES) {
-        let x: [[f32; LANES]; K] =
-            std::array::from_fn(|k| inputs[k][j..j + LANES].try_into().expect("16 lanes"));
-        let mut y = [[0f32; LANES]; N];
-        for lane in 0..LANES {
-            let values = f(std::array::from_fn(|k| x[k][lane]));
-            for (y, value) in y.iter_mut().zip(values) {
-                y[lane] = value;
+    super::vectorized!({
+        let whole = len / LANES * LANES;
+        for j in (0..whole).step_by(LANES) {
+            let x: [[f32; LANES]; K] =
+                std::array::from_fn(|k| inputs[k][j..j + LANES].try_into().expect("lanes"));
+            let mut y = [[0f32; LANES]; N];
+            for lane in 0..LANES {
+                let values = f(std::array::from_fn(|k| x[k][lane]));
+                for (y, value) in y.iter_mut().zip(values) {
+                    y[lane] = value;
+                }
+            }
+            for (stream, y) in outputs.iter_mut().zip(&y) {
+                stream[j..j + LANES].copy_from_slice(y);
             }
         }
-        for (stream, y) in outputs.iter_mut().zip(&y) {
-            stream[j..j + LANES].copy_from_slice(y);
+        for j in whole..len {
+            let values = f(std::array::from_fn(|k| inputs[k][j]));
+            for (stream, value) in outputs.iter_mut().zip(values) {
+                stream[j] = value;
+            }
         }
-    }
-    for j in whole..len {
-        let values = f(std::array::from_fn(|k| inputs[k][j]));
-        for (stream, value) in outputs.iter_mut().zip(values) {
-            stream[j] = value;
-        }
-    }
+    })
 }
 
-/// `U = G g G^T` for every 3x3 kernel `g`, laid out `[c_out][positions][c_in]` (row `co`
-/// of the matrix of each tile position `i` at `(co * positions + i) * c_in`). `weight` is
-/// `[c_out, c_in, 3, 3]`; with `flipped`, it is the weight of the convolution whose input
-/// gradient is wanted, `[c_in, c_out, 3, 3]`, and each kernel is used rotated by 180
-/// degrees with the channels swapped: the input gradient of a stride-1, padding-1
-/// convolution is that convolution of the output gradient.
+/// `U = G g G^T` for every 3x3 kernel `g`, as one block per channel of the side that
+/// [`Tiling::weights_by_output_channel`] names, each block `[positions][other side's
+/// channels]`: `[c_in][positions][c_out]` (rows of the matrices `U_i^T`, `T * T * c_out`
+/// apart) or `[c_out][positions][c_in]` (rows of `U_i`). `weight` is `[c_out, c_in, 3,
+/// 3]`; with `flipped`, it is the weight of the convolution whose input gradient is wanted,
+/// `[c_in, c_out, 3, 3]`, and each kernel is used rotated by 180 degrees with the channels
+/// swapped: the input gradient of a stride-1, padding-1 convolution is that convolution of
+/// the output gradient.
 pub(super) fn transform_weights(t: &Tiling, weight: &[f32], flipped: bool) -> Vec<f32> {
     with_algorithm!(t, |W, M, T| weights::<W, M, T>(t, weight, flipped))
 }
@@ -301,15 +347,26 @@ fn weights<W: Minimal<M, T>, const M: usize, const T: usize>(
     weight: &[f32],
     flipped: bool,
 ) -> Vec<f32> {
+    let by_output = t.weights_by_output_channel();
+    let (blocks, streams) = if by_output {
+        (t.c_out, t.c_in)
+    } else {
+        (t.c_in, t.c_out)
+    };
     let mut u = vec![0f32; t.transformed_weights_len()];
-    u.par_chunks_mut(T * T * t.c_in)
+    u.par_chunks_mut(T * T * streams)
         .enumerate()
-        .for_each(|(co, u)| {
-            // The nine kernel taps of every input channel as nine streams over the
-            // channels, so that both passes are vector loops along them.
-            let mut taps = vec![0f32; 9 * t.c_in];
-            for (tap, stream) in taps.chunks_exact_mut(t.c_in).enumerate() {
-                for (ci, value) in stream.iter_mut().enumerate() {
+        .for_each(|(block, u)| {
+            // The nine kernel taps of every channel of the other side as nine streams over
+            // those channels, so that both passes are vector loops along them.
+            let mut taps = vec![0f32; 9 * streams];
+            for (tap, stream) in taps.chunks_exact_mut(streams).enumerate() {
+                for (other, value) in stream.iter_mut().enumerate() {
+                    let (co, ci) = if by_output {
+                        (block, other)
+                    } else {
+                        (other, block)
+                    };
                     *value = if flipped {
                         weight[(ci * t.c_out + co) * 9 + 8 - tap]
                     } else {
@@ -318,23 +375,24 @@ fn weights<W: Minimal<M, T>, const M: usize, const T: usize>(
                 }
             }
             // G g (T x 3) column by column, then (G g) G^T (T x T) row by row.
-            let mut half = vec![0f32; T * 3 * t.c_in];
+            let mut half = vec![0f32; T * 3 * streams];
             for kw in 0..3 {
-                let src = std::array::from_fn(|kh| &taps[(kh * 3 + kw) * t.c_in..][..t.c_in]);
-                let dst = windows(&mut half[kw * t.c_in..], 3 * t.c_in, 0, t.c_in);
-                map_streams(src, dst, t.c_in, W::kernel);
+                let src = std::array::from_fn(|kh| &taps[(kh * 3 + kw) * streams..][..streams]);
+                let dst = windows(&mut half[kw * streams..], 3 * streams, 0, streams);
+                map_streams(src, dst, streams, W::kernel);
             }
             for r in 0..T {
-                let src = std::array::from_fn(|kw| &half[(r * 3 + kw) * t.c_in..][..t.c_in]);
-                let dst = windows(&mut u[r * T * t.c_in..], t.c_in, 0, t.c_in);
-                map_streams(src, dst, t.c_in, W::kernel);
+                let src = std::array::from_fn(|kw| &half[(r * 3 + kw) * streams..][..streams]);
+                let dst = windows(&mut u[r * T * streams..], streams, 0, streams);
+                map_streams(src, dst, streams, W::kernel);
             }
         });
+    debug_assert_eq!(blocks * T * T * streams, u.len());
     u
 }
 
-/// `V = B^T d B` of every tile of `images` images, laid out `[positions][c_in][images *
-/// tiles]`, through [`transform_tiles`] with a one-value zero border (the padding).
+/// `V = B^T d B` of every tile of `images` images, laid out `[positions][images *
+/// tiles][c_in]`, through [`transform_tiles`] with a one-value zero border (the padding).
 fn transform_input<W: Minimal<M, T>, const M: usize, const T: usize>(
     t: &Tiling,
     x_imgs: &[f32],
@@ -345,12 +403,11 @@ fn transform_input<W: Minimal<M, T>, const M: usize, const T: usize>(
 }
 
 /// The two-sided transform `F d F^T` of every tile of `images` images of `channels`
-/// channels, where `F` is `transform` (`N` values of a tile's side in, `T` out), laid out
-/// `[positions][channels][images * tiles]`. Tile `(ty, tx)` starts at row and column
-/// `M * ty`, `M * tx` of the plane with `BORDER` zeros before it (and zeros after, to
-/// complete the last tiles). Per channel and block of images: `F` down the rows that each
-/// row of tiles covers (a vector loop along the row), the tiles' columns gathered into one
-/// stream per tile position, then `F` across those streams (a vector loop over the tiles).
+/// channels (`planes`, `[images, channels, h, w]`), where `F` is `transform` (`N` values of
+/// a tile's side in, `T` out), laid out `[positions][images * tiles][channels]`. Tile
+/// `(ty, tx)` is the `N x N` window at row and column `M * ty - BORDER`, `M * tx - BORDER`;
+/// what lies outside the plane reads as zero. Each image is first transposed
+/// channels-last, so that every tile's transform is a vector loop across channels.
 fn transform_tiles<const M: usize, const N: usize, const T: usize, const BORDER: usize>(
     t: &Tiling,
     planes: &[f32],
@@ -359,52 +416,36 @@ fn transform_tiles<const M: usize, const N: usize, const T: usize, const BORDER:
     transform: impl Fn([f32; N]) -> [f32; T] + Copy,
     out: &mut [f32],
 ) {
-    let (tiles, columns) = (t.tiles(), images * t.tiles());
-    let block = t.block_images();
-    let width = block * tiles;
-    // Each plane is copied once into its zero border, from which every tile reads without
-    // checks: the last tile's `N` rows and columns end inside it.
-    let (ph, pw) = (M * t.tiles_h + 2 * BORDER, M * t.tiles_w + 2 * BORDER);
-    debug_assert!(M * (t.tiles_h - 1) + N <= ph && M * (t.tiles_w - 1) + N <= pw);
-    let mut padded = vec![0f32; ph * pw];
-    let mut rows: [Vec<f32>; T] = std::array::from_fn(|_| vec![0f32; pw]);
-    // `F d` of the block's tiles: row `r`, column `c` of tile `j` at `(r * N + c) * width + j`.
-    let mut half = vec![0f32; T * N * width];
-    let stream = channels * columns;
-    for ch in 0..channels {
-        for first in (0..images).step_by(block) {
-            let count = block.min(images - first);
-            for k in 0..count {
-                let plane = &planes[((first + k) * channels + ch) * t.h * t.w..][..t.h * t.w];
-                for (row, src) in plane.chunks_exact(t.w).enumerate() {
-                    copy_row(&mut padded[(row + BORDER) * pw + BORDER..][..t.w], src);
-                }
-                for ty in 0..t.tiles_h {
-                    let d = std::array::from_fn(|r| &padded[(M * ty + r) * pw..][..pw]);
-                    map_streams(d, rows.each_mut().map(Vec::as_mut_slice), pw, transform);
-                    let j = k * tiles + ty * t.tiles_w;
-                    for (r, q) in rows.iter().enumerate() {
-                        for c in 0..N {
-                            let tiles = &mut half[(r * N + c) * width + j..][..t.tiles_w];
-                            for (value, &x) in tiles.iter_mut().zip(q[c..].iter().step_by(M)) {
-                                *value = x;
+    let plane = t.h * t.w;
+    let columns = images * t.tiles();
+    assert!(planes.len() >= images * channels * plane && out.len() >= T * T * columns * channels);
+    let mut pixels = scratch(plane * channels);
+    for k in 0..images {
+        let image = &planes[k * channels * plane..][..channels * plane];
+        transpose(image, channels, plane, &mut pixels);
+        super::vectorized!(for ty in 0..t.tiles_h {
+            for tx in 0..t.tiles_w {
+                let column = (k * t.tiles_h + ty) * t.tiles_w + tx;
+                by_channel_blocks!(channels, |first, L| {
+                    let mut d = [[[0f32; L]; N]; N];
+                    for (r, row) in d.iter_mut().enumerate() {
+                        let y = (M * ty + r).wrapping_sub(BORDER);
+                        for (c, values) in row.iter_mut().enumerate() {
+                            let x = (M * tx + c).wrapping_sub(BORDER);
+                            if y < t.h && x < t.w {
+                                let at = (y * t.w + x) * channels + first;
+                                values.copy_from_slice(&pixels[at..][..L]);
                             }
                         }
                     }
-                }
+                    let mut v = [[[0f32; L]; T]; T];
+                    two_sided(&d, transform, &mut v);
+                    for (i, v) in v.as_flattened().iter().enumerate() {
+                        out[(i * columns + column) * channels + first..][..L].copy_from_slice(v);
+                    }
+                })
             }
-            let len = count * tiles;
-            for r in 0..T {
-                let src = std::array::from_fn(|c| &half[(r * N + c) * width..][..len]);
-                let dst = windows(
-                    &mut out[r * T * stream..],
-                    stream,
-                    ch * columns + first * tiles,
-                    len,
-                );
-                map_streams(src, dst, len, transform);
-            }
-        }
+        })
     }
 }
 
@@ -440,72 +481,95 @@ fn convolve_with<W: Minimal<M, T>, const M: usize, const T: usize>(
     parallelism: gemm::Parallelism,
     bias_relu: Option<&[f32]>,
 ) {
+    let (c_in, c_out) = (t.c_in, t.c_out);
     let columns = images * t.tiles();
-    let mut v = scratch(T * T * t.c_in * columns);
-    let mut m = scratch(T * T * t.c_out * columns);
+    let mut v = scratch(T * T * columns * c_in);
+    let mut m = scratch(T * T * columns * c_out);
     transform_input::<W, M, T>(t, x_imgs, images, &mut v);
-    for i in 0..T * T {
-        // M_i [c_out, columns] = U_i [c_out, c_in] * V_i [c_in, columns]
-        matmul(
-            (t.c_out, columns, t.c_in),
-            &mut m[i * t.c_out * columns..][..t.c_out * columns],
-            false,
-            &u[i * t.c_in..],
-            (T * T * t.c_in, 1),
-            &v[i * t.c_in * columns..][..t.c_in * columns],
-            (columns, 1),
-            parallelism,
-        );
+    let positions = T * T;
+    if t.weights_by_output_channel() {
+        let mut product = scratch(c_out * columns);
+        for i in 0..positions {
+            // M_i [c_out, columns] = U_i [c_out, c_in] * V_i [c_in, columns], then
+            // transposed to the layout of the other branch.
+            matmul(
+                (c_out, columns, c_in),
+                &mut product,
+                false,
+                &u[i * c_in..],
+                (positions * c_in, 1),
+                &v[i * columns * c_in..][..columns * c_in],
+                (1, c_in),
+                parallelism,
+            );
+            transpose(
+                &product,
+                c_out,
+                columns,
+                &mut m[i * columns * c_out..][..columns * c_out],
+            );
+        }
+    } else {
+        for i in 0..positions {
+            // M_i^T [columns, c_out] = V_i^T [columns, c_in] * U_i^T [c_in, c_out]
+            matmul(
+                (columns, c_out, c_in),
+                &mut m[i * columns * c_out..][..columns * c_out],
+                false,
+                &v[i * columns * c_in..][..columns * c_in],
+                (c_in, 1),
+                &u[i * c_out..],
+                (positions * c_out, 1),
+                parallelism,
+            );
+        }
     }
-    // `A^T m A` per output channel and block of images: `A^T` down each column of the
-    // products, then `A` along each row (vector loops over the block's tiles), then the
-    // `M x M` outputs of each tile put in place.
-    let (tiles, block) = (t.tiles(), t.block_images());
-    let width = block * tiles;
-    // Row `dy`, column `c` of `A^T m` at `(dy * T + c) * width + j`; outputs at
-    // `(dy * M + dx) * width + j`.
-    let mut half = vec![0f32; M * T * width];
-    let mut outputs = vec![0f32; M * M * width];
-    let stream = t.c_out * columns;
-    for co in 0..t.c_out {
-        for first in (0..images).step_by(block) {
-            let count = block.min(images - first);
-            let (len, at) = (count * tiles, co * columns + first * tiles);
-            for c in 0..T {
-                let src = std::array::from_fn(|r| &m[(r * T + c) * stream + at..][..len]);
-                let dst = windows(&mut half[c * width..], T * width, 0, len);
-                map_streams(src, dst, len, W::output);
-            }
-            for dy in 0..M {
-                let src = std::array::from_fn(|c| &half[(dy * T + c) * width..][..len]);
-                let dst = windows(&mut outputs[dy * M * width..], width, 0, len);
-                map_streams(src, dst, len, W::output);
-            }
-            for k in 0..count {
-                let plane = &mut out[((first + k) * t.c_out + co) * t.h * t.w..][..t.h * t.w];
-                for (y, row) in plane.chunks_exact_mut(t.w).enumerate() {
-                    let (ty, dy) = (y / M, y % M);
-                    let j = k * tiles + ty * t.tiles_w;
-                    for dx in 0..M.min(t.w) {
-                        let tiles = &outputs[(dy * M + dx) * width + j..][..t.tiles_w];
-                        for (value, &y) in row[dx..].iter_mut().step_by(M).zip(tiles) {
-                            *value = y;
+    // `A^T m A` per tile and block of output channels, into one image channels-last, which
+    // is then transposed into place.
+    let plane = t.h * t.w;
+    assert!(out.len() >= images * c_out * plane);
+    let mut pixels = scratch(plane * c_out);
+    for k in 0..images {
+        super::vectorized!(for ty in 0..t.tiles_h {
+            for tx in 0..t.tiles_w {
+                let column = (k * t.tiles_h + ty) * t.tiles_w + tx;
+                by_channel_blocks!(c_out, |first, L| {
+                    let mut products = [[[0f32; L]; T]; T];
+                    for (i, values) in products.as_flattened_mut().iter_mut().enumerate() {
+                        values.copy_from_slice(&m[(i * columns + column) * c_out + first..][..L]);
+                    }
+                    let mut y = [[[0f32; L]; M]; M];
+                    two_sided(&products, W::output, &mut y);
+                    for (dy, row) in y.iter().enumerate().take(t.h - M * ty) {
+                        for (dx, values) in row.iter().enumerate().take(t.w - M * tx) {
+                            let mut values = *values;
+                            if let Some(bias) = bias_relu {
+                                let bias: &[f32; L] =
+                                    bias[first..][..L].try_into().expect("L lanes");
+                                for (y, b) in values.iter_mut().zip(bias) {
+                                    *y = (*y + b).max(0.0);
+                                }
+                            }
+                            let at = ((M * ty + dy) * t.w + M * tx + dx) * c_out + first;
+                            pixels[at..][..L].copy_from_slice(&values);
                         }
                     }
-                }
-                if let Some(bias) = bias_relu {
-                    let b = bias[co];
-                    plane.iter_mut().for_each(|y| *y = (*y + b).max(0.0));
-                }
+                })
             }
-        }
+        });
+        transpose(
+            &pixels,
+            plane,
+            c_out,
+            &mut out[k * c_out * plane..][..c_out * plane],
+        );
     }
 }
 
 /// `A dY A^T` of every `M x M` tile of the output gradient of `images` images (`[images,
-/// c_out, h, w]`), laid out `[positions][c_out][images * tiles]`: the gradient reaching
+/// c_out, h, w]`), laid out `[positions][images * tiles][c_out]`: the gradient reaching
 /// each tile position's product in [`convolve`]. Through [`transform_tiles`], without a
-/// leading border.
+/// border.
 fn transform_output_grad<W: Minimal<M, T>, const M: usize, const T: usize>(
     t: &Tiling,
     dy_imgs: &[f32],
@@ -543,77 +607,38 @@ fn transformed_weight_grad_with<W: Minimal<M, T>, const M: usize, const T: usize
     images: usize,
     parallelism: gemm::Parallelism,
 ) -> Vec<f32> {
+    let (c_in, c_out) = (t.c_in, t.c_out);
     let columns = images * t.tiles();
-    let mut v = scratch(T * T * t.c_in * columns);
-    let mut mg = scratch(T * T * t.c_out * columns);
+    let mut v = scratch(T * T * columns * c_in);
+    let mut mg = scratch(T * T * columns * c_out);
     transform_input::<W, M, T>(t, x_imgs, images, &mut v);
     transform_output_grad::<W, M, T>(t, dy_imgs, images, &mut mg);
     let mut du = vec![0f32; t.transformed_weights_len()];
-    if t.c_in < TRANSPOSED_WEIGHT_GRAD_CHANNELS {
-        // Few input channels: one product per position, `V_i^T` read in place.
-        for i in 0..T * T {
-            // dU_i [c_out, c_in] = MG_i [c_out, columns] * V_i^T [columns, c_in]
-            matmul(
-                (t.c_out, t.c_in, columns),
-                &mut du[i * t.c_out * t.c_in..][..t.c_out * t.c_in],
-                false,
-                &mg[i * t.c_out * columns..][..t.c_out * columns],
-                (columns, 1),
-                &v[i * t.c_in * columns..][..t.c_in * columns],
-                (1, columns),
-                parallelism,
-            );
-        }
-        return du;
-    }
-    // The product wants `V_i^T` row by row: read in place (a column at a time), the matrix
-    // product ran about 5x slower than on a transposed copy.
-    let mut v_transposed = scratch(t.c_in * columns);
-    let mut block = scratch(t.c_out * t.c_in);
     for i in 0..T * T {
-        transpose(
-            &v[i * t.c_in * columns..][..t.c_in * columns],
-            t.c_in,
-            columns,
-            &mut v_transposed,
-        );
-        let du = &mut du[i * t.c_out * t.c_in..][..t.c_out * t.c_in];
+        let du = &mut du[i * c_out * c_in..][..c_out * c_in];
         // dU_i [c_out, c_in] = MG_i [c_out, columns] * V_i^T [columns, c_in], as a sum of
-        // products over blocks of tiles (see WEIGHT_GRAD_BLOCK).
+        // products over blocks of tiles (see WEIGHT_GRAD_BLOCK), each added to the sum.
         for start in (0..columns).step_by(WEIGHT_GRAD_BLOCK) {
             let len = WEIGHT_GRAD_BLOCK.min(columns - start);
-            let target = if start == 0 { &mut *du } else { &mut block };
             matmul(
-                (t.c_out, t.c_in, len),
-                target,
-                false,
-                &mg[i * t.c_out * columns + start..],
-                (columns, 1),
-                &v_transposed[start * t.c_in..],
-                (t.c_in, 1),
+                (c_out, c_in, len),
+                du,
+                start > 0,
+                &mg[(i * columns + start) * c_out..][..len * c_out],
+                (1, c_out),
+                &v[(i * columns + start) * c_in..][..len * c_in],
+                (c_in, 1),
                 parallelism,
             );
-            if start > 0 {
-                du.iter_mut()
-                    .zip(block.iter())
-                    .for_each(|(sum, value)| *sum += value);
-            }
         }
     }
     du
 }
 
-/// The fewest input channels for which the weight gradient's products run on a transposed
-/// copy of the input transform, in blocks of [`WEIGHT_GRAD_BLOCK`] tiles. With fewer, each
-/// block's product is too small to pay for its call (baby-cnn's 3 -> 8 convolution: about
-/// 1,000 products of 8 x 3 x 128 per chunk), and the one product over all tiles with `V^T`
-/// read in place is both fast enough and as accurate as the blocks.
-const TRANSPOSED_WEIGHT_GRAD_CHANNELS: usize = 16;
-
-/// Tiles per matrix product of the weight gradient, whose block results are then added.
-/// On the transposed right-hand side (the matrix product's fast layout), one product over
-/// all of a chunk's tiles sums them one after another in `f32`: on a 65x65 image that came
-/// to 1.7e-3 relative error against the direct sum in `f64`, against 3e-4 in blocks of 128.
+/// Tiles per matrix product of the weight gradient, each block's product added to the sum
+/// of the ones before. One product over all of a chunk's tiles sums them one after another
+/// in `f32`: on a 65x65 image that came to 1.7e-3 relative error against the direct sum in
+/// `f64`, against 3e-4 in blocks of 128.
 const WEIGHT_GRAD_BLOCK: usize = 128;
 
 /// `dst [cols, rows]`, the transpose of `src [rows, cols]` (both row-major), in 8x8
@@ -777,12 +802,16 @@ mod tests {
     /// rounding, including planes that are not a whole number of tiles.
     #[test]
     fn matches_direct_convolution() {
+        // Channel counts that take each block width of the transforms (16, 8 and 1), and
+        // one layer whose products run by output channel (one tile, 260 outputs).
         let sizes = [
             (3, 4, 6, 6),
             (2, 5, 5, 7),
             (4, 3, 1, 1),
             (3, 2, 2, 3),
             (5, 3, 8, 9),
+            (25, 18, 5, 7),
+            (17, 260, 1, 1),
         ];
         for m in [2, 4] {
             for (c_in, c_out, h, w) in sizes {
@@ -816,7 +845,13 @@ mod tests {
     /// `[c_in, c_out, 3, 3]` read that way equals convolving with the rotated copy.
     #[test]
     fn flipped_weights_rotate_and_swap_channels() {
-        let (c_in, c_out) = (3, 2);
+        // Both layouts: by input channel, and by output channel (one tile, 260 outputs).
+        for (c_in, c_out, side) in [(3, 2, 4), (3, 260, 1)] {
+            flipped_weights_case(c_in, c_out, side);
+        }
+    }
+
+    fn flipped_weights_case(c_in: usize, c_out: usize, side: usize) {
         let original = values(c_in * c_out * 9, 3); // [c_in, c_out, 3, 3]
         let mut rotated = vec![0f32; c_out * c_in * 9]; // [c_out, c_in, 3, 3]
         for ci in 0..c_in {
@@ -827,7 +862,7 @@ mod tests {
             }
         }
         for m in [2, 4] {
-            let t = Tiling::with_tile(m, c_in, c_out, 4, 4);
+            let t = Tiling::with_tile(m, c_in, c_out, side, side);
             assert_eq!(
                 transform_weights(&t, &original, true),
                 transform_weights(&t, &rotated, false)
