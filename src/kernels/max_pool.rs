@@ -54,6 +54,15 @@ impl Window {
         }
     }
 
+    /// ResNet-18's stem pooling on planes of even sides, which has its own loops.
+    fn is_3x3_stride_2(&self) -> bool {
+        self.kernel == 3
+            && self.stride == 2
+            && self.padding == 1
+            && self.h % 2 == 0
+            && self.w % 2 == 0
+    }
+
     /// The plain CNNs' pooling, which has its own vectorised loop.
     fn is_2x2(&self) -> bool {
         self.kernel == 2 && self.stride == 2 && self.padding == 0
@@ -77,14 +86,69 @@ impl Window {
     }
 }
 
+/// Whether `later` replaces `earlier` as a window's maximum, scanning in order.
+#[inline(always)]
+fn later_wins(earlier: f32, later: f32) -> bool {
+    later > earlier || later.is_nan()
+}
+
+/// `(value, at)` after offering `(later, later_at)` to the running maximum.
+#[inline(always)]
+fn offer((value, at): (f32, u8), later: f32, later_at: u8) -> (f32, u8) {
+    let take = later_wins(value, later);
+    (
+        if take { later } else { value },
+        if take { later_at } else { at },
+    )
+}
+
+/// The 3x3 windows, two apart with one row and column of padding, of a plane of even
+/// sides (ResNet-18's stem): each input row's three-column maxima first, then each
+/// window's three rows in order, which picks what scanning the window would, as in
+/// [`pool_plane_2x2`]. The padding (row and column -1) is left out of the first windows,
+/// which then start on their first element inside the image, as [`pool_plane`] does.
+fn pool_plane_3x3_stride_2(win: &Window, src: &[f32], out: &mut [f32], arg: &mut [u8]) {
+    let (w, ow) = (win.w, win.ow);
+    // Per input row and window column: the maximum of the window's three columns in that
+    // row, and its column in the window (separate arrays, so that the loops vectorise).
+    let mut row_best = vec![0f32; win.h * ow];
+    let mut row_at = vec![0u8; win.h * ow];
+    for ((row, best), at) in src
+        .chunks_exact(w)
+        .zip(row_best.chunks_exact_mut(ow))
+        .zip(row_at.chunks_exact_mut(ow))
+    {
+        (best[0], at[0]) = offer((row[0], 1), row[1], 2);
+        for j in 1..ow {
+            let three: &[f32; 3] = row[2 * j - 1..][..3].try_into().expect("3 values");
+            (best[j], at[j]) = offer(offer((three[0], 0), three[1], 1), three[2], 2);
+        }
+    }
+    for i in 0..win.oh {
+        let (out, arg) = (&mut out[i * ow..][..ow], &mut arg[i * ow..][..ow]);
+        // Window row 0 of output row 0 is padding.
+        let first_kh = if i == 0 { 1 } else { 0 };
+        let row = |kh: usize| {
+            let at = (2 * i + kh - 1) * ow;
+            (&row_best[at..][..ow], &row_at[at..][..ow])
+        };
+        let (best, at) = row(first_kh);
+        for j in 0..ow {
+            (out[j], arg[j]) = (best[j], 3 * first_kh as u8 + at[j]);
+        }
+        for kh in first_kh + 1..3 {
+            let (best, at) = row(kh);
+            for j in 0..ow {
+                (out[j], arg[j]) = offer((out[j], arg[j]), best[j], 3 * kh as u8 + at[j]);
+            }
+        }
+    }
+}
+
 /// The 2x2 windows of one plane: each row's pairs first, then the two rows' winners, which
 /// picks what the window scanned in order would (the rule "a later value wins if greater or
 /// NaN" is associative); selects rather than branches, so the loop vectorises.
 fn pool_plane_2x2(win: &Window, src: &[f32], out: &mut [f32], arg: &mut [u8]) {
-    #[inline(always)]
-    fn later_wins(earlier: f32, later: f32) -> bool {
-        later > earlier || later.is_nan()
-    }
     let (w, ow) = (win.w, win.ow);
     for i in 0..win.oh {
         let top = src[2 * i * w..][..2 * ow].chunks_exact(2);
@@ -147,6 +211,8 @@ fn forward(x: FlexTensor, win: Window) -> (FlexTensor, Vec<u8>) {
             let src = &input[plane * win.h * win.w..][..win.h * win.w];
             if win.is_2x2() {
                 pool_plane_2x2(&win, src, out, arg);
+            } else if win.is_3x3_stride_2() {
+                pool_plane_3x3_stride_2(&win, src, out, arg);
             } else {
                 pool_plane(&win, src, out, arg);
             }
@@ -170,9 +236,11 @@ fn backward(grad: FlexTensor, argmax: &[u8], input_shape: &Shape, win: Window) -
             for i in 0..win.oh {
                 for j in 0..win.ow {
                     let at = a[i * win.ow + j] as usize;
+                    // The divisions by a constant, in the hot loops.
                     let (row, col) = if win.is_2x2() {
-                        // The divisions by a constant, in the plain CNNs' hot loop.
                         (2 * i + at / 2, 2 * j + at % 2)
+                    } else if win.is_3x3_stride_2() {
+                        (2 * i + at / 3 - 1, 2 * j + at % 3 - 1)
                     } else {
                         win.source(i, j, at)
                     };
@@ -335,6 +403,48 @@ mod tests {
 
     /// A window of -inf still picks an element inside the image, never the padding, and its
     /// gradient lands there.
+    /// The stem pooling's own loops pick the same value and window position as the
+    /// general scan, on planes with ties, NaN and -inf.
+    #[test]
+    fn stem_pooling_matches_the_general_scan() {
+        let palette = [
+            0.5,
+            -1.0,
+            2.0,
+            2.0,
+            f32::NAN,
+            f32::NEG_INFINITY,
+            0.5,
+            3.0,
+            -2.0,
+        ];
+        for (h, w) in [(2, 2), (4, 6), (8, 8), (32, 32), (6, 2)] {
+            let win = Window::new(h, w, 3, 2, 1);
+            assert!(win.is_3x3_stride_2());
+            for seed in 0..5u64 {
+                // A hash of the position picks from the palette, so neighbours tie often.
+                let src: Vec<f32> = (0..(h * w) as u64)
+                    .map(|i| {
+                        let hash = (i + 1).wrapping_mul(6364136223846793005) ^ ((seed + 1) << 40);
+                        palette[(hash >> 33) as usize % palette.len()]
+                    })
+                    .collect();
+                let len = win.oh * win.ow;
+                let (mut out, mut arg) = (vec![0f32; len], vec![0u8; len]);
+                let (mut want, mut want_arg) = (vec![0f32; len], vec![0u8; len]);
+                pool_plane_3x3_stride_2(&win, &src, &mut out, &mut arg);
+                pool_plane(&win, &src, &mut want, &mut want_arg);
+                assert_eq!(arg, want_arg, "{h}x{w}, seed {seed}");
+                for (a, b) in out.iter().zip(&want) {
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "{h}x{w}, seed {seed}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn all_negative_infinity_window_picks_inside_element() {
         let device = Device::flex().autodiff();
