@@ -110,13 +110,32 @@ impl Geometry {
     /// The output columns `lo..hi` whose input column `ow * stride + kw - padding` lies
     /// inside the image (the others read the zero padding).
     fn inside_columns(&self, kw: usize) -> (usize, usize) {
-        let lo = self.padding.saturating_sub(kw).div_ceil(self.stride);
-        let hi = if self.w + self.padding > kw {
-            ((self.w + self.padding - kw - 1) / self.stride + 1).min(self.ow)
+        self.inside(kw, self.w, self.ow)
+    }
+
+    /// [`Geometry::inside_columns`] for rows.
+    fn inside_rows(&self, kh: usize) -> (usize, usize) {
+        self.inside(kh, self.h, self.oh)
+    }
+
+    fn inside(&self, tap: usize, extent: usize, out_extent: usize) -> (usize, usize) {
+        let lo = self.padding.saturating_sub(tap).div_ceil(self.stride);
+        let hi = if extent + self.padding > tap {
+            ((extent + self.padding - tap - 1) / self.stride + 1).min(out_extent)
         } else {
             0
         };
         (lo.min(hi), hi)
+    }
+
+    /// Whether less than half of the im2row matrix of the weight gradient lies inside the
+    /// image (ResNet-18's 2x2 planes: 16 of 36 entries per output), so that one product per
+    /// kernel tap, over only the outputs that tap reaches, does less than half the work.
+    fn weight_grad_by_tap(&self) -> bool {
+        let reached = |(lo, hi): (usize, usize)| hi - lo;
+        let rows: usize = (0..self.k).map(|kh| reached(self.inside_rows(kh))).sum();
+        let columns: usize = (0..self.k).map(|kw| reached(self.inside_columns(kw))).sum();
+        2 * rows * columns < self.k * self.k * self.out_plane()
     }
 
     /// The Winograd tiling of a 3x3, stride 1, padding 1 convolution; `None` for others.
@@ -315,6 +334,25 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let du = sum_in_order(partials, tiling.transformed_weights_len());
         return winograd::weight_grad(&tiling, &du);
     }
+    if g.weight_grad_by_tap() {
+        let partials: Vec<Vec<f32>> = (0..chunks)
+            .into_par_iter()
+            .map(|c| {
+                let (first, images) = (c * chunk, chunk.min(g.n - c * chunk));
+                weight_grad_by_tap(g, x, dy, first, images, inner)
+            })
+            .collect();
+        let by_tap = sum_in_order(partials, g.c_out * g.patch());
+        // [tap][c_out][c_in] -> [c_out][c_in][tap]
+        let (taps, pairs) = (g.k * g.k, g.c_out * g.c_in);
+        let mut dw = vec![0f32; g.c_out * g.patch()];
+        for (pair, dw) in dw.chunks_exact_mut(taps).enumerate() {
+            for (tap, value) in dw.iter_mut().enumerate() {
+                *value = by_tap[tap * pairs + pair];
+            }
+        }
+        return dw;
+    }
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|c| {
@@ -346,6 +384,74 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         })
         .collect();
     sum_in_order(partials, g.c_out * g.patch())
+}
+
+/// The weight gradient `[k, k, c_out, c_in]` of images `first..first + images`, one matrix
+/// product per kernel tap over only the outputs whose input for that tap lies inside the
+/// image: `dW[.., .., kh, kw] = dY_t * X_t`, with `dY_t [c_out, reached]` the output
+/// gradient at those outputs and `X_t [reached, c_in]` the inputs they read through the tap.
+/// The padding's zeros, which im2row's product multiplies too, are left out.
+fn weight_grad_by_tap(
+    g: &Geometry,
+    x: &[f32],
+    dy: &[f32],
+    first: usize,
+    images: usize,
+    parallelism: gemm::Parallelism,
+) -> Vec<f32> {
+    let (plane, out_plane) = (g.h * g.w, g.out_plane());
+    let mut dw = vec![0f32; g.c_out * g.patch()];
+    for kh in 0..g.k {
+        let (row_lo, row_hi) = g.inside_rows(kh);
+        for kw in 0..g.k {
+            let (col_lo, col_hi) = g.inside_columns(kw);
+            // Each reached output and the input it reads through this tap.
+            let reached: Vec<(usize, usize)> = (row_lo..row_hi)
+                .flat_map(|oh| (col_lo..col_hi).map(move |ow| (oh, ow)))
+                .map(|(oh, ow)| {
+                    let (ih, iw) = (
+                        oh * g.stride + kh - g.padding,
+                        ow * g.stride + kw - g.padding,
+                    );
+                    (oh * g.ow + ow, ih * g.w + iw)
+                })
+                .collect();
+            if reached.is_empty() {
+                continue;
+            }
+            let width = images * reached.len();
+            let mut dy_tap = scratch(g.c_out * width);
+            for (co, row) in dy_tap.chunks_exact_mut(width).enumerate() {
+                for (img, values) in row.chunks_exact_mut(reached.len()).enumerate() {
+                    let dy_plane = &dy[((first + img) * g.c_out + co) * out_plane..][..out_plane];
+                    for (value, &(output, _)) in values.iter_mut().zip(&reached) {
+                        *value = dy_plane[output];
+                    }
+                }
+            }
+            let mut x_tap = scratch(width * g.c_in);
+            for (t, values) in x_tap.chunks_exact_mut(g.c_in).enumerate() {
+                let (img, (_, input)) = (t / reached.len(), reached[t % reached.len()]);
+                let image = &x[(first + img) * g.c_in * plane..][..g.c_in * plane];
+                for (ci, value) in values.iter_mut().enumerate() {
+                    *value = image[ci * plane + input];
+                }
+            }
+            // dW_tap[co, ci] = sum_t dY_t[co, t] * X_t[t, ci]
+            let pairs = g.c_out * g.c_in;
+            matmul(
+                (g.c_out, g.c_in, width),
+                &mut dw[(kh * g.k + kw) * pairs..][..pairs],
+                false,
+                &dy_tap,
+                (width, 1),
+                &x_tap,
+                (g.c_in, 1),
+                parallelism,
+            );
+        }
+    }
+    dw
 }
 
 /// The chunks' partial sums (each `len` long) added in chunk order; zeros for no chunks.
@@ -863,8 +969,16 @@ mod tests {
                 .build()
                 .unwrap()
         };
-        // 8 input channels: Winograd's path; 2: im2col's.
-        let cases = [(8, 1, 1, 65), (2, 1, 1, 33), (2, 2, 1, 129), (2, 2, 0, 130)];
+        // 8 input channels: Winograd's path; 2: im2col's; 2x2 and 1x1 planes: the weight
+        // gradient by kernel tap.
+        let cases = [
+            (8, 1, 1, 65),
+            (2, 1, 1, 33),
+            (2, 2, 1, 129),
+            (2, 2, 0, 130),
+            (20, 1, 1, 2),
+            (3, 1, 1, 1),
+        ];
         for (c_in, stride, padding, side) in cases {
             let g = Geometry::new(&[3, c_in, side, side], &[4, c_in, 3, 3], stride, padding);
             let x: Vec<f32> = (0..3 * c_in * side * side)

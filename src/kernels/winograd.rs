@@ -17,7 +17,7 @@
 //! took about 60 % of a 64-channel 16x16 layer's time, against 20-25 % for the products.
 
 use super::matmul;
-use super::scratch::scratch;
+use super::scratch::{Scratch, scratch};
 use rayon::prelude::*;
 
 /// The one-dimensional transforms of a minimal filtering algorithm F(M, 3), which gives
@@ -341,56 +341,70 @@ fn map_streams<const K: usize, const N: usize, F: Fn([f32; K]) -> [f32; N]>(
 /// `[c_in, c_out, 3, 3]`, and each kernel is used rotated by 180 degrees with the channels
 /// swapped: the input gradient of a stride-1, padding-1 convolution is that convolution of
 /// the output gradient.
-pub(super) fn transform_weights(t: &Tiling, weight: &[f32], flipped: bool) -> Vec<f32> {
+pub(super) fn transform_weights(t: &Tiling, weight: &[f32], flipped: bool) -> Scratch {
     with_algorithm!(t, |W, M, T| weights::<W, M, T>(t, weight, flipped))
 }
+
+/// Blocks of [`transform_weights`] each task transforms: their taps are read together, so
+/// that the reads run along the weight's memory whichever side the blocks are.
+const WEIGHT_BLOCKS_PER_TASK: usize = 16;
 
 fn weights<W: Minimal<M, T>, const M: usize, const T: usize>(
     t: &Tiling,
     weight: &[f32],
     flipped: bool,
-) -> Vec<f32> {
+) -> Scratch {
     let by_output = t.weights_by_output_channel();
-    let (blocks, streams) = if by_output {
-        (t.c_out, t.c_in)
-    } else {
-        (t.c_in, t.c_out)
+    let streams = if by_output { t.c_in } else { t.c_out };
+    // Where tap `tap` of block `b` and channel `o` of the other side lies in `weight`:
+    // `b * along_blocks + o * along_streams + tap` (the tap reversed when flipped).
+    let (along_blocks, along_streams) = match (flipped, by_output) {
+        (false, false) => (9, t.c_in * 9),
+        (false, true) => (t.c_in * 9, 9),
+        (true, false) => (t.c_out * 9, 9),
+        (true, true) => (9, t.c_out * 9),
     };
-    let mut u = vec![0f32; t.transformed_weights_len()];
-    u.par_chunks_mut(T * T * streams)
+    let block_len = T * T * streams;
+    let mut u = scratch(t.transformed_weights_len());
+    u.par_chunks_mut(WEIGHT_BLOCKS_PER_TASK * block_len)
         .enumerate()
-        .for_each(|(block, u)| {
+        .for_each(|(task, u)| {
+            let (first, blocks) = (task * WEIGHT_BLOCKS_PER_TASK, u.len() / block_len);
             // The nine kernel taps of every channel of the other side as nine streams over
-            // those channels, so that both passes are vector loops along them.
-            let mut taps = vec![0f32; 9 * streams];
-            for (tap, stream) in taps.chunks_exact_mut(streams).enumerate() {
-                for (other, value) in stream.iter_mut().enumerate() {
-                    let (co, ci) = if by_output {
-                        (block, other)
-                    } else {
-                        (other, block)
-                    };
-                    *value = if flipped {
-                        weight[(ci * t.c_out + co) * 9 + 8 - tap]
-                    } else {
-                        weight[(co * t.c_in + ci) * 9 + tap]
-                    };
+            // those channels, per block (`taps[(b * 9 + tap) * streams + o]`), so that both
+            // passes are vector loops along them.
+            let mut taps = vec![0f32; blocks * 9 * streams];
+            let mut read = |b: usize, o: usize| {
+                let at = (first + b) * along_blocks + o * along_streams;
+                let kernel: &[f32; 9] = weight[at..][..9].try_into().expect("9 taps");
+                for tap in 0..9 {
+                    let value = kernel[if flipped { 8 - tap } else { tap }];
+                    taps[(b * 9 + tap) * streams + o] = value;
+                }
+            };
+            if along_blocks < along_streams {
+                (0..streams).for_each(|o| (0..blocks).for_each(|b| read(b, o)));
+            } else {
+                (0..blocks).for_each(|b| (0..streams).for_each(|o| read(b, o)));
+            }
+            let mut half = vec![0f32; T * 3 * streams];
+            for (taps, u) in taps
+                .chunks_exact(9 * streams)
+                .zip(u.chunks_exact_mut(block_len))
+            {
+                // G g (T x 3) column by column, then (G g) G^T (T x T) row by row.
+                for kw in 0..3 {
+                    let src = std::array::from_fn(|kh| &taps[(kh * 3 + kw) * streams..][..streams]);
+                    let dst = windows(&mut half[kw * streams..], 3 * streams, 0, streams);
+                    map_streams(src, dst, streams, W::kernel);
+                }
+                for r in 0..T {
+                    let src = std::array::from_fn(|kw| &half[(r * 3 + kw) * streams..][..streams]);
+                    let dst = windows(&mut u[r * T * streams..], streams, 0, streams);
+                    map_streams(src, dst, streams, W::kernel);
                 }
             }
-            // G g (T x 3) column by column, then (G g) G^T (T x T) row by row.
-            let mut half = vec![0f32; T * 3 * streams];
-            for kw in 0..3 {
-                let src = std::array::from_fn(|kh| &taps[(kh * 3 + kw) * streams..][..streams]);
-                let dst = windows(&mut half[kw * streams..], 3 * streams, 0, streams);
-                map_streams(src, dst, streams, W::kernel);
-            }
-            for r in 0..T {
-                let src = std::array::from_fn(|kw| &half[(r * 3 + kw) * streams..][..streams]);
-                let dst = windows(&mut u[r * T * streams..], streams, 0, streams);
-                map_streams(src, dst, streams, W::kernel);
-            }
         });
-    debug_assert_eq!(blocks * T * T * streams, u.len());
     u
 }
 
@@ -869,8 +883,8 @@ mod tests {
         for m in [2, 4] {
             let t = Tiling::with_tile(m, c_in, c_out, side, side);
             assert_eq!(
-                transform_weights(&t, &original, true),
-                transform_weights(&t, &rotated, false)
+                transform_weights(&t, &original, true)[..],
+                transform_weights(&t, &rotated, false)[..]
             );
         }
     }
