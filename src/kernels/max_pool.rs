@@ -59,8 +59,8 @@ impl Window {
         self.kernel == 3
             && self.stride == 2
             && self.padding == 1
-            && self.h % 2 == 0
-            && self.w % 2 == 0
+            && self.h.is_multiple_of(2)
+            && self.w.is_multiple_of(2)
     }
 
     /// The plain CNNs' pooling, which has its own vectorised loop.
