@@ -386,11 +386,14 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     sum_in_order(partials, g.c_out * g.patch())
 }
 
-/// The weight gradient `[k, k, c_out, c_in]` of images `first..first + images`, one matrix
-/// product per kernel tap over only the outputs whose input for that tap lies inside the
-/// image: `dW[.., .., kh, kw] = dY_t * X_t`, with `dY_t [c_out, reached]` the output
-/// gradient at those outputs and `X_t [reached, c_in]` the inputs they read through the tap.
-/// The padding's zeros, which im2row's product multiplies too, are left out.
+/// The weight gradient of images `first..first + images`, laid out `[k, k, c_out, c_in]`,
+/// one matrix product per kernel tap over only the outputs whose input for that tap lies
+/// inside the image: `dW[kh, kw] = dY_t * X_t`, with `dY_t [c_out, reached]` the output
+/// gradient at those outputs and `X_t [reached, c_in]` the inputs they read through the
+/// tap. The padding's zeros, which im2row's product multiplies too, are left out: on 2x2
+/// planes that is 20 of every 36 multiplications (512 channels, forward and both gradients
+/// of a batch of 128: 47.9 against 48.9 ms, medians of 4 runs; the gathers and the short
+/// products take back most of what the smaller sum saves).
 fn weight_grad_by_tap(
     g: &Geometry,
     x: &[f32],
