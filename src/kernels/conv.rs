@@ -346,11 +346,11 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         // [tap][c_out][c_in] -> [c_out][c_in][tap]
         let (taps, pairs) = (g.k * g.k, g.c_out * g.c_in);
         let mut dw = vec![0f32; g.c_out * g.patch()];
-        for (pair, dw) in dw.chunks_exact_mut(taps).enumerate() {
+        dw.par_chunks_mut(taps).enumerate().for_each(|(pair, dw)| {
             for (tap, value) in dw.iter_mut().enumerate() {
                 *value = by_tap[tap * pairs + pair];
             }
-        }
+        });
         return dw;
     }
     let partials: Vec<Vec<f32>> = (0..chunks)

@@ -102,17 +102,26 @@ fn offer((value, at): (f32, u8), later: f32, later_at: u8) -> (f32, u8) {
     )
 }
 
+/// Per input row and window column of [`pool_plane_3x3_stride_2`]: the maximum of the
+/// window's three columns in that row, and its column in the window (separate arrays, so
+/// that the loops vectorise). Allocated once per rayon task, not per plane.
+type RowMaxima = (Vec<f32>, Vec<u8>);
+
 /// The 3x3 windows, two apart with one row and column of padding, of a plane of even
 /// sides (ResNet-18's stem): each input row's three-column maxima first, then each
 /// window's three rows in order, which picks what scanning the window would, as in
 /// [`pool_plane_2x2`]. The padding (row and column -1) is left out of the first windows,
 /// which then start on their first element inside the image, as [`pool_plane`] does.
-fn pool_plane_3x3_stride_2(win: &Window, src: &[f32], out: &mut [f32], arg: &mut [u8]) {
+fn pool_plane_3x3_stride_2(
+    win: &Window,
+    src: &[f32],
+    out: &mut [f32],
+    arg: &mut [u8],
+    (row_best, row_at): &mut RowMaxima,
+) {
     let (w, ow) = (win.w, win.ow);
-    // Per input row and window column: the maximum of the window's three columns in that
-    // row, and its column in the window (separate arrays, so that the loops vectorise).
-    let mut row_best = vec![0f32; win.h * ow];
-    let mut row_at = vec![0u8; win.h * ow];
+    row_best.resize(win.h * ow, 0.0);
+    row_at.resize(win.h * ow, 0);
     for ((row, best), at) in src
         .chunks_exact(w)
         .zip(row_best.chunks_exact_mut(ow))
@@ -207,12 +216,12 @@ fn forward(x: FlexTensor, win: Window) -> (FlexTensor, Vec<u8>) {
         .par_chunks_mut(out_plane)
         .zip(argmax.par_chunks_mut(out_plane))
         .enumerate()
-        .for_each(|(plane, (out, arg))| {
+        .for_each_init(RowMaxima::default, |rows, (plane, (out, arg))| {
             let src = &input[plane * win.h * win.w..][..win.h * win.w];
             if win.is_2x2() {
                 pool_plane_2x2(&win, src, out, arg);
             } else if win.is_3x3_stride_2() {
-                pool_plane_3x3_stride_2(&win, src, out, arg);
+                pool_plane_3x3_stride_2(&win, src, out, arg, rows);
             } else {
                 pool_plane(&win, src, out, arg);
             }
@@ -432,7 +441,7 @@ mod tests {
                 let len = win.oh * win.ow;
                 let (mut out, mut arg) = (vec![0f32; len], vec![0u8; len]);
                 let (mut want, mut want_arg) = (vec![0f32; len], vec![0u8; len]);
-                pool_plane_3x3_stride_2(&win, &src, &mut out, &mut arg);
+                pool_plane_3x3_stride_2(&win, &src, &mut out, &mut arg, &mut Default::default());
                 pool_plane(&win, &src, &mut want, &mut want_arg);
                 assert_eq!(arg, want_arg, "{h}x{w}, seed {seed}");
                 for (a, b) in out.iter().zip(&want) {
