@@ -12,8 +12,8 @@ use crate::device::{DeviceKind, set_cpu_threads};
 use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
-use crate::train::epoch::train_step;
 use crate::train::precision::{Precision, StepPrecision};
+use crate::train::step::{GradNoise, StepInput, train_step};
 use anyhow::{Result, bail};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::Tensor;
@@ -142,7 +142,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
     let mut precision = StepPrecision::new(options.precision);
     let mut skipped_steps = 0;
     let mut model = options.model.build(10, &device);
-    let mut optim = options.optimizer.build(crate::optim::WEIGHT_DECAY);
+    let mut optim = options
+        .optimizer
+        .build(adanoise_core::defaults::WEIGHT_DECAY);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let n = options.batch_size;
@@ -181,25 +183,25 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
                 }
                 None => batch_tensors(batch.clone(), &device),
             };
-            let noise = match *variant {
+            let grad_noise = match *variant {
                 StepKind::GradNoise(sigma) => {
                     seed += 1;
-                    Some((NoiseKind::Gaussian, sigma, seed))
+                    Some(GradNoise {
+                        kind: NoiseKind::Gaussian,
+                        sigma,
+                        seed,
+                    })
                 }
                 _ => None,
             };
-            let measure_norm = *variant != StepKind::Plain;
-            let out = train_step(
-                model,
-                &mut optim,
-                &loss_fn,
+            let input = StepInput {
                 images,
                 labels,
-                1e-3,
-                measure_norm,
-                noise,
-                &mut precision,
-            );
+                lr: 1e-3,
+                measure_norm: *variant != StepKind::Plain,
+                grad_noise,
+            };
+            let out = train_step(model, &mut optim, &loss_fn, input, &mut precision);
             model = out.model;
             if step >= options.warmup && out.skipped {
                 skipped_steps += 1;

@@ -7,10 +7,23 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
+/// Which backend runs a run's tensors.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
 )]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum DeviceKind {
     /// Burn's `flex` CPU backend (SIMD, rayon threads).
     #[default]
@@ -24,13 +37,9 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Wgpu => "wgpu",
-            Self::Vulkan => "vulkan",
-            Self::Cuda => "cuda",
-        }
+        self.into()
     }
 
     /// The backends this binary was built with.
@@ -77,12 +86,6 @@ impl DeviceKind {
                     .join(", ")
             ),
         }
-    }
-}
-
-impl std::fmt::Display for DeviceKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

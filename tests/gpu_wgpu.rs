@@ -32,7 +32,6 @@ fn gpu() -> Option<Device> {
 
 fn quiet() -> RunOptions {
     RunOptions {
-        quiet: true,
         offline: true,
         ..Default::default()
     }

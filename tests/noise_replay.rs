@@ -63,7 +63,7 @@ fn assert_same(got: &[Decision], want_text: &str, name: &str) {
 fn library_replay_reproduces_the_reference_decisions() {
     for (name, stream, decisions) in EXAMPLES {
         let observations = parse_observations(stream, name).unwrap();
-        let got = replay(&observations, NoiseSchedulerConfig::default(), 300);
+        let got = replay(&observations, NoiseSchedulerConfig::default(), 300).unwrap();
         assert_same(&got, decisions, name);
     }
 }
@@ -96,12 +96,12 @@ fn command_replay_reproduces_the_reference_decisions() {
 fn changed_thresholds_change_the_decisions() {
     let (_, stream, _) = EXAMPLES[0];
     let observations = parse_observations(stream, "plateau").unwrap();
-    let paper = replay(&observations, NoiseSchedulerConfig::default(), 300);
+    let paper = replay(&observations, NoiseSchedulerConfig::default(), 300).unwrap();
     let later = NoiseSchedulerConfig {
         min_epochs_before_flag: 150,
         ..Default::default()
     };
-    let shifted = replay(&observations, later, 300);
+    let shifted = replay(&observations, later, 300).unwrap();
     assert!(paper.iter().take(150).any(|d| !d.flags.is_empty()));
     assert!(shifted.iter().take(150).all(|d| d.flags.is_empty()));
 }

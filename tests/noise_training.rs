@@ -22,7 +22,6 @@ fn config(data: &Path, noise: NoiseKind) -> TrainConfig {
 
 fn quiet() -> RunOptions {
     RunOptions {
-        quiet: true,
         offline: true,
         ..Default::default()
     }
@@ -74,7 +73,7 @@ fn noisy_runs_inject_what_was_decided_and_resume_identically() {
         // Replaying the run's metrics with its settings gives its decisions.
         let observed = read_observations(&out.join("metrics.jsonl")).unwrap();
         assert_eq!(
-            replay(&observed, cfg.noise_scheduler, cfg.schedule_length()),
+            replay(&observed, cfg.noise_scheduler, cfg.schedule_length()).unwrap(),
             ds,
             "{kind}"
         );

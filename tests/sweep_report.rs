@@ -57,7 +57,6 @@ fn sweep_runs_skips_resumes_and_reports() {
         &partial,
         &RunOptions {
             stop_after: Some(1),
-            quiet: true,
             offline: true,
             ..Default::default()
         },
@@ -79,7 +78,7 @@ fn sweep_runs_skips_resumes_and_reports() {
     assert!(again.contains("8 done before, 0 finished now"), "{again}");
 
     // The report's numbers are the runs' own, at the best learning rate.
-    let runs = find_runs(&out, 2).unwrap();
+    let runs = find_runs(&out, 2, &mut adanoise::events::Silent).unwrap();
     assert_eq!(runs.len(), 8);
     let t = tables::build(&runs);
     assert_eq!(t.by_optimizer.len(), 2);
@@ -287,7 +286,7 @@ fn two_sweep_processes_never_run_a_cell_twice() {
     });
     ok(&a);
     ok(&b);
-    let runs = find_runs(&out, 2).unwrap();
+    let runs = find_runs(&out, 2, &mut adanoise::events::Silent).unwrap();
     assert_eq!(runs.len(), 16);
     for run in &runs {
         assert_eq!(

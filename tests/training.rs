@@ -27,7 +27,6 @@ fn config(data: &Path, extra: &str) -> TrainConfig {
 
 fn quiet() -> RunOptions {
     RunOptions {
-        quiet: true,
         offline: true,
         ..Default::default()
     }

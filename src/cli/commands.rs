@@ -1,11 +1,12 @@
 //! What each subcommand does, on top of the library.
 
+use super::console::Console;
 use super::{
     BenchArgs, Command, DataCommand, LrScheduleArgs, NoiseReplayArgs, ReportArgs, SweepArgs,
     TrainArgs,
 };
 use crate::bench::{self, BenchOptions};
-use crate::experiments::slurm::{self, SlurmOptions};
+use crate::experiments::slurm::{self, SlurmOptions, Submitted};
 use crate::experiments::{
     CellRun, Sweep, SweepOverrides, cell_status, read_cells, run_cell, run_sweep,
 };
@@ -14,24 +15,36 @@ use crate::noise::NoiseSchedulerConfig;
 use crate::noise::replay::{read_observations, replay};
 use crate::report::{Format, figures, find_runs, render, tables};
 use crate::schedule::CosineRestartsConfig;
-use crate::train::{RunOptions, TrainConfig, train};
+use crate::train::interrupt::EXIT_INTERRUPTED;
+use crate::train::{RunOptions, TrainConfig, train_with};
 use anyhow::{Context, Result};
 use burn::tensor::Device;
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use strum::VariantArray;
 
-pub fn run(command: Command) -> Result<()> {
+/// Runs a subcommand; the exit code says how it ended (75: stopped with a checkpoint).
+pub(crate) fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Train(args) => train_command(args),
+        Command::Sweep(args) => sweep_command(&args),
+        other => run_simple(other).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// The subcommands that either succeed or fail.
+fn run_simple(command: Command) -> Result<()> {
+    match command {
+        Command::Train(_) | Command::Sweep(_) => Ok(()),
         Command::Models { json } => models_command(json),
         Command::LrSchedule(args) => lr_schedule_command(&args),
         Command::Bench(args) => bench_command(&args),
         Command::NoiseReplay(args) => noise_replay_command(&args),
-        Command::Sweep(args) => sweep_command(&args),
         Command::Report(args) => report_command(&args),
         Command::Plot { dir } => plot_command(&dir),
         Command::Data(DataCommand::Download { data_dir }) => {
-            crate::data::download::ensure_cifar10(&data_dir)?;
+            crate::data::download::ensure_cifar10(&data_dir, &mut Console::new())?;
             crate::data::cifar_binary::load(&data_dir)?;
             println!(
                 "CIFAR-10 is ready in {}",
@@ -69,7 +82,7 @@ pub fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
     TrainConfig::from_table(table)
 }
 
-fn train_command(args: TrainArgs) -> Result<()> {
+fn train_command(args: TrainArgs) -> Result<ExitCode> {
     let config = resolve_train_config(&args)?;
     let out = args
         .out
@@ -77,14 +90,13 @@ fn train_command(args: TrainArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("runs").join(config.default_run_name()));
     let options = RunOptions {
         resume: args.resume,
-        quiet: false,
         offline: args.offline,
         ..Default::default()
     };
     crate::train::interrupt::install()?;
-    let outcome = train(&config, &out, &options)?;
+    let outcome = train_with(&config, &out, &options, &mut Console::new())?;
     if outcome.interrupted {
-        std::process::exit(crate::train::interrupt::EXIT_INTERRUPTED);
+        return Ok(exit_code(EXIT_INTERRUPTED));
     }
     if let Some(last) = &outcome.summary.final_epoch {
         println!(
@@ -95,14 +107,15 @@ fn train_command(args: TrainArgs) -> Result<()> {
             out.display()
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn models_command(json: bool) -> Result<()> {
     // Parameters only report that they require gradients on an autodiff device.
     let device = Device::flex().autodiff();
-    let rows: Vec<(ModelKind, usize)> = ModelKind::ALL
-        .into_iter()
+    let rows: Vec<(ModelKind, usize)> = ModelKind::VARIANTS
+        .iter()
+        .copied()
         .map(|kind| (kind, trainable_params(&kind.build(10, &device))))
         .collect();
     if json {
@@ -167,7 +180,7 @@ fn lr_schedule_command(args: &LrScheduleArgs) -> Result<()> {
 
 fn noise_replay_command(args: &NoiseReplayArgs) -> Result<()> {
     let mut table = toml::Table::new();
-    let mut schedule_epochs = 300;
+    let mut schedule_epochs = adanoise_core::defaults::EPOCHS;
     if let Some(path) = &args.config {
         let file = TrainConfig::read_table(path)?;
         if let Some(toml::Value::Table(t)) = file.get("noise_scheduler") {
@@ -183,24 +196,27 @@ fn noise_replay_command(args: &NoiseReplayArgs) -> Result<()> {
         .try_into()
         .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
         .context("the noise scheduler's thresholds are invalid")?;
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("the noise scheduler's {e}"))?;
+    config.validate()?;
     let schedule_epochs = args.epochs.unwrap_or(schedule_epochs);
     if schedule_epochs == 0 {
         anyhow::bail!("--epochs (E_max) must be at least 1");
     }
     let observations = read_observations(&args.metrics)?;
+    let decisions = replay(&observations, config, schedule_epochs)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for decision in replay(&observations, config, schedule_epochs) {
+    for decision in decisions {
         writeln!(out, "{}", serde_json::to_string(&decision)?)?;
     }
     out.flush()?;
     Ok(())
 }
 
-fn sweep_command(args: &SweepArgs) -> Result<()> {
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(code as u8)
+}
+
+fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
     let overrides = SweepOverrides {
         set: args.set.clone(),
         only: if args.cell.is_some() {
@@ -233,22 +249,24 @@ fn sweep_command(args: &SweepArgs) -> Result<()> {
             );
         };
         crate::train::interrupt::install()?;
-        match run_cell(&out, cell, args.threads)? {
-            CellRun::Finished => return Ok(()),
-            CellRun::Busy => {
-                println!(
-                    "cell {index} ({}) is being run by another process; nothing to do",
-                    cell.name
-                );
-                std::process::exit(crate::experiments::runner::EXIT_CELL_BUSY);
-            }
-            CellRun::Interrupted => std::process::exit(crate::train::interrupt::EXIT_INTERRUPTED),
-        }
+        return Ok(
+            match run_cell(&out, cell, args.threads, &mut Console::new())? {
+                CellRun::Finished => ExitCode::SUCCESS,
+                CellRun::Busy => {
+                    println!(
+                        "cell {index} ({}) is being run by another process; nothing to do",
+                        cell.name
+                    );
+                    exit_code(crate::experiments::runner::EXIT_CELL_BUSY)
+                }
+                CellRun::Interrupted => exit_code(EXIT_INTERRUPTED),
+            },
+        );
     }
     let sweep = Sweep::load(&args.file, &overrides)?;
     if args.list {
         print_cells(&sweep);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     if args.slurm {
         let options = SlurmOptions {
@@ -261,20 +279,11 @@ fn sweep_command(args: &SweepArgs) -> Result<()> {
             signal_grace_s: args.signal_grace,
             dry_run: args.dry_run,
         };
-        if let Some(sub) = slurm::submit(&sweep, &options)? {
-            println!(
-                "submitted job array {} ({} tasks) from {}",
-                sub.job_id,
-                sub.cells.len(),
-                sub.script.display()
-            );
-            println!("watch it:  adanoise sweep {} --list", args.file.display());
-            println!("report:    adanoise report {}", sweep.out.display());
-        }
-        return Ok(());
+        submitted(&slurm::submit(&sweep, &options)?, &sweep, args);
+        return Ok(ExitCode::SUCCESS);
     }
     crate::train::interrupt::install()?;
-    let outcome = run_sweep(&sweep, args.workers, args.threads, false)?;
+    let outcome = run_sweep(&sweep, args.workers, args.threads, &mut Console::new())?;
     println!(
         "sweep {}: {} done before, {} finished now, {} failed, {} running elsewhere, {} interrupted",
         sweep.out.display(),
@@ -299,9 +308,42 @@ fn sweep_command(args: &SweepArgs) -> Result<()> {
             "interrupted: {} running cell(s) wrote a checkpoint; run the same command again to continue",
             outcome.interrupted
         );
-        std::process::exit(crate::train::interrupt::EXIT_INTERRUPTED);
+        return Ok(exit_code(EXIT_INTERRUPTED));
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says what `--slurm` did.
+fn submitted(what: &Submitted, sweep: &Sweep, args: &SweepArgs) {
+    match what {
+        Submitted::NothingToDo => println!(
+            "every cell of {} is done; nothing to submit",
+            sweep.out.display()
+        ),
+        Submitted::DryRun {
+            script,
+            script_file,
+            tasks_file,
+            tasks,
+        } => {
+            print!("{script}");
+            eprintln!(
+                "(dry run: {tasks} array tasks; script {} and task list {} written, nothing submitted)",
+                script_file.display(),
+                tasks_file.display()
+            );
+        }
+        Submitted::Submitted(sub) => {
+            println!(
+                "submitted job array {} ({} tasks) from {}",
+                sub.job_id,
+                sub.cells.len(),
+                sub.script.display()
+            );
+            println!("watch it:  adanoise sweep {} --list", args.file.display());
+            println!("report:    adanoise report {}", sweep.out.display());
+        }
+    }
 }
 
 /// `--list`: every cell with its state, epochs, final val accuracy and, for a submitted
@@ -335,15 +377,13 @@ fn print_cells(sweep: &Sweep) {
         let error = s.error.map_or(String::new(), |e| format!("  ({e})"));
         println!(
             "{:>5}  {:<8} {epochs:>9}  {acc:>7}  {job}{}{error}",
-            cell.index,
-            s.state.name(),
-            cell.name
+            cell.index, s.state, cell.name
         );
     }
 }
 
 fn report_command(args: &ReportArgs) -> Result<()> {
-    let runs = find_runs(&args.dir, 4)?;
+    let runs = find_runs(&args.dir, 4, &mut Console::new())?;
     if runs.is_empty() {
         anyhow::bail!(
             "{} holds no run directory (a folder with config.toml)",
@@ -368,7 +408,7 @@ fn report_command(args: &ReportArgs) -> Result<()> {
 }
 
 fn plot_command(dir: &std::path::Path) -> Result<()> {
-    let runs = find_runs(dir, 4)?;
+    let runs = find_runs(dir, 4, &mut Console::new())?;
     if runs.is_empty() {
         anyhow::bail!(
             "{} holds no run directory (a folder with config.toml)",

@@ -1,6 +1,7 @@
 //! The `adanoise` command line: argument parsing and dispatch to the library.
 
 mod commands;
+mod console;
 
 use crate::data::placement::DataPlacement;
 use crate::device::DeviceKind;
@@ -8,6 +9,7 @@ use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
 use crate::train::Precision;
+use adanoise_core::defaults::{self, with_default};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -19,13 +21,13 @@ use std::process::ExitCode;
     version,
     about = "Adaptive noise injection for CNN training on CIFAR-10"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Train a model (or resume an interrupted run).
     Train(TrainArgs),
     /// List the models with their trainable parameter counts.
@@ -55,7 +57,7 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum DataCommand {
+pub(crate) enum DataCommand {
     /// Download, verify and extract CIFAR-10's binary release.
     Download {
         #[arg(long, default_value = "data")]
@@ -76,7 +78,7 @@ pub enum DataCommand {
 
 /// Options of `train`. Every field that is also a config key overrides the `--config` file.
 #[derive(Args, Debug, Serialize, Default)]
-pub struct TrainArgs {
+pub(crate) struct TrainArgs {
     /// TOML file with any of the options below (flags override it).
     #[arg(long)]
     #[serde(skip)]
@@ -103,16 +105,17 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Epochs to train", defaults::EPOCHS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u64>,
     /// Length of the LR schedule in epochs (default: --epochs).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_epochs: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Images per batch", defaults::BATCH_SIZE))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Seeds initialisation, data order, augmentation and noise [default: 0].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -127,19 +130,19 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_subset: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Peak learning rate at the schedule's last restart", defaults::LR_FINAL_MAX))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr_final_max: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Floor of every cosine cycle", defaults::LR_MIN))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr_min: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Length of the first cosine cycle, in epochs", defaults::RESTART_EPOCHS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_epochs: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = with_default("Growth factor of the cycle length", defaults::T_MULT))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub t_mult: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = with_default("L2 weight decay added to the gradient", defaults::WEIGHT_DECAY))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f32>,
     /// CPU threads (default: all cores).
@@ -165,51 +168,40 @@ pub struct TrainArgs {
     pub noise_scheduler: NoiseArgs,
 }
 
-/// Thresholds of the noise scheduler (defaults: the paper's Table V).
+/// Thresholds of the noise scheduler (defaults: the study's Table V).
 #[derive(Args, Debug, Serialize, Default, Clone)]
-pub struct NoiseArgs {
-    /// Epochs before the flag checks start [70].
-    #[arg(long)]
+pub(crate) struct NoiseArgs {
+    #[arg(long, help = with_default("Epochs before the flag checks start", defaults::MIN_EPOCHS_BEFORE_FLAG))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_epochs_before_flag: Option<u64>,
-    /// Window, in epochs, of the trend checks [10].
-    #[arg(long)]
+    #[arg(long, help = with_default("Window, in epochs, of the trend checks", defaults::FLAG_WINDOW))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flag_window: Option<u64>,
-    /// Minimum relative val-loss improvement over the window [1e-4].
-    #[arg(long)]
+    #[arg(long, help = with_default("Minimum relative val-loss improvement over the window", defaults::VAL_PLATEAU_DELTA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_plateau_delta: Option<f64>,
-    /// Epochs of rising val loss (train loss not rising) for the overfit flag [3].
-    #[arg(long)]
+    #[arg(long, help = with_default("Epochs of rising val loss (train loss not rising) for the overfit flag", defaults::OVERFIT_EPOCHS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overfit_epochs: Option<u64>,
-    /// Minimum relative grad-norm improvement over the window [0.025].
-    #[arg(long)]
+    #[arg(long, help = with_default("Minimum relative grad-norm improvement over the window", defaults::GRAD_PLATEAU))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_plateau: Option<f64>,
-    /// Threshold on the mean relative weight update over the window [5e-4].
-    #[arg(long)]
+    #[arg(long, help = with_default("Threshold on the mean relative weight update over the window", defaults::LOW_WEIGHT_UPDATE))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub low_weight_update: Option<f64>,
-    /// Smallest noise standard deviation [0.01].
-    #[arg(long)]
+    #[arg(long, help = with_default("Smallest noise standard deviation", defaults::SIGMA_MIN))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma_min: Option<f64>,
-    /// Largest noise standard deviation [0.05].
-    #[arg(long)]
+    #[arg(long, help = with_default("Largest noise standard deviation", defaults::SIGMA_MAX))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma_max: Option<f64>,
-    /// Consecutive noisy decisions that trigger a cooldown [10].
-    #[arg(long)]
+    #[arg(long, help = with_default("Consecutive noisy decisions that trigger a cooldown", defaults::CONSECUTIVE_TRIGGER))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_trigger: Option<u64>,
-    /// Shortest cooldown, in epochs [3].
-    #[arg(long)]
+    #[arg(long, help = with_default("Shortest cooldown, in epochs", defaults::COOLDOWN_MIN))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cooldown_min: Option<f64>,
-    /// Longest cooldown, in epochs [10].
-    #[arg(long)]
+    #[arg(long, help = with_default("Longest cooldown, in epochs", defaults::COOLDOWN_MAX))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cooldown_max: Option<f64>,
 }
@@ -223,7 +215,7 @@ impl NoiseArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct NoiseReplayArgs {
+pub(crate) struct NoiseReplayArgs {
     /// A metrics.jsonl (a run's own, or any JSONL with epoch, train_loss, val_loss, grad_norm, weight_update).
     pub metrics: PathBuf,
     /// E_max of the noise damping [the --config run's schedule length, else 300 as in the paper].
@@ -237,7 +229,7 @@ pub struct NoiseReplayArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct SweepArgs {
+pub(crate) struct SweepArgs {
     /// The sweep file: [base] training options and [grid] lists of values.
     pub file: PathBuf,
     /// Cells run at once (each gets a share of the CPU threads).
@@ -293,7 +285,7 @@ pub struct SweepArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ReportArgs {
+pub(crate) struct ReportArgs {
     /// A sweep's output directory (or any directory holding run directories).
     pub dir: PathBuf,
     #[arg(long, value_enum, default_value = "md")]
@@ -304,30 +296,30 @@ pub struct ReportArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct LrScheduleArgs {
+pub(crate) struct LrScheduleArgs {
     #[arg(long)]
     pub epochs: u64,
     #[arg(long)]
     pub steps_per_epoch: u64,
     #[arg(long)]
     pub lr_max: f64,
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = defaults::LR_FINAL_MAX)]
     pub lr_final_max: f64,
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = defaults::LR_MIN)]
     pub lr_min: f64,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = defaults::RESTART_EPOCHS)]
     pub restart_epochs: u64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::T_MULT)]
     pub t_mult: f64,
 }
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[arg(long, value_enum)]
     pub model: ModelKind,
     #[arg(long, value_enum, default_value_t = OptimizerKind::SgdMomentum)]
     pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
     /// Timed steps (after the warm-up).
     #[arg(long, default_value_t = 20)]
@@ -371,7 +363,7 @@ pub fn main() -> ExitCode {
     crate::memory::keep_freed_buffers();
     let cli = Cli::parse();
     match commands::run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {

@@ -3,6 +3,7 @@
 //! letting any archive entry escape the data folder. Idempotent.
 
 use super::cifar_binary::{self, BATCHES_DIR};
+use crate::events::{Event, Observer};
 use anyhow::{Context, Result, bail};
 use md5::{Digest, Md5};
 use std::io::{Read, Write};
@@ -26,22 +27,27 @@ pub fn offline_help(data_dir: &Path) -> String {
 }
 
 /// Makes sure `data_dir` holds a verified, extracted binary release, downloading it if needed.
-pub fn ensure_cifar10(data_dir: &Path) -> Result<()> {
+pub fn ensure_cifar10(data_dir: &Path, observer: &mut dyn Observer) -> Result<()> {
     if cifar_binary::is_present(data_dir) {
         return Ok(());
     }
     let url = std::env::var("ADANOISE_CIFAR10_URL").unwrap_or_else(|_| CIFAR10_URL.to_string());
-    fetch_and_extract(&url, CIFAR10_MD5, data_dir)
+    fetch_and_extract(&url, CIFAR10_MD5, data_dir, observer)
 }
 
 /// Fetches `url` (unless a verified archive is already there), checks its MD5 and extracts it.
-pub fn fetch_and_extract(url: &str, md5_hex: &str, data_dir: &Path) -> Result<()> {
+pub fn fetch_and_extract(
+    url: &str,
+    md5_hex: &str,
+    data_dir: &Path,
+    observer: &mut dyn Observer,
+) -> Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("could not create the data folder {}", data_dir.display()))?;
     let archive = data_dir.join(ARCHIVE_NAME);
     let have_archive = archive.is_file() && file_md5(&archive)? == md5_hex;
     if !have_archive {
-        download(url, md5_hex, &archive).with_context(|| offline_help(data_dir))?;
+        download(url, md5_hex, &archive, observer).with_context(|| offline_help(data_dir))?;
     }
     extract_tar_gz(&archive, data_dir)?;
     if !cifar_binary::is_present(data_dir) {
@@ -58,16 +64,12 @@ fn file_md5(path: &Path) -> Result<String> {
         std::fs::File::open(path).with_context(|| format!("could not open {}", path.display()))?;
     let mut hasher = Md5::new();
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// Streams `url` into a temporary file beside `dest`, checking the MD5 before it is moved into place.
-fn download(url: &str, md5_hex: &str, dest: &Path) -> Result<()> {
-    eprintln!("downloading {url}");
+fn download(url: &str, md5_hex: &str, dest: &Path, observer: &mut dyn Observer) -> Result<()> {
+    observer.on(&Event::Notice(&format!("downloading {url}")));
     let response = ureq::get(url)
         .call()
         .with_context(|| format!("could not download {url}"))?;
@@ -76,7 +78,7 @@ fn download(url: &str, md5_hex: &str, dest: &Path) -> Result<()> {
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let bar = crate::train::progress::bytes_bar(total);
+    let mut done = 0u64;
     let mut reader = response.into_body().into_reader();
     let dir = dest.parent().expect("archive path has a parent");
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -91,10 +93,10 @@ fn download(url: &str, md5_hex: &str, dest: &Path) -> Result<()> {
         }
         hasher.update(&buf[..n]);
         tmp.write_all(&buf[..n])?;
-        bar.inc(n as u64);
+        done += n as u64;
+        observer.on(&Event::Download { url, done, total });
     }
-    bar.finish_and_clear();
-    let got = hex(&hasher.finalize());
+    let got = format!("{:x}", hasher.finalize());
     if got != md5_hex {
         bail!(
             "the file downloaded from {url} has md5 {got}, not the published {md5_hex}: it is corrupt or not the CIFAR-10 release; nothing was kept, try again"
@@ -177,6 +179,7 @@ pub fn extract_tar_gz(archive: &Path, dest: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Silent;
 
     fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -265,20 +268,31 @@ mod tests {
     #[test]
     fn downloads_verifies_and_extracts() {
         let body = fake_release();
-        let md5 = hex(&Md5::digest(&body));
+        let md5 = format!("{:x}", Md5::digest(&body));
         let dir = tempfile::tempdir().unwrap();
-        fetch_and_extract(&serve_once(body), &md5, dir.path()).unwrap();
+        fetch_and_extract(&serve_once(body), &md5, dir.path(), &mut Silent).unwrap();
         let data = cifar_binary::load(dir.path()).unwrap();
         assert_eq!(data.train.len(), 10);
         // Second call: archive verified locally, no server needed.
-        fetch_and_extract("http://127.0.0.1:9/unreachable", &md5, dir.path()).unwrap();
+        fetch_and_extract(
+            "http://127.0.0.1:9/unreachable",
+            &md5,
+            dir.path(),
+            &mut Silent,
+        )
+        .unwrap();
     }
 
     #[test]
     fn corrupt_download_is_rejected_and_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let err =
-            fetch_and_extract(&serve_once(fake_release()), CIFAR10_MD5, dir.path()).unwrap_err();
+        let err = fetch_and_extract(
+            &serve_once(fake_release()),
+            CIFAR10_MD5,
+            dir.path(),
+            &mut Silent,
+        )
+        .unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("md5"), "{text}");
         assert!(!dir.path().join(ARCHIVE_NAME).exists());
@@ -287,7 +301,8 @@ mod tests {
     #[test]
     fn offline_error_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        let err = fetch_and_extract("http://127.0.0.1:9/x", CIFAR10_MD5, dir.path()).unwrap_err();
+        let err = fetch_and_extract("http://127.0.0.1:9/x", CIFAR10_MD5, dir.path(), &mut Silent)
+            .unwrap_err();
         let text = format!("{err:#}");
         assert!(
             text.contains("data_batch_1.bin") && text.contains("image folder"),

@@ -4,6 +4,7 @@
 //! in `.adanoise-cache/`, rebuilt whenever a file is added, removed or changed.
 
 use super::{CHANNELS, CIFAR10_CLASSES, Dataset, IMAGE_BYTES, IMAGE_SIZE, Split};
+use crate::events::{Event, Observer};
 use anyhow::{Context, Result, bail};
 use md5::{Digest, Md5};
 use rayon::prelude::*;
@@ -195,30 +196,35 @@ fn write_cache(path: &Path, key: &[u8; 16], split: &Split) -> Result<()> {
     Ok(())
 }
 
-fn load_split(root: &Path, name: &str, classes: &[String]) -> Result<Split> {
+fn load_split(
+    root: &Path,
+    name: &str,
+    classes: &[String],
+    observer: &mut dyn Observer,
+) -> Result<Split> {
     let files = list_images(&root.join(name), classes)?;
     let key = fingerprint(&files, classes)?;
     let cache = root.join(CACHE_DIR).join(format!("{name}.bin"));
     if let Some(split) = read_cache(&cache, &key, files.len()) {
         return Ok(split);
     }
-    eprintln!(
+    observer.on(&Event::Notice(&format!(
         "decoding {} images of {}/{name} (cached afterwards)",
         files.len(),
         root.display()
-    );
+    )));
     let split = decode_all(&files)?;
     if let Err(e) = write_cache(&cache, &key, &split) {
-        eprintln!(
-            "warning: could not cache the decoded images at {} ({e}); they will be decoded again next time",
+        observer.on(&Event::Warning(&format!(
+            "could not cache the decoded images at {} ({e}); they will be decoded again next time",
             cache.display()
-        );
+        )));
     }
     Ok(split)
 }
 
 /// Loads `root/train` and `root/test`, from the cache when the folders are unchanged.
-pub fn load(root: &Path) -> Result<Dataset> {
+pub fn load(root: &Path, observer: &mut dyn Observer) -> Result<Dataset> {
     let classes = class_order(&root.join("train"))?;
     if classes.len() > u8::MAX as usize {
         bail!(
@@ -227,8 +233,8 @@ pub fn load(root: &Path) -> Result<Dataset> {
             classes.len()
         );
     }
-    let train = load_split(root, "train", &classes)?;
-    let test = load_split(root, "test", &classes)?;
+    let train = load_split(root, "train", &classes, observer)?;
+    let test = load_split(root, "test", &classes, observer)?;
     Ok(Dataset {
         train,
         test,
@@ -239,6 +245,7 @@ pub fn load(root: &Path) -> Result<Dataset> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Silent;
 
     fn write_png(path: &Path, size: u32, value: u8) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -263,7 +270,7 @@ mod tests {
     fn cifar_names_get_cifar_order_and_pixels_are_channel_major() {
         let dir = tempfile::tempdir().unwrap();
         make_folder(dir.path(), &CIFAR10_CLASSES);
-        let data = load(dir.path()).unwrap();
+        let data = load(dir.path(), &mut Silent).unwrap();
         assert_eq!(data.classes[0], "airplane");
         assert_eq!(data.classes[9], "truck");
         assert_eq!(data.train.len(), 10);
@@ -277,12 +284,12 @@ mod tests {
     fn other_names_are_sorted_and_cache_tracks_changes() {
         let dir = tempfile::tempdir().unwrap();
         make_folder(dir.path(), &["zebra", "ant"]);
-        let first = load(dir.path()).unwrap();
+        let first = load(dir.path(), &mut Silent).unwrap();
         assert_eq!(first.classes, vec!["ant", "zebra"]);
         assert!(dir.path().join(CACHE_DIR).join("train.bin").is_file());
-        assert_eq!(load(dir.path()).unwrap().train, first.train);
+        assert_eq!(load(dir.path(), &mut Silent).unwrap().train, first.train);
         write_png(&dir.path().join("train/ant/b.png"), 32, 99);
-        assert_eq!(load(dir.path()).unwrap().train.len(), 3);
+        assert_eq!(load(dir.path(), &mut Silent).unwrap().train.len(), 3);
     }
 
     #[test]
@@ -290,7 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         make_folder(dir.path(), &["ant", "bee"]);
         std::fs::remove_dir_all(dir.path().join("test/bee")).unwrap();
-        let err = load(dir.path()).unwrap_err().to_string();
+        let err = load(dir.path(), &mut Silent).unwrap_err().to_string();
         assert!(err.contains("class 'bee'"), "{err}");
     }
 
@@ -299,7 +306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         make_folder(dir.path(), &["ant", "bee"]);
         write_png(&dir.path().join("train/bee/big.png"), 64, 1);
-        let err = format!("{:#}", load(dir.path()).unwrap_err());
+        let err = format!("{:#}", load(dir.path(), &mut Silent).unwrap_err());
         assert!(err.contains("big.png") && err.contains("64x64"), "{err}");
     }
 }

@@ -13,8 +13,21 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// The user's choice of where batches are assembled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum DataPlacement {
     /// On the device for GPU backends, on the host for the CPU.
     #[default]
@@ -32,14 +45,6 @@ impl DataPlacement {
             Self::Auto => kind != DeviceKind::Cpu,
             Self::Host => false,
             Self::Device => true,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Host => "host",
-            Self::Device => "device",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! downloads the release into an empty folder, and applies `--train-subset`.
 
 use super::{Dataset, cifar_binary, download, image_folder};
+use crate::events::Observer;
 use crate::rng::{Purpose, stream};
 use anyhow::{Result, bail};
 use rand::seq::SliceRandom;
@@ -30,11 +31,15 @@ pub fn detect(dir: &Path) -> Option<DataFormat> {
 }
 
 /// Loads the dataset in `dir`, downloading the binary release when the folder holds no data.
-pub fn load_cifar10(dir: &Path, allow_download: bool) -> Result<Dataset> {
+pub fn load_cifar10(
+    dir: &Path,
+    allow_download: bool,
+    observer: &mut dyn Observer,
+) -> Result<Dataset> {
     let format = match detect(dir) {
         Some(format) => format,
         None if allow_download => {
-            download::ensure_cifar10(dir)?;
+            download::ensure_cifar10(dir, observer)?;
             DataFormat::CifarBinary
         }
         None => bail!(
@@ -45,7 +50,7 @@ pub fn load_cifar10(dir: &Path, allow_download: bool) -> Result<Dataset> {
     };
     match format {
         DataFormat::CifarBinary => cifar_binary::load(dir),
-        DataFormat::ImageFolder => image_folder::load(dir),
+        DataFormat::ImageFolder => image_folder::load(dir, observer),
     }
 }
 

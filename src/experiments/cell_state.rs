@@ -13,24 +13,21 @@ use std::path::Path;
 pub const LOCK_FILE: &str = ".lock";
 pub const FAILED_FILE: &str = "failed.json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a sweep cell stands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum CellState {
+    /// Not started, or interrupted and resumable.
     Pending,
+    /// Another process holds its lock.
     Running,
+    /// Finished.
     Done,
+    /// Failed (see its `failed.json`) or diverged.
     Failed,
-}
-
-impl CellState {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Done => "done",
-            Self::Failed => "failed",
-        }
-    }
 }
 
 /// Why a cell failed, as recorded in its `failed.json`.

@@ -4,7 +4,8 @@
 
 use super::cell_state::{CellLock, CellState, cell_status, clear_failure, record_failure};
 use super::sweep::{Cell, Sweep, describe};
-use crate::train::{RunOptions, train};
+use crate::events::{CellOutcome, Event, Observer};
+use crate::train::{RunOptions, train_with};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,14 +14,19 @@ use std::time::{Duration, Instant};
 /// What a sweep invocation did.
 #[derive(Debug, Default)]
 pub struct SweepOutcome {
+    /// Cells found done.
     pub done_before: usize,
+    /// Cells this invocation finished.
     pub finished: usize,
+    /// Cells that failed, with their error.
     pub failed: Vec<(String, String)>,
+    /// Cells another process was running.
     pub busy: usize,
+    /// Cells stopped by a signal (resumable).
     pub interrupted: usize,
 }
 
-/// How a child cell process ended.
+/// The exit code of a cell process that found its cell held by another process.
 pub const EXIT_CELL_BUSY: i32 = 3;
 
 /// Runs every cell that is not done, `workers` at a time.
@@ -28,7 +34,7 @@ pub fn run_sweep(
     sweep: &Sweep,
     workers: usize,
     threads: Option<usize>,
-    quiet: bool,
+    observer: &mut dyn Observer,
 ) -> Result<SweepOutcome> {
     let workers = workers.max(1);
     sweep.write_cells()?;
@@ -47,16 +53,14 @@ pub fn run_sweep(
         }
     }
     let total = queue.len();
-    if !quiet {
-        println!(
-            "sweep {}: {} cells, {} done, {} running elsewhere, {} to run with {workers} worker(s) x {threads_each} thread(s)",
-            sweep.out.display(),
-            sweep.cells.len(),
-            outcome.done_before,
-            outcome.busy,
-            total
-        );
-    }
+    observer.on(&Event::Notice(&format!(
+        "sweep {}: {} cells, {} done, {} running elsewhere, {} to run with {workers} worker(s) x {threads_each} thread(s)",
+        sweep.out.display(),
+        sweep.cells.len(),
+        outcome.done_before,
+        outcome.busy,
+        total
+    )));
     let mut running: Vec<(&Cell, Child, Instant)> = Vec::new();
     let mut started = 0;
     while !queue.is_empty() || !running.is_empty() {
@@ -79,35 +83,14 @@ pub fn run_sweep(
                 }
                 CellState::Pending | CellState::Failed => {}
             }
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("could not create {}", dir.display()))?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("train.log"))
-                .with_context(|| format!("could not open {}/train.log", dir.display()))?;
-            let child = Command::new(&exe)
-                .arg("sweep")
-                .arg(&sweep.file)
-                .arg("--cell")
-                .arg(cell.index.to_string())
-                .arg("--out")
-                .arg(&sweep.out)
-                .arg("--threads")
-                .arg(threads_each.to_string())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("could not start a cell process")?;
+            let child = spawn_cell(sweep, cell, &exe, threads_each)?;
             started += 1;
-            if !quiet {
-                println!(
-                    "[{started}/{total}] start {} ({})",
-                    cell.name,
-                    describe(&cell.values)
-                );
-            }
+            observer.on(&Event::CellStarted {
+                started,
+                total,
+                name: &cell.name,
+                values: &describe(&cell.values),
+            });
             running.push((cell, child, Instant::now()));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -119,46 +102,76 @@ pub fn run_sweep(
                 continue;
             };
             let (cell, _, since) = running.remove(i);
-            let dir = sweep.cell_dir(cell);
-            let s = cell_status(&dir, cell.config.epochs);
-            let secs = since.elapsed().as_secs_f64();
-            if status.code() == Some(crate::train::interrupt::EXIT_INTERRUPTED) {
-                outcome.interrupted += 1;
-                if !quiet {
-                    println!(
-                        "        stop  {}: interrupted, checkpoint written",
-                        cell.name
-                    );
+            let ended = cell_outcome(sweep, cell, status, since.elapsed().as_secs_f64());
+            match &ended {
+                CellOutcome::Done { .. } => outcome.finished += 1,
+                CellOutcome::Interrupted => outcome.interrupted += 1,
+                CellOutcome::Busy => outcome.busy += 1,
+                CellOutcome::Failed(error) => {
+                    outcome.failed.push((cell.name.clone(), error.clone()))
                 }
-            } else if status.code() == Some(EXIT_CELL_BUSY) {
-                outcome.busy += 1;
-                if !quiet {
-                    println!("        skip  {}: another process is running it", cell.name);
-                }
-            } else if s.state == CellState::Done {
-                outcome.finished += 1;
-                if !quiet {
-                    println!(
-                        "        done  {} in {secs:.0}s: val acc {:.4}",
-                        cell.name,
-                        s.final_val_acc.unwrap_or(f64::NAN)
-                    );
-                }
-            } else {
-                let error = s.error.unwrap_or_else(|| {
-                    format!(
-                        "the cell process ended with {status}; see {}/train.log",
-                        dir.display()
-                    )
-                });
-                if !quiet {
-                    println!("        FAIL  {}: {error}", cell.name);
-                }
-                outcome.failed.push((cell.name.clone(), error));
             }
+            observer.on(&Event::CellEnded {
+                name: &cell.name,
+                outcome: &ended,
+            });
         }
     }
     Ok(outcome)
+}
+
+/// Starts `adanoise sweep FILE --cell INDEX` for `cell`, its output going to the cell's
+/// `train.log`.
+fn spawn_cell(sweep: &Sweep, cell: &Cell, exe: &Path, threads: usize) -> Result<Child> {
+    let dir = sweep.cell_dir(cell);
+    std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("train.log"))
+        .with_context(|| format!("could not open {}/train.log", dir.display()))?;
+    Command::new(exe)
+        .arg("sweep")
+        .arg(&sweep.file)
+        .arg("--cell")
+        .arg(cell.index.to_string())
+        .arg("--out")
+        .arg(&sweep.out)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("could not start a cell process")
+}
+
+/// How a cell's process ended, from its exit status and its run directory.
+fn cell_outcome(
+    sweep: &Sweep,
+    cell: &Cell,
+    status: std::process::ExitStatus,
+    seconds: f64,
+) -> CellOutcome {
+    let dir = sweep.cell_dir(cell);
+    let s = cell_status(&dir, cell.config.epochs);
+    if status.code() == Some(crate::train::interrupt::EXIT_INTERRUPTED) {
+        CellOutcome::Interrupted
+    } else if status.code() == Some(EXIT_CELL_BUSY) {
+        CellOutcome::Busy
+    } else if s.state == CellState::Done {
+        CellOutcome::Done {
+            seconds,
+            val_acc: s.final_val_acc,
+        }
+    } else {
+        CellOutcome::Failed(s.error.unwrap_or_else(|| {
+            format!(
+                "the cell process ended with {status}; see {}/train.log",
+                dir.display()
+            )
+        }))
+    }
 }
 
 /// How a cell process ended, when it did not fail.
@@ -173,7 +186,12 @@ pub enum CellRun {
 
 /// Trains one cell (resuming it if interrupted) while holding its lock; a failure is recorded
 /// in the cell's `failed.json`.
-pub fn run_cell(sweep_out: &Path, cell: &Cell, threads: Option<usize>) -> Result<CellRun> {
+pub fn run_cell(
+    sweep_out: &Path,
+    cell: &Cell,
+    threads: Option<usize>,
+    observer: &mut dyn Observer,
+) -> Result<CellRun> {
     let dir = sweep_out.join(&cell.name);
     // Another process may be probing the lock for an instant: retry briefly before giving up.
     let mut lock = None;
@@ -192,18 +210,18 @@ pub fn run_cell(sweep_out: &Path, cell: &Cell, threads: Option<usize>) -> Result
         config.threads = threads;
     }
     clear_failure(&dir);
-    println!(
+    observer.on(&Event::Notice(&format!(
         "cell {} ({}): {}",
         cell.index,
         cell.name,
         describe(&cell.values)
-    );
+    )));
     let options = RunOptions {
         resume: true,
         offline: false,
         ..Default::default()
     };
-    match train(&config, &dir, &options) {
+    match train_with(&config, &dir, &options, observer) {
         Ok(outcome) if outcome.interrupted => Ok(CellRun::Interrupted),
         Ok(_) => Ok(CellRun::Finished),
         Err(e) => {

@@ -45,9 +45,17 @@ pub struct Submission {
     pub unix_time: u64,
 }
 
-/// Quotes a string for a POSIX shell.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+/// Quotes a path for a POSIX shell (paths cannot hold the NUL byte shells refuse).
+fn sh_quote(path: &Path) -> Result<String> {
+    let text = path.to_string_lossy();
+    shlex::try_quote(&text)
+        .map(|q| q.into_owned())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} cannot be written into a shell script: {e}",
+                path.display()
+            )
+        })
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -117,16 +125,37 @@ wait "$child"
 exit $?
 "#,
         version = env!("CARGO_PKG_VERSION"),
-        file = sh_quote(&file.display().to_string()),
-        tasks = sh_quote(&absolute(tasks_file)?.display().to_string()),
-        exe = sh_quote(&exe.display().to_string()),
-        out = sh_quote(&out.display().to_string()),
+        file = sh_quote(&file)?,
+        tasks = sh_quote(&absolute(tasks_file)?)?,
+        exe = sh_quote(exe)?,
+        out = sh_quote(&out)?,
     ));
     Ok(s)
 }
 
-/// Writes the task list and the script for the cells not done, and submits it (or prints it).
-pub fn submit(sweep: &Sweep, options: &SlurmOptions) -> Result<Option<Submission>> {
+/// What `submit` did.
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// Every cell is done: nothing was submitted.
+    NothingToDo,
+    /// `--dry-run`: the script and the task list were written, not submitted.
+    DryRun {
+        /// The script's text.
+        script: String,
+        /// Where it was written.
+        script_file: PathBuf,
+        /// The task list.
+        tasks_file: PathBuf,
+        /// Array tasks it would run.
+        tasks: usize,
+    },
+    /// The job array was submitted.
+    Submitted(Submission),
+}
+
+/// Writes the task list and the script for the cells not done, and submits it (or, with
+/// `dry_run`, only writes them).
+pub fn submit(sweep: &Sweep, options: &SlurmOptions) -> Result<Submitted> {
     sweep.write_cells()?;
     let pending: Vec<usize> = sweep
         .cells
@@ -135,11 +164,7 @@ pub fn submit(sweep: &Sweep, options: &SlurmOptions) -> Result<Option<Submission
         .map(|c| c.index)
         .collect();
     if pending.is_empty() {
-        println!(
-            "every cell of {} is done; nothing to submit",
-            sweep.out.display()
-        );
-        return Ok(None);
+        return Ok(Submitted::NothingToDo);
     }
     let dir = sweep.out.join(SLURM_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
@@ -165,14 +190,12 @@ pub fn submit(sweep: &Sweep, options: &SlurmOptions) -> Result<Option<Submission
     write_atomic(&tasks_file, list.as_bytes())?;
     write_atomic(&script_file, text.as_bytes())?;
     if options.dry_run {
-        print!("{text}");
-        eprintln!(
-            "(dry run: {} array tasks; script {} and task list {} written, nothing submitted)",
-            pending.len(),
-            script_file.display(),
-            tasks_file.display()
-        );
-        return Ok(None);
+        return Ok(Submitted::DryRun {
+            script: text,
+            script_file,
+            tasks_file,
+            tasks: pending.len(),
+        });
     }
     let output = Command::new("sbatch")
         .arg("--parsable")
@@ -208,7 +231,7 @@ pub fn submit(sweep: &Sweep, options: &SlurmOptions) -> Result<Option<Submission
         &dir.join(SUBMISSIONS_FILE),
         serde_json::to_string_pretty(&all)?.as_bytes(),
     )?;
-    Ok(Some(submission))
+    Ok(Submitted::Submitted(submission))
 }
 
 pub fn read_submissions(out: &Path) -> Vec<Submission> {
@@ -314,14 +337,19 @@ mod tests {
             "#SBATCH --requeue",
             "#SBATCH --signal=B:USR1@300",
             "#SBATCH --account=lab",
-            "sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" '/x/tasks.txt'",
-            "'/bin/adanoise' sweep",
+            "sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" /x/tasks.txt",
+            "/bin/adanoise sweep",
             "--cell \"$cell\"",
             "scontrol requeue",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
-        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+        let awkward = Path::new("/runs/it's a $HOME \"dir\"");
+        let quoted = sh_quote(awkward).unwrap();
+        assert_eq!(
+            shlex::split(&quoted).unwrap(),
+            vec![awkward.display().to_string()]
+        );
     }
 
     #[test]
@@ -336,7 +364,10 @@ mod tests {
             signal_grace_s: 120,
             ..Default::default()
         };
-        assert!(submit(&sweep, &options).unwrap().is_none());
+        assert!(matches!(
+            submit(&sweep, &options).unwrap(),
+            Submitted::DryRun { tasks: 3, .. }
+        ));
         let tasks: Vec<_> = std::fs::read_dir(out.join(SLURM_DIR))
             .unwrap()
             .filter_map(|e| e.ok())

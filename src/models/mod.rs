@@ -13,32 +13,41 @@ use resnet::ResNet18;
 use serde::{Deserialize, Serialize};
 
 /// Which architecture to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum ModelKind {
+    /// conv 3->8, pool, linear: 20,714 parameters.
     BabyCnn,
+    /// Two convolutions and two linear layers: 545,098 parameters.
     TinyCnn,
+    /// Three wide convolutions and four linear layers: 22,954,506 parameters.
     SimpleCnn,
+    /// The CIFAR ResNet-18: 11,173,962 parameters.
+    #[strum(serialize = "resnet18")]
     Resnet18,
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 4] = [
-        Self::BabyCnn,
-        Self::TinyCnn,
-        Self::SimpleCnn,
-        Self::Resnet18,
-    ];
-
+    /// The name used in configs, directory names and reports.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::BabyCnn => "baby-cnn",
-            Self::TinyCnn => "tiny-cnn",
-            Self::SimpleCnn => "simple-cnn",
-            Self::Resnet18 => "resnet18",
-        }
+        self.into()
     }
 
+    /// One line on the architecture and why the study uses it.
     pub fn description(self) -> &'static str {
         match self {
             Self::BabyCnn => {
@@ -62,12 +71,6 @@ impl ModelKind {
             Self::SimpleCnn => Model::Plain(plain_cnns::simple_cnn(classes, device)),
             Self::Resnet18 => Model::Resnet(ResNet18::new(classes, device)),
         }
-    }
-}
-
-impl std::fmt::Display for ModelKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -142,12 +145,13 @@ pub fn param_ids<M: Module>(model: &M) -> Vec<burn::module::ParamId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::VariantArray;
 
     #[test]
     fn parameter_counts_match_the_paper() {
         let device = Device::flex().autodiff();
         let expected = [20_714, 545_098, 22_954_506, 11_173_962];
-        for (kind, want) in ModelKind::ALL.into_iter().zip(expected) {
+        for (kind, want) in ModelKind::VARIANTS.iter().copied().zip(expected) {
             let model = kind.build(10, &device);
             assert_eq!(trainable_params(&model), want, "{kind}");
         }

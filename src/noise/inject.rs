@@ -7,6 +7,8 @@
 //! ResNet-18 step), on a GPU by the device itself.
 
 use crate::rng::with_seeded_device;
+use adanoise_core::NoiseKind;
+use adanoise_core::formulas::uniform_bound;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Shape, Tensor, TensorData};
@@ -14,67 +16,33 @@ use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-/// The distribution of injected noise.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum NoiseKind {
-    /// Decide and record, never inject (the baseline).
-    #[default]
-    None,
-    /// `sigma * N(0, 1)` per element.
-    Gaussian,
-    /// `U(-sqrt(3) sigma, sqrt(3) sigma)` per element: the same standard deviation.
-    Uniform,
-}
-
-impl NoiseKind {
-    pub const ALL: [NoiseKind; 3] = [Self::None, Self::Gaussian, Self::Uniform];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Gaussian => "gaussian",
-            Self::Uniform => "uniform",
-        }
+/// A noise tensor of standard deviation `sigma` on `device`, reproducible from `seed`;
+/// `None` for the `none` kind.
+pub fn sample_noise<const D: usize>(
+    kind: NoiseKind,
+    shape: Shape,
+    sigma: f64,
+    device: &Device,
+    seed: u64,
+) -> Option<Tensor<D>> {
+    if kind == NoiseKind::None {
+        return None;
     }
-
-    /// A noise tensor of standard deviation `sigma` on `device`, reproducible from `seed`;
-    /// `None` for the `none` kind.
-    pub fn sample<const D: usize>(
-        self,
-        shape: Shape,
-        sigma: f64,
-        device: &Device,
-        seed: u64,
-    ) -> Option<Tensor<D>> {
-        if self == Self::None {
-            return None;
-        }
-        if *device == Device::flex() {
-            let values = host_noise(self, shape.num_elements(), sigma, seed);
-            return Some(Tensor::from_data(TensorData::new(values, shape), device));
-        }
-        let distribution = match self {
-            Self::Gaussian => Distribution::Normal(0.0, sigma),
-            _ => {
-                let a = 3f64.sqrt() * sigma;
-                Distribution::Uniform(-a, a)
-            }
-        };
-        Some(with_seeded_device(device, seed, || {
-            Tensor::random(shape, distribution, device)
-        }))
+    if *device == Device::flex() {
+        let values = host_noise(kind, shape.num_elements(), sigma, seed);
+        return Some(Tensor::from_data(TensorData::new(values, shape), device));
     }
-}
-
-impl std::fmt::Display for NoiseKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+    let distribution = match kind {
+        NoiseKind::Gaussian => Distribution::Normal(0.0, sigma),
+        _ => {
+            let a = uniform_bound(sigma);
+            Distribution::Uniform(-a, a)
+        }
+    };
+    Some(with_seeded_device(device, seed, || {
+        Tensor::random(shape, distribution, device)
+    }))
 }
 
 /// Elements drawn from one generator stream: fixed, so that the values do not depend on
@@ -134,9 +102,8 @@ impl ModuleVisitor for GradNoise<'_> {
         let seed = param_seed(self.seed, self.index);
         self.index += 1;
         if let Some(grad) = self.grads.remove::<D>(param.id) {
-            let noise = self
-                .kind
-                .sample::<D>(grad.shape(), self.sigma, &grad.device(), seed);
+            let noise =
+                sample_noise::<D>(self.kind, grad.shape(), self.sigma, &grad.device(), seed);
             let noisy = match noise {
                 Some(noise) => grad + noise,
                 None => grad,
@@ -184,7 +151,7 @@ impl ModuleMapper for WeightNoise {
         self.index += 1;
         param.map(|tensor| {
             let inner = tensor.inner();
-            match kind.sample::<D>(inner.shape(), sigma, &inner.device(), seed) {
+            match sample_noise::<D>(kind, inner.shape(), sigma, &inner.device(), seed) {
                 Some(noise) => Tensor::from_inner(inner + noise).require_grad(),
                 None => Tensor::from_inner(inner).require_grad(),
             }
@@ -220,8 +187,7 @@ mod tests {
     fn uniform_noise_is_bounded_with_variance_sigma_squared() {
         let device = Device::flex();
         let sigma = 0.3;
-        let noise = NoiseKind::Uniform
-            .sample::<1>(Shape::new([200_000]), sigma, &device, 1)
+        let noise = sample_noise::<1>(NoiseKind::Uniform, Shape::new([200_000]), sigma, &device, 1)
             .unwrap();
         let v = values(noise);
         let bound = 3f64.sqrt() * sigma;
@@ -237,8 +203,7 @@ mod tests {
     #[test]
     fn gaussian_noise_has_standard_deviation_sigma() {
         let device = Device::flex();
-        let noise = NoiseKind::Gaussian
-            .sample::<1>(Shape::new([200_000]), 0.05, &device, 2)
+        let noise = sample_noise::<1>(NoiseKind::Gaussian, Shape::new([200_000]), 0.05, &device, 2)
             .unwrap();
         let v = values(noise);
         let var = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64;

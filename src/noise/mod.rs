@@ -1,10 +1,12 @@
-//! Adaptive noise injection: the scheduler that decides when and how much
-//! (`scheduler`), and the injection of that noise into gradients and weights
-//! (`inject`).
+//! Adaptive noise injection: the scheduler that decides when and how much (the
+//! pure arithmetic of `adanoise-core`, re-exported here), and the injection of
+//! that noise into a Burn model's gradients and weights (`inject`).
 
 pub mod inject;
-pub mod replay;
-pub mod scheduler;
 
-pub use inject::{NoiseKind, add_gradient_noise, add_weight_noise};
-pub use scheduler::{Decision, Flag, NoiseScheduler, NoiseSchedulerConfig, Observation};
+pub use adanoise_core::NoiseKind;
+pub use adanoise_core::replay;
+pub use adanoise_core::scheduler::{
+    Decision, Flag, NoiseScheduler, NoiseSchedulerConfig, Observation, SchedulerError,
+};
+pub use inject::{add_gradient_noise, add_weight_noise, host_noise, sample_noise};

@@ -7,28 +7,43 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, ModuleOptimizer, SgdConfig};
 use serde::{Deserialize, Serialize};
 
-pub const WEIGHT_DECAY: f32 = 1e-4;
+/// SGD's momentum coefficient.
 pub const MOMENTUM: f64 = 0.9;
+/// Adam's `beta1` and `beta2`.
 pub const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
+/// Adam's `eps` (PyTorch's; Burn's default is 1e-5).
 pub const ADAM_EPSILON: f32 = 1e-8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+/// Which optimiser trains the model.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum OptimizerKind {
+    /// Plain SGD.
     Sgd,
+    /// SGD with momentum 0.9, no dampening.
     SgdMomentum,
+    /// Adam with L2 weight decay.
     Adam,
 }
 
 impl OptimizerKind {
-    pub const ALL: [OptimizerKind; 3] = [Self::Sgd, Self::SgdMomentum, Self::Adam];
-
+    /// The name used in configs, directory names and reports.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Sgd => "sgd",
-            Self::SgdMomentum => "sgd-momentum",
-            Self::Adam => "adam",
-        }
+        self.into()
     }
 
     /// Builds the optimiser with the given L2 weight decay.
@@ -51,12 +66,6 @@ impl OptimizerKind {
                 .with_weight_decay(decay)
                 .init(),
         }
-    }
-}
-
-impl std::fmt::Display for OptimizerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Finding the runs under a directory and reading what reports need of them.
 
+use crate::events::{Event, Observer};
 use crate::noise::NoiseKind;
 use crate::train::run_dir::{CONFIG_FILE, METRICS_FILE, RunDir, read_metrics_file};
 use crate::train::{EpochMetrics, RunStatus, Summary, TrainConfig};
@@ -82,7 +83,7 @@ impl RunRecord {
 }
 
 /// Every run directory at most `depth` levels under `root` (the root itself included).
-pub fn find_runs(root: &Path, depth: usize) -> Result<Vec<RunRecord>> {
+pub fn find_runs(root: &Path, depth: usize, observer: &mut dyn Observer) -> Result<Vec<RunRecord>> {
     if !root.is_dir() {
         bail!(
             "{} is not a directory; give a sweep's output directory or a run directory",
@@ -96,7 +97,10 @@ pub fn find_runs(root: &Path, depth: usize) -> Result<Vec<RunRecord>> {
     for dir in dirs {
         match RunRecord::read(&dir) {
             Ok(run) => runs.push(run),
-            Err(e) => eprintln!("warning: skipping {}: {e:#}", dir.display()),
+            Err(e) => observer.on(&Event::Warning(&format!(
+                "skipping {}: {e:#}",
+                dir.display()
+            ))),
         }
     }
     Ok(runs)

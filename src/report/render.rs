@@ -7,11 +7,17 @@ use super::tables::{Row, Stat, Tables};
 use anyhow::Result;
 use std::fmt::Write;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The report's output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, strum::Display)]
+#[strum(serialize_all = "lowercase")]
 pub enum Format {
+    /// Markdown tables.
     Md,
+    /// One CSV table of every row.
     Csv,
+    /// LaTeX `table` environments.
     Latex,
+    /// One self-contained HTML page with the figures.
     Html,
 }
 

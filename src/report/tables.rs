@@ -9,6 +9,7 @@ use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use strum::VariantArray;
 
 /// Mean, sample standard deviation and count.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -140,12 +141,12 @@ pub fn build(runs: &[RunRecord]) -> Tables {
             .join(", ");
         let c = &run.config;
         let key = (
-            OptimizerKind::ALL
+            OptimizerKind::VARIANTS
                 .iter()
                 .position(|o| *o == c.optimizer)
                 .unwrap_or(0),
             MODEL_ORDER.iter().position(|m| *m == c.model).unwrap_or(0),
-            NoiseKind::ALL
+            NoiseKind::VARIANTS
                 .iter()
                 .position(|n| *n == c.noise)
                 .unwrap_or(0),
@@ -172,14 +173,14 @@ pub fn build(runs: &[RunRecord]) -> Tables {
             row.delta_gap = Some(gap(row) - gap(base));
         }
     }
-    for optimizer in OptimizerKind::ALL {
+    for optimizer in OptimizerKind::VARIANTS {
         let mine: Vec<Row> = rows
             .iter()
-            .filter(|r| r.optimizer == optimizer)
+            .filter(|r| r.optimizer == *optimizer)
             .cloned()
             .collect();
         if !mine.is_empty() {
-            tables.by_optimizer.push((optimizer, mine));
+            tables.by_optimizer.push((*optimizer, mine));
         }
     }
     rows.clear();

@@ -2,4 +2,5 @@
 
 pub mod cosine_restarts;
 
-pub use cosine_restarts::{CosineRestarts, CosineRestartsConfig, ScheduleError};
+pub use adanoise_core::lr_schedule::{CosineRestartsConfig, ScheduleError};
+pub use cosine_restarts::CosineRestarts;

@@ -6,7 +6,7 @@ use crate::data::placement::DataPlacement;
 use crate::device::DeviceKind;
 use crate::models::ModelKind;
 use crate::noise::{NoiseKind, NoiseSchedulerConfig};
-use crate::optim::{OptimizerKind, WEIGHT_DECAY};
+use crate::optim::OptimizerKind;
 use crate::schedule::CosineRestartsConfig;
 use crate::train::Precision;
 use anyhow::{Context, Result, bail};
@@ -65,31 +65,33 @@ pub struct TrainConfig {
     pub noise_scheduler: NoiseSchedulerConfig,
 }
 
+/// Serde's defaults for absent keys, all from `adanoise_core::defaults`.
 mod defaults {
+    use adanoise_core::defaults as paper;
     use std::path::PathBuf;
     pub fn epochs() -> u64 {
-        300
+        paper::EPOCHS
     }
     pub fn batch_size() -> usize {
-        128
+        paper::BATCH_SIZE
     }
     pub fn data_dir() -> PathBuf {
         PathBuf::from("data")
     }
     pub fn lr_final_max() -> f64 {
-        1e-5
+        paper::LR_FINAL_MAX
     }
     pub fn lr_min() -> f64 {
-        1e-6
+        paper::LR_MIN
     }
     pub fn restart_epochs() -> u64 {
-        50
+        paper::RESTART_EPOCHS
     }
     pub fn t_mult() -> f64 {
-        1.0
+        paper::T_MULT
     }
     pub fn weight_decay() -> f32 {
-        super::WEIGHT_DECAY
+        paper::WEIGHT_DECAY
     }
 }
 
@@ -174,9 +176,7 @@ impl TrainConfig {
             );
         }
         self.lr_schedule(1).validate()?;
-        self.noise_scheduler
-            .validate()
-            .map_err(|e| anyhow::anyhow!("the noise scheduler's {e}"))?;
+        self.noise_scheduler.validate()?;
         Ok(())
     }
 

@@ -1,22 +1,23 @@
-//! One training epoch: weight noise at its start, then forward, loss, backward,
-//! gradient norm, gradient noise and the optimiser step for every batch, then
-//! evaluation. An epoch can stop between two steps (on a signal) and later go on
-//! from there, with the same batches, noise and sums as if never stopped.
+//! One training epoch: weight noise at its start, one [`train_step`] per batch
+//! (with the epoch's gradient noise), then evaluation. An epoch can stop between
+//! two steps (on a signal) and later go on from there, with the same batches,
+//! noise and sums as if it had never stopped.
 
 use super::TrainConfig;
 use super::metrics::{EpochMetrics, NoiseApplied};
-use super::param_stats::{WeightSnapshot, grad_norm};
+use super::param_stats::WeightSnapshot;
 use super::precision::StepPrecision;
-use super::progress::EpochProgress;
+use super::step::{GradNoise, StepInput, StepOutput, train_step};
 use crate::data::placement::{EvalSplit, PlacedSplit};
+use crate::events::{Event, Observer, Progress};
 use crate::models::Model;
-use crate::noise::{Decision, NoiseKind, add_gradient_noise, add_weight_noise};
+use crate::noise::add_weight_noise;
 use crate::rng::{Purpose, derived_seed};
 use crate::schedule::CosineRestarts;
 use burn::module::Module;
-use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::ModuleOptimizer;
 use burn::optim::lr_scheduler::LrScheduler;
-use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -25,325 +26,407 @@ use std::time::Instant;
 /// still not finite has diverged (40 skipped steps in a row from the initial 2^16).
 const MIN_LOSS_SCALE: f64 = 5.960_464_477_539_063e-8;
 
-/// How often (in steps) running sums are read back from the device for display and NaN checks.
+/// How often (in steps) running sums are read back from the device for display and NaN
+/// checks: each read waits for the device.
 const READ_EVERY: u64 = 10;
 
 /// The sums of an epoch stopped between two steps (checkpointed with the model at its start).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartialEpoch {
+    /// The epoch.
     pub epoch: u64,
+    /// Steps done in it.
     pub steps_done: u64,
+    /// Images trained on (skipped f16 steps excluded).
     pub seen: u64,
+    /// Sum of the batches' losses, each times its size.
     pub loss_sum: f64,
+    /// Correct predictions.
     pub correct: i64,
+    /// Sum of the steps' gradient norms.
     pub norm_sum: f64,
+    /// Learning rate of the last step.
     pub lr: f64,
+    /// Training time spent in it so far.
     pub train_seconds: f64,
     /// Steps skipped for non-finite f16 gradients (not in the sums above).
     #[serde(default)]
     pub skipped_steps: u64,
 }
 
-/// Everything an epoch needs besides the model and the optimiser.
+/// What an epoch updates besides the model: optimiser, LR schedule, precision.
+pub struct Optimization {
+    /// The optimiser and its state.
+    pub optim: ModuleOptimizer,
+    /// The learning-rate schedule, at the next step.
+    pub schedule: CosineRestarts,
+    /// The step's precision (and the f16 loss scale).
+    pub precision: StepPrecision,
+}
+
+/// Everything an epoch reads.
 pub struct EpochContext<'a> {
+    /// The run's configuration.
     pub config: &'a TrainConfig,
+    /// The epoch, from 1.
     pub epoch: u64,
+    /// Its optimiser steps.
     pub steps: u64,
+    /// The autodiff device.
     pub device: &'a Device,
-    pub quiet: bool,
-    pub decision: &'a Decision,
+    /// The noise this epoch receives.
+    pub noise: NoiseApplied,
+    /// The training images.
     pub train_data: &'a PlacedSplit,
-    pub test_data: &'a EvalSplit,
-    /// Whether to stop between two steps (a signal arrived).
+    /// The validation images.
+    pub val_data: &'a EvalSplit,
+    /// The test images, evaluated as well when a validation split is held out.
+    pub test_data: Option<&'a EvalSplit>,
+    /// Whether to stop between two steps (a signal arrived), given the global step.
     pub should_stop: &'a dyn Fn(u64) -> bool,
 }
 
+/// How an epoch ended.
 pub enum EpochEnd {
+    /// All its steps ran and it was evaluated.
     Finished(Box<Model>, EpochMetrics),
     /// Stopped between two steps: the model now, the model at the epoch's start, the sums.
     Stopped(Box<Model>, Box<Model>, PartialEpoch),
+    /// The loss became NaN or infinite.
     Diverged(String),
 }
 
-fn noise_applied(config: &TrainConfig, decision: &Decision) -> NoiseApplied {
-    if config.noise == NoiseKind::None {
-        return NoiseApplied::default();
-    }
-    NoiseApplied {
-        grad_sigma: decision.grad_sigma,
-        weight_sigma: decision.weight_sigma,
-    }
+/// What a step measured, to add to the sums.
+struct StepMeasures {
+    loss: Tensor<1>,
+    logits: Tensor<2>,
+    grad_norm: Option<Tensor<1>>,
 }
 
-pub fn noise_note(applied: &NoiseApplied) -> String {
-    let mut parts = Vec::new();
-    if applied.grad_sigma > 0.0 {
-        parts.push(format!("grad noise {:.4}", applied.grad_sigma));
-    }
-    if applied.weight_sigma > 0.0 {
-        parts.push(format!("weight noise {:.4}", applied.weight_sigma));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" [{}]", parts.join(", "))
-    }
-}
-
-/// What one training step gives back besides the updated model (all detached, on the device).
-pub struct StepOutput {
-    pub model: Model,
-    pub loss: Tensor<1>,
-    pub logits: Tensor<2>,
-    /// The global L2 norm of the clean loss gradient, when asked for.
-    pub grad_norm: Option<Tensor<1>>,
-    /// Whether the update was skipped: f16 gradients that were not finite (the loss scale
-    /// was halved instead).
-    pub skipped: bool,
-}
-
-/// One training step: forward, cross-entropy, backward, the global gradient norm (before
-/// noise and weight decay), gradient noise `(kind, sigma, seed)`, and the optimiser update
-/// with learning rate `lr`, computed in `precision`. Training and `adanoise bench` both run
-/// exactly this.
-#[allow(clippy::too_many_arguments)]
-pub fn train_step(
-    model: Model,
-    optim: &mut ModuleOptimizer,
-    loss_fn: &CrossEntropyLoss,
-    images: Tensor<4>,
-    labels: Tensor<1, Int>,
+/// The epoch's running sums, kept on the device between reads.
+struct Sums {
+    loss: Tensor<1>,
+    correct: Tensor<1, Int>,
+    norm: Tensor<1>,
+    seen: usize,
+    seen_before: usize,
+    steps: u64,
     lr: f64,
-    measure_norm: bool,
-    grad_noise: Option<(NoiseKind, f64, u64)>,
-    precision: &mut StepPrecision,
-) -> StepOutput {
-    let logits = precision.forward(&model, images);
-    let loss = loss_fn.forward(logits.clone(), labels);
-    let scaled = precision.backward_loss(loss.clone());
-    let mut grads = GradientsParams::from_grads(scaled.backward(), &model);
-    precision.unscale(&model, &mut grads);
-    let norm = if measure_norm || precision.loss_scale.is_some() {
-        grad_norm(&model, &grads)
-    } else {
-        None
-    };
-    if let Some(scale) = precision.loss_scale.as_mut() {
-        // One value read back per step, as PyTorch's GradScaler does.
-        let finite = norm
-            .as_ref()
-            .is_none_or(|n| n.clone().into_scalar::<f64>().is_finite());
-        scale.update(finite);
-        if !finite {
-            return StepOutput {
-                model,
-                loss: loss.detach(),
-                logits: logits.detach(),
-                grad_norm: None,
-                skipped: true,
-            };
+    earlier_seconds: f64,
+    skipped: u64,
+}
+
+impl Sums {
+    fn scalar(v: f64, plain: &Device) -> Tensor<1> {
+        Tensor::<1>::from_data(TensorData::new(vec![v as f32], [1]), plain)
+    }
+
+    fn fresh(plain: &Device) -> Self {
+        Self::from_partial(&PartialEpoch::default(), plain)
+    }
+
+    fn from_partial(p: &PartialEpoch, plain: &Device) -> Self {
+        Self {
+            loss: Self::scalar(p.loss_sum, plain),
+            correct: Tensor::<1, Int>::from_data(TensorData::new(vec![p.correct], [1]), plain),
+            norm: Self::scalar(p.norm_sum, plain),
+            seen: p.seen as usize,
+            seen_before: p.seen as usize,
+            steps: p.steps_done,
+            lr: p.lr,
+            earlier_seconds: p.train_seconds,
+            skipped: p.skipped_steps,
         }
     }
-    if let Some((kind, sigma, seed)) = grad_noise {
-        add_gradient_noise(&model, &mut grads, kind, sigma, seed);
+
+    fn add(&mut self, out: StepMeasures, labels: Tensor<1, Int>, n: usize) {
+        let hits = out
+            .logits
+            .inner()
+            .argmax(1)
+            .reshape([n])
+            .equal(labels)
+            .int()
+            .sum();
+        self.loss = self.loss.clone() + out.loss.inner().mul_scalar(n as f64);
+        self.correct = self.correct.clone() + hits;
+        if let Some(norm) = out.grad_norm {
+            self.norm = self.norm.clone() + norm;
+        }
+        self.seen += n;
     }
-    let model = optim.step(lr, model, grads);
-    StepOutput {
-        model,
-        loss: loss.detach(),
-        logits: logits.detach(),
-        grad_norm: norm.filter(|_| measure_norm),
-        skipped: false,
+
+    fn into_partial(self, epoch: u64, seconds: f64) -> PartialEpoch {
+        PartialEpoch {
+            epoch,
+            steps_done: self.steps,
+            seen: self.seen as u64,
+            loss_sum: self.loss.into_scalar::<f64>(),
+            correct: self.correct.into_scalar::<i64>(),
+            norm_sum: self.norm.into_scalar::<f64>(),
+            lr: self.lr,
+            train_seconds: self.earlier_seconds + seconds,
+            skipped_steps: self.skipped,
+        }
     }
+}
+
+impl Default for PartialEpoch {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            steps_done: 0,
+            seen: 0,
+            loss_sum: 0.0,
+            correct: 0,
+            norm_sum: 0.0,
+            lr: 0.0,
+            train_seconds: 0.0,
+            skipped_steps: 0,
+        }
+    }
+}
+
+/// Why the steps of an epoch ended early.
+enum Interruption {
+    Stopped,
+    Diverged(String),
 }
 
 /// Runs epoch `ctx.epoch`, from its start or from `resume` (a stopped epoch and its start model).
 pub fn run_epoch(
     ctx: &EpochContext,
-    mut model: Model,
-    optim: &mut ModuleOptimizer,
-    scheduler: &mut CosineRestarts,
-    precision: &mut StepPrecision,
+    model: Model,
+    opt: &mut Optimization,
     resume: Option<(PartialEpoch, Model)>,
+    observer: &mut dyn Observer,
 ) -> EpochEnd {
     let started = Instant::now();
-    let config = ctx.config;
-    let loss_fn = CrossEntropyLossConfig::new().init(ctx.device);
     let plain = ctx.device.clone().inner();
-    let applied = noise_applied(config, ctx.decision);
-    let scalar = |v: f64| Tensor::<1>::from_data(TensorData::new(vec![v as f32], [1]), &plain);
-
-    let (
-        start_model,
-        mut loss_sum,
-        mut correct,
-        mut norm_sum,
-        mut seen,
-        mut steps,
-        mut lr,
-        earlier_seconds,
-        mut skipped,
-    ) = match resume {
-        Some((p, start_model)) => (
-            start_model,
-            scalar(p.loss_sum),
-            Tensor::<1, Int>::from_data(TensorData::new(vec![p.correct], [1]), &plain),
-            scalar(p.norm_sum),
-            p.seen as usize,
-            p.steps_done,
-            p.lr,
-            p.train_seconds,
-            p.skipped_steps,
-        ),
+    let (start_model, model, sums) = match resume {
+        Some((partial, start_model)) => (start_model, model, Sums::from_partial(&partial, &plain)),
         None => {
             // w_{e-1}: the weights before this epoch's weight noise.
             let start_model = model.clone();
-            if applied.weight_sigma > 0.0 {
-                let seed = derived_seed(config.seed, Purpose::WeightNoise, ctx.epoch);
-                model = add_weight_noise(model, config.noise, applied.weight_sigma, seed);
-            }
             (
                 start_model,
-                scalar(0.0),
-                Tensor::<1, Int>::zeros([1], &plain),
-                scalar(0.0),
-                0,
-                0,
-                0.0,
-                0.0,
-                0,
+                with_weight_noise(ctx, model),
+                Sums::fresh(&plain),
             )
         }
     };
-    let skip = steps as usize;
-    let seen_before = seen;
-    let note = noise_note(&applied);
-    let mut progress = EpochProgress::new(ctx.epoch, config.epochs, ctx.steps, ctx.quiet);
-    let batches =
-        ctx.train_data
-            .epoch_batches(config.batch_size, config.seed, ctx.epoch, skip, &plain);
+    observer.on(&Event::EpochStarted {
+        epoch: ctx.epoch,
+        epochs: ctx.config.epochs,
+        steps: ctx.steps,
+        noise: &ctx.noise,
+    });
+    let (model, sums, interruption) = train_steps(ctx, model, opt, sums, started, observer);
+    match interruption {
+        Some(Interruption::Diverged(message)) => EpochEnd::Diverged(message),
+        Some(Interruption::Stopped) => {
+            let partial = sums.into_partial(ctx.epoch, started.elapsed().as_secs_f64());
+            EpochEnd::Stopped(Box::new(model), Box::new(start_model), partial)
+        }
+        None => finish_epoch(ctx, model, &start_model, sums, started, opt),
+    }
+}
+
+fn with_weight_noise(ctx: &EpochContext, model: Model) -> Model {
+    if ctx.noise.weight_sigma <= 0.0 {
+        return model;
+    }
+    let seed = derived_seed(ctx.config.seed, Purpose::WeightNoise, ctx.epoch);
+    add_weight_noise(model, ctx.config.noise, ctx.noise.weight_sigma, seed)
+}
+
+/// The gradient noise of global step `step`, seeded by that step: the same noise however
+/// the run was interrupted.
+fn step_noise(ctx: &EpochContext, step: u64) -> Option<GradNoise> {
+    (ctx.noise.grad_sigma > 0.0).then(|| GradNoise {
+        kind: ctx.config.noise,
+        sigma: ctx.noise.grad_sigma,
+        seed: derived_seed(ctx.config.seed, Purpose::GradientNoise, step),
+    })
+}
+
+/// The steps of the epoch not done yet, until the last or an interruption.
+fn train_steps(
+    ctx: &EpochContext,
+    mut model: Model,
+    opt: &mut Optimization,
+    mut sums: Sums,
+    started: Instant,
+    observer: &mut dyn Observer,
+) -> (Model, Sums, Option<Interruption>) {
+    let config = ctx.config;
+    let loss_fn = CrossEntropyLossConfig::new().init(ctx.device);
+    let plain = ctx.device.clone().inner();
+    let batches = ctx.train_data.epoch_batches(
+        config.batch_size,
+        config.seed,
+        ctx.epoch,
+        sums.steps as usize,
+        &plain,
+    );
     for (images, labels) in batches {
         let n = labels.dims()[0];
-        let (images, labels) = (Tensor::from_inner(images), Tensor::from_inner(labels));
-        // Seeded by the global step: the same noise however the run was interrupted.
-        let noise = (applied.grad_sigma > 0.0).then(|| {
-            let seed = derived_seed(
-                config.seed,
-                Purpose::GradientNoise,
-                scheduler.current_step(),
-            );
-            (config.noise, applied.grad_sigma, seed)
-        });
-        lr = scheduler.step();
-        let out = train_step(
-            model,
-            optim,
-            &loss_fn,
-            images,
-            labels.clone(),
-            lr,
-            true,
-            noise,
-            precision,
-        );
-        model = out.model;
-        steps += 1;
-        if out.skipped {
-            skipped += 1;
-            if let Some(scale) = precision.loss_scale.filter(|s| s.scale < MIN_LOSS_SCALE) {
-                progress.finish();
-                return EpochEnd::Diverged(format!(
-                    "the f16 gradients of epoch {} (step {steps}) stayed non-finite down to a loss scale of {:e}: training diverged; try a lower --lr or --precision bf16",
-                    ctx.epoch, scale.scale
-                ));
+        let grad_noise = step_noise(ctx, opt.schedule.current_step());
+        sums.lr = opt.schedule.step();
+        let input = StepInput {
+            images: Tensor::from_inner(images),
+            labels: Tensor::from_inner(labels.clone()),
+            lr: sums.lr,
+            measure_norm: true,
+            grad_noise,
+        };
+        let StepOutput {
+            model: next,
+            loss,
+            logits,
+            grad_norm,
+            skipped,
+        } = train_step(model, &mut opt.optim, &loss_fn, input, &mut opt.precision);
+        model = next;
+        sums.steps += 1;
+        if skipped {
+            sums.skipped += 1;
+            if let Some(message) = loss_scale_collapsed(ctx, &opt.precision, sums.steps) {
+                return (model, sums, Some(Interruption::Diverged(message)));
             }
         } else {
-            let hits = out
-                .logits
-                .inner()
-                .argmax(1)
-                .reshape([n])
-                .equal(labels.inner())
-                .int()
-                .sum();
-            loss_sum = loss_sum + out.loss.inner().mul_scalar(n as f64);
-            correct = correct + hits;
-            if let Some(norm) = out.grad_norm {
-                norm_sum = norm_sum + norm;
-            }
-            seen += n;
-        }
-        if (steps % READ_EVERY == 0 || steps == ctx.steps) && seen > 0 {
-            let mean_loss = loss_sum.clone().into_scalar::<f64>() / seen as f64;
-            if !mean_loss.is_finite() {
-                progress.finish();
-                return EpochEnd::Diverged(format!(
-                    "the training loss became {mean_loss} in epoch {} (step {steps}): training diverged; try a lower --lr",
-                    ctx.epoch
-                ));
-            }
-            let acc = correct.clone().into_scalar::<i64>() as f64 / seen as f64;
-            let speed = (seen - seen_before).max(1) as f64 / started.elapsed().as_secs_f64();
-            progress.update(steps, mean_loss, acc, lr, speed, &note);
-        }
-        if steps < ctx.steps && (ctx.should_stop)(scheduler.current_step()) {
-            progress.finish();
-            let partial = PartialEpoch {
-                epoch: ctx.epoch,
-                steps_done: steps,
-                seen: seen as u64,
-                loss_sum: loss_sum.into_scalar::<f64>(),
-                correct: correct.into_scalar::<i64>(),
-                norm_sum: norm_sum.into_scalar::<f64>(),
-                lr,
-                train_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
-                skipped_steps: skipped,
+            let measures = StepMeasures {
+                loss,
+                logits,
+                grad_norm,
             };
-            return EpochEnd::Stopped(Box::new(model), Box::new(start_model), partial);
+            sums.add(measures, labels, n);
+        }
+        let read_back = sums.steps.is_multiple_of(READ_EVERY) || sums.steps == ctx.steps;
+        if read_back
+            && sums.seen > 0
+            && let Err(message) = report_progress(ctx, &sums, started, observer)
+        {
+            return (model, sums, Some(Interruption::Diverged(message)));
+        }
+        if sums.steps < ctx.steps && (ctx.should_stop)(opt.schedule.current_step()) {
+            return (model, sums, Some(Interruption::Stopped));
         }
     }
-    progress.finish();
-    let train_seconds = earlier_seconds + started.elapsed().as_secs_f64();
-    let train_loss = loss_sum.into_scalar::<f64>() / seen as f64;
-    let train_acc = correct.into_scalar::<i64>() as f64 / seen as f64;
-    if seen == 0 {
+    (model, sums, None)
+}
+
+fn loss_scale_collapsed(
+    ctx: &EpochContext,
+    precision: &StepPrecision,
+    step: u64,
+) -> Option<String> {
+    let scale = precision.loss_scale.filter(|s| s.scale < MIN_LOSS_SCALE)?;
+    Some(format!(
+        "the f16 gradients of epoch {} (step {step}) stayed non-finite down to a loss scale of {:e}: training diverged; try a lower --lr or --precision bf16",
+        ctx.epoch, scale.scale
+    ))
+}
+
+/// Reads the running sums back, checks the loss is finite and reports progress.
+fn report_progress(
+    ctx: &EpochContext,
+    sums: &Sums,
+    started: Instant,
+    observer: &mut dyn Observer,
+) -> Result<(), String> {
+    let loss = sums.loss.clone().into_scalar::<f64>() / sums.seen as f64;
+    if !loss.is_finite() {
+        return Err(format!(
+            "the training loss became {loss} in epoch {} (step {}): training diverged; {}",
+            ctx.epoch,
+            sums.steps,
+            divergence_advice(&ctx.noise)
+        ));
+    }
+    let acc = sums.correct.clone().into_scalar::<i64>() as f64 / sums.seen as f64;
+    let fresh = (sums.seen - sums.seen_before).max(1) as f64;
+    observer.on(&Event::Progress(&Progress {
+        epoch: ctx.epoch,
+        step: sums.steps,
+        steps: ctx.steps,
+        loss,
+        acc,
+        lr: sums.lr,
+        images_per_s: fresh / started.elapsed().as_secs_f64(),
+    }));
+    Ok(())
+}
+
+/// What to try after a divergence: less noise when this epoch had some, else a lower rate.
+pub fn divergence_advice(noise: &NoiseApplied) -> String {
+    if noise.grad_sigma > 0.0 || noise.weight_sigma > 0.0 {
+        format!(
+            "this epoch had noise (grad sigma {}, weight sigma {}): try a lower --sigma-max (or --noise-sigma), or a lower --lr",
+            noise.grad_sigma, noise.weight_sigma
+        )
+    } else {
+        "try a lower --lr".to_string()
+    }
+}
+
+/// Evaluates the trained epoch and assembles its metrics.
+fn finish_epoch(
+    ctx: &EpochContext,
+    model: Model,
+    start_model: &Model,
+    sums: Sums,
+    started: Instant,
+    opt: &Optimization,
+) -> EpochEnd {
+    let train_seconds = sums.earlier_seconds + started.elapsed().as_secs_f64();
+    if sums.seen == 0 {
         return EpochEnd::Diverged(format!(
             "every f16 step of epoch {} had non-finite gradients: training diverged; try a lower --lr or --precision bf16",
             ctx.epoch
         ));
     }
-    let grad_norm_mean = norm_sum.into_scalar::<f64>() / (steps - skipped) as f64;
+    let seen = sums.seen as f64;
+    let train_loss = sums.loss.into_scalar::<f64>() / seen;
+    let train_acc = sums.correct.into_scalar::<i64>() as f64 / seen;
+    let grad_norm = sums.norm.into_scalar::<f64>() / (sums.steps - sums.skipped) as f64;
     let weight_update =
-        WeightSnapshot::take(&model).relative_change(&WeightSnapshot::take(&start_model));
+        WeightSnapshot::take(&model).relative_change(&WeightSnapshot::take(start_model));
     let eval_started = Instant::now();
-    let (val_loss, val_acc) = evaluate(&model, ctx.test_data, &plain);
+    let plain = ctx.device.clone().inner();
+    let (val_loss, val_acc) = evaluate(&model, ctx.val_data, &plain);
     if !val_loss.is_finite() {
         return EpochEnd::Diverged(format!(
-            "the validation loss became {val_loss} after epoch {}: training diverged; try a lower --lr",
-            ctx.epoch
+            "the validation loss became {val_loss} after epoch {}: training diverged; {}",
+            ctx.epoch,
+            divergence_advice(&ctx.noise)
         ));
     }
+    let test = ctx.test_data.map(|data| evaluate(&model, data, &plain));
+    let precision = &opt.precision;
     let metrics = EpochMetrics {
         epoch: ctx.epoch,
         train_loss,
         train_acc,
         val_loss,
         val_acc,
-        grad_norm: grad_norm_mean,
+        test_loss: test.map(|t| t.0),
+        test_acc: test.map(|t| t.1),
+        grad_norm,
         weight_update,
-        lr,
-        steps: scheduler.current_step(),
+        lr: sums.lr,
+        steps: opt.schedule.current_step(),
         seconds: train_seconds + eval_started.elapsed().as_secs_f64(),
-        images_per_s: seen as f64 / train_seconds,
-        noise_applied: applied,
-        skipped_steps: precision.loss_scale.map(|_| skipped),
+        images_per_s: seen / train_seconds,
+        noise_applied: ctx.noise,
+        skipped_steps: precision.loss_scale.map(|_| sums.skipped),
         loss_scale: precision.loss_scale.map(|s| s.scale),
         decision: None,
     };
     EpochEnd::Finished(Box::new(model), metrics)
 }
 
-/// Mean cross-entropy and accuracy over `batches`, in evaluation mode (BN running statistics).
+/// Mean cross-entropy and accuracy over `data`, in evaluation mode (BN running statistics).
 pub fn evaluate(model: &Model, data: &EvalSplit, plain: &Device) -> (f64, f64) {
     let model = model.valid();
     let loss_fn = CrossEntropyLossConfig::new().init(plain);

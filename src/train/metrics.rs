@@ -11,10 +11,19 @@ pub struct EpochMetrics {
     pub epoch: u64,
     /// Mean cross-entropy over the epoch's training images as trained (augmented).
     pub train_loss: f64,
+    /// Training accuracy over the same batches.
     pub train_acc: f64,
-    /// Cross-entropy over the whole test set after the epoch, in evaluation mode.
+    /// Cross-entropy over the whole validation set after the epoch, in evaluation mode.
     pub val_loss: f64,
+    /// Accuracy over the validation set.
     pub val_acc: f64,
+    /// Cross-entropy over the test set, when a validation split is held out (otherwise
+    /// the test set is the validation set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_loss: Option<f64>,
+    /// Accuracy over the test set, when a validation split is held out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc: Option<f64>,
     /// Mean over the epoch's steps of the global L2 norm of the loss gradient.
     pub grad_norm: f64,
     /// `||w_e - w_{e-1}|| / ||w_{e-1}||` over all trainable parameters.
@@ -44,32 +53,64 @@ pub struct EpochMetrics {
 /// The noise actually put into an epoch (zero for a `none` run, whatever was decided).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct NoiseApplied {
+    /// Standard deviation of the gradient noise added at every step (0: none).
     pub grad_sigma: f64,
+    /// Standard deviation of the weight noise added at the epoch's start (0: none).
     pub weight_sigma: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+impl NoiseApplied {
+    /// Whether the epoch received any noise.
+    pub fn any(&self) -> bool {
+        self.grad_sigma > 0.0 || self.weight_sigma > 0.0
+    }
+}
+
+/// Where a run stands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum RunStatus {
+    /// Training, or interrupted and resumable.
     Running,
+    /// All its epochs are recorded.
     Finished,
     /// The loss became NaN or infinite; the run stopped.
     Diverged,
 }
 
+impl RunStatus {
+    /// `Finished` once all `epochs` are recorded, `Running` before.
+    pub fn of_progress(done: u64, epochs: u64) -> Self {
+        if done >= epochs {
+            Self::Finished
+        } else {
+            Self::Running
+        }
+    }
+}
+
 /// `summary.json`: the state of the run and its final and best epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// Where the run stands.
     pub status: RunStatus,
+    /// Epochs recorded.
     pub epochs_done: u64,
+    /// Epochs the run trains.
     pub epochs: u64,
+    /// The last recorded epoch.
     pub final_epoch: Option<EpochMetrics>,
     /// The epoch with the highest validation accuracy (the earliest on a tie).
     pub best_epoch: Option<EpochMetrics>,
+    /// Why a diverged run stopped.
     pub message: Option<String>,
 }
 
 impl Summary {
+    /// The summary of the recorded epochs `history` of a run of `epochs` epochs.
     pub fn from_history(
         history: &[EpochMetrics],
         epochs: u64,

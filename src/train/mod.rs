@@ -1,5 +1,6 @@
-//! Training: the run configuration, the loop, what it records and where
-//! (run directory, checkpoint), and its progress display.
+//! Training: the run configuration, one step, one epoch, the run from start to
+//! end (open or resume, epochs, record, stop), and what it records where (run
+//! directory, metrics, checkpoint).
 
 pub mod checkpoint;
 pub mod config;
@@ -8,11 +9,13 @@ pub mod interrupt;
 pub mod metrics;
 pub mod param_stats;
 pub mod precision;
-pub mod progress;
+pub mod record;
+pub mod run;
 pub mod run_dir;
-pub mod trainer;
+pub mod step;
 
 pub use config::TrainConfig;
+pub use epoch::evaluate;
 pub use metrics::{EpochMetrics, RunStatus, Summary};
 pub use precision::Precision;
-pub use trainer::{Outcome, RunOptions, train};
+pub use run::{Outcome, RunOptions, init_model, load_data, train, train_with};

@@ -16,9 +16,21 @@ use serde::{Deserialize, Serialize};
 
 /// The floating-point type a training step computes in.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
 )]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Precision {
     /// Everything in f32.
     #[default]
@@ -30,12 +42,9 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The name used on the command line and in configs.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-            Self::F16 => "f16",
-        }
+        self.into()
     }
 
     /// The compute type of a mixed-precision step; `None` for plain f32.
@@ -231,7 +240,7 @@ mod tests {
     use super::*;
     use crate::models::ModelKind;
     use crate::rng::with_seeded_device;
-    use crate::train::trainer::Materialize;
+    use crate::train::run::Materialize;
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn::tensor::{Distribution, Int, TensorData};
 

@@ -29,6 +29,15 @@ pub enum Opened {
     AlreadyFinished(RunDir, Box<Summary>),
 }
 
+impl Opened {
+    /// The run directory, however it was opened.
+    pub fn dir(&self) -> &RunDir {
+        match self {
+            Self::Fresh(dir) | Self::Resumed(dir, ..) | Self::AlreadyFinished(dir, _) => dir,
+        }
+    }
+}
+
 impl RunDir {
     /// Opens `path` for `config`: creates it, or (with `resume`) picks up the run it holds.
     pub fn open(path: &Path, config: &TrainConfig, resume: bool) -> Result<Opened> {

@@ -1,0 +1,279 @@
+//! `adanoise._adanoise`: the Python face of `adanoise-core`. The classes here
+//! are thin wrappers: every rule, default and error sentence comes from the
+//! core crate, so Python decides exactly as the `adanoise` command does.
+
+use adanoise_core::defaults;
+use adanoise_core::lr_schedule::CosineRestartsConfig;
+use adanoise_core::scheduler::{self, NoiseSchedulerConfig, Observation};
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt};
+
+create_exception!(
+    _adanoise,
+    AdanoiseError,
+    PyValueError,
+    "A value adanoise cannot work with; the message says what was wrong and what to do."
+);
+
+fn error(e: impl std::fmt::Display) -> PyErr {
+    AdanoiseError::new_err(e.to_string())
+}
+
+/// A keyword value as JSON, so that serde can check names and types against the config.
+fn json_value(key: &str, value: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    if value.is_instance_of::<PyBool>() {
+        return Err(error(format!("{key} must be a number, not a bool")));
+    }
+    if value.is_instance_of::<PyInt>() {
+        if let Ok(v) = value.extract::<u64>() {
+            return Ok(v.into());
+        }
+        return Ok(value.extract::<f64>()?.into());
+    }
+    if value.is_instance_of::<PyFloat>() {
+        let v: f64 = value.extract()?;
+        return serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| error(format!("{key} must be a finite number (got {v})")));
+    }
+    Err(error(format!(
+        "{key} must be a number (got {})",
+        value.get_type().name()?
+    )))
+}
+
+fn scheduler_config(thresholds: Option<&Bound<'_, PyDict>>) -> PyResult<NoiseSchedulerConfig> {
+    let mut map = serde_json::Map::new();
+    if let Some(kwargs) = thresholds {
+        for (key, value) in kwargs.iter() {
+            let key: String = key.extract()?;
+            let v = json_value(&key, &value)?;
+            map.insert(key, v);
+        }
+    }
+    let config: NoiseSchedulerConfig = serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| error(format!("the noise scheduler's thresholds are invalid: {e}")))?;
+    config.validate().map_err(error)?;
+    Ok(config)
+}
+
+/// The decision taken after an epoch: the noise of the next epoch.
+#[pyclass(module = "adanoise._adanoise", frozen, eq)]
+#[derive(Clone, PartialEq)]
+struct Decision {
+    inner: scheduler::Decision,
+}
+
+#[pymethods]
+impl Decision {
+    /// The epoch just observed; the noise applies to the next one.
+    #[getter]
+    fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+    /// Standard deviation of the next epoch's gradient noise (0: none).
+    #[getter]
+    fn grad_sigma(&self) -> f64 {
+        self.inner.grad_sigma
+    }
+    /// Standard deviation of the weight noise at the next epoch's start (0: none).
+    #[getter]
+    fn weight_sigma(&self) -> f64 {
+        self.inner.weight_sigma
+    }
+    /// The flags raised, in the method's order.
+    #[getter]
+    fn flags(&self) -> Vec<&'static str> {
+        self.inner.flags.iter().map(|f| f.into()).collect()
+    }
+    /// Cooldown epochs left including the one this decision suppresses, or 0.
+    #[getter]
+    fn cooldown(&self) -> u64 {
+        self.inner.cooldown
+    }
+    /// Whether the next epoch gets any noise.
+    #[getter]
+    fn injects(&self) -> bool {
+        self.inner.injects()
+    }
+    /// The decision record as a dict (the `decision` of a run's `metrics.jsonl`).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let text = serde_json::to_string(&self.inner).map_err(error)?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Decision(epoch={}, grad_sigma={}, weight_sigma={}, flags={:?}, cooldown={})",
+            self.inner.epoch,
+            self.inner.grad_sigma,
+            self.inner.weight_sigma,
+            self.flags(),
+            self.inner.cooldown
+        )
+    }
+}
+
+/// The adaptive noise scheduler: call `observe` after every epoch.
+#[pyclass(module = "adanoise._adanoise")]
+struct NoiseScheduler {
+    inner: scheduler::NoiseScheduler,
+}
+
+#[pymethods]
+impl NoiseScheduler {
+    #[new]
+    #[pyo3(signature = (epochs, **thresholds))]
+    fn new(epochs: u64, thresholds: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let config = scheduler_config(thresholds)?;
+        let inner = scheduler::NoiseScheduler::new(config, epochs).map_err(error)?;
+        Ok(Self { inner })
+    }
+
+    /// Feeds epoch `epoch`'s metrics and returns the decision for the next epoch.
+    #[pyo3(signature = (*, epoch, train_loss, val_loss, grad_norm, weight_update))]
+    fn observe(
+        &mut self,
+        epoch: u64,
+        train_loss: f64,
+        val_loss: f64,
+        grad_norm: f64,
+        weight_update: f64,
+    ) -> PyResult<Decision> {
+        let inner = self
+            .inner
+            .observe(Observation {
+                epoch,
+                train_loss,
+                val_loss,
+                grad_norm,
+                weight_update,
+            })
+            .map_err(error)?;
+        Ok(Decision { inner })
+    }
+
+    /// The thresholds in force, keyed as the `[noise_scheduler]` table of a run's config.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let text = serde_json::to_string(self.inner.config()).map_err(error)?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+
+    /// `E_max`, the schedule length in epochs.
+    #[getter]
+    fn epochs(&self) -> u64 {
+        self.inner.schedule_epochs()
+    }
+
+    /// The scheduler's whole state, as plain Python values (JSON-serialisable).
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let text = serde_json::to_string(&self.inner).map_err(error)?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+
+    /// Restores a state from `state_dict()`, so that a resumed run decides identically.
+    fn load_state_dict(&mut self, py: Python<'_>, state: &Bound<'_, PyAny>) -> PyResult<()> {
+        let text: String = py
+            .import("json")?
+            .call_method1("dumps", (state,))?
+            .extract()?;
+        let inner: scheduler::NoiseScheduler = serde_json::from_str(&text).map_err(|e| {
+            error(format!(
+                "the state is not a noise scheduler's state_dict(): {e}"
+            ))
+        })?;
+        inner.config().validate().map_err(error)?;
+        self.inner = inner;
+        Ok(())
+    }
+}
+
+/// Cosine annealing with decaying restarts, as a function of the optimiser step.
+#[pyclass(module = "adanoise._adanoise", frozen)]
+struct CosineRestarts {
+    inner: CosineRestartsConfig,
+}
+
+#[pymethods]
+impl CosineRestarts {
+    #[new]
+    #[pyo3(signature = (
+        lr_max,
+        epochs,
+        steps_per_epoch,
+        restart_epochs = defaults::RESTART_EPOCHS,
+        t_mult = defaults::T_MULT,
+        lr_final_max = defaults::LR_FINAL_MAX,
+        lr_min = defaults::LR_MIN
+    ))]
+    fn new(
+        lr_max: f64,
+        epochs: u64,
+        steps_per_epoch: u64,
+        restart_epochs: u64,
+        t_mult: f64,
+        lr_final_max: f64,
+        lr_min: f64,
+    ) -> PyResult<Self> {
+        let inner = CosineRestartsConfig {
+            lr_max,
+            lr_final_max,
+            lr_min,
+            schedule_epochs: epochs,
+            restart_epochs,
+            t_mult,
+            steps_per_epoch,
+        };
+        inner.validate().map_err(error)?;
+        Ok(Self { inner })
+    }
+
+    /// The learning rate of global optimiser step `step` (from 0).
+    fn lr_at(&self, step: u64) -> f64 {
+        self.inner.lr_at(step)
+    }
+
+    /// `epochs * steps_per_epoch`.
+    #[getter]
+    fn total_steps(&self) -> u64 {
+        self.inner.total_steps().unwrap_or(u64::MAX)
+    }
+}
+
+/// The study's defaults (Tables IV and V and the baseline policies), by config key.
+#[pyfunction]
+fn defaults_dict<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("epochs", defaults::EPOCHS)?;
+    d.set_item("batch_size", defaults::BATCH_SIZE)?;
+    d.set_item("weight_decay", defaults::WEIGHT_DECAY)?;
+    d.set_item("lr_final_max", defaults::LR_FINAL_MAX)?;
+    d.set_item("lr_min", defaults::LR_MIN)?;
+    d.set_item("restart_epochs", defaults::RESTART_EPOCHS)?;
+    d.set_item("t_mult", defaults::T_MULT)?;
+    let scheduler = serde_json::to_string(&NoiseSchedulerConfig::default()).map_err(error)?;
+    d.set_item(
+        "noise_scheduler",
+        py.import("json")?.call_method1("loads", (scheduler,))?,
+    )?;
+    Ok(d)
+}
+
+/// `sqrt(3) * sigma`: the bound of uniform noise with standard deviation `sigma`.
+#[pyfunction]
+fn uniform_bound(sigma: f64) -> f64 {
+    adanoise_core::formulas::uniform_bound(sigma)
+}
+
+#[pymodule]
+fn _adanoise(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("AdanoiseError", m.py().get_type::<AdanoiseError>())?;
+    m.add_class::<Decision>()?;
+    m.add_class::<NoiseScheduler>()?;
+    m.add_class::<CosineRestarts>()?;
+    m.add_function(wrap_pyfunction!(defaults_dict, m)?)?;
+    m.add_function(wrap_pyfunction!(uniform_bound, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,447 @@
+//! A training run from start to end, in the phases a reader can follow:
+//!
+//! 1. **prepare**: device, data, schedule: everything that can reject the input,
+//!    before the run directory is touched;
+//! 2. **open or resume** the run directory (a resumed run continues from its
+//!    checkpoint, possibly in the middle of an epoch);
+//! 3. **one epoch** after another ([`run_epoch`]);
+//! 4. **record** each epoch: the noise scheduler's decision, the metrics line,
+//!    the checkpoint, the summary;
+//! 5. **stop** when asked (a signal, a step or epoch limit) with a checkpoint
+//!    that `--resume` continues from, or finish.
+
+use super::config::TrainConfig;
+use super::epoch::{EpochContext, EpochEnd, Optimization, PartialEpoch, run_epoch};
+use super::interrupt;
+use super::metrics::{EpochMetrics, NoiseApplied, RunStatus, Summary};
+use super::precision::StepPrecision;
+use super::record::{self, ExtraState, NoiseState, load_model, optimizer_record};
+use super::run_dir::{Opened, RunDir};
+use crate::data::augment::batches_per_epoch;
+use crate::data::placement::{EvalSplit, PlacedSplit};
+use crate::data::{Dataset, load_cifar10, source::train_subset};
+use crate::events::{Event, Observer, RunStart, Silent};
+use crate::models::{Model, trainable_params};
+use crate::noise::{Decision, NoiseKind, NoiseScheduler, Observation};
+use crate::rng::{Purpose, derived_seed, with_seeded_device};
+use crate::schedule::CosineRestarts;
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Options of a `train` invocation that are not part of the run's config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue the run in the directory instead of starting one.
+    pub resume: bool,
+    /// Refuse to download the dataset when the data folder is empty.
+    pub offline: bool,
+    /// Stop (as if interrupted) once this many epochs are recorded; the run stays resumable.
+    pub stop_after: Option<u64>,
+    /// Stop (as a signal would) after this global optimiser step; for tests.
+    pub stop_at_step: Option<u64>,
+}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The run's summary, as written to `summary.json`.
+    pub summary: Summary,
+    /// Every recorded epoch.
+    pub history: Vec<EpochMetrics>,
+    /// Stopped by a signal (or `stop_at_step`) after writing a checkpoint.
+    pub interrupted: bool,
+}
+
+/// Runs (or resumes) a training run into `out`, silently.
+pub fn train(config: &TrainConfig, out: &Path, options: &RunOptions) -> Result<Outcome> {
+    train_with(config, out, options, &mut Silent)
+}
+
+/// Runs (or resumes) a training run into `out`, reporting to `observer`.
+pub fn train_with(
+    config: &TrainConfig,
+    out: &Path,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
+    let setup = Setup::prepare(config, options, observer)?;
+    let (mut run, mut model) = match Run::open(config, out, options, &setup)? {
+        Opening::Finished(outcome) => {
+            let epochs = outcome.summary.epochs_done;
+            observer.on(&Event::AlreadyFinished { dir: out, epochs });
+            return Ok(*outcome);
+        }
+        Opening::Ready(run, model) => (*run, *model),
+    };
+    observer.on(&Event::RunStarted(&run.start(&setup, &model)));
+    let data = setup.place(config);
+    let should_stop =
+        |step: u64| interrupt::requested() || options.stop_at_step.is_some_and(|s| step >= s);
+    let last = options
+        .stop_after
+        .map_or(config.epochs, |n| n.min(config.epochs));
+    for epoch in run.history.len() as u64 + 1..=last {
+        let noise = run.noise_for_next_epoch();
+        let ctx = epoch_context(
+            config,
+            epoch,
+            run.steps_per_epoch,
+            noise,
+            &data,
+            &should_stop,
+        );
+        let resume = run.resume_epoch.take();
+        match run_epoch(&ctx, model, &mut run.opt, resume, observer) {
+            EpochEnd::Finished(next, metrics) => {
+                model = *next;
+                run.record_epoch(&model, metrics, observer)?;
+            }
+            EpochEnd::Stopped(now, start, partial) => {
+                return run.stop_in_epoch(&now, &start, partial, observer);
+            }
+            EpochEnd::Diverged(message) => return Err(run.diverged(message)),
+        }
+        if epoch < config.epochs && should_stop(run.opt.schedule.current_step()) {
+            observer.on(&Event::Stopped { epoch, step: None });
+            return run.outcome(RunStatus::Running, None, true);
+        }
+    }
+    let status = RunStatus::of_progress(run.history.len() as u64, config.epochs);
+    run.outcome(status, None, false)
+}
+
+/// Draws every lazily initialised parameter now, while the device RNG is freshly seeded.
+pub(crate) struct Materialize;
+
+impl ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+/// Builds the model for a run, initialised from the run's seed.
+pub fn init_model(config: &TrainConfig, classes: usize, device: &Device) -> Model {
+    // Drawn on the CPU whatever the device (as PyTorch users do before `.to(device)`), so a
+    // seed gives the same initial weights on every backend.
+    let host = Device::flex().autodiff();
+    let model = with_seeded_device(
+        &host,
+        derived_seed(config.seed, Purpose::ModelInit, 0),
+        || {
+            let model = config.model.build(classes, &host);
+            model.visit(&mut Materialize);
+            model
+        },
+    );
+    // `fork` keeps which parameters require gradients; `to_device` would drop it.
+    model.fork(device)
+}
+
+/// Loads the dataset a config names, with its training subset applied.
+pub fn load_data(
+    config: &TrainConfig,
+    offline: bool,
+    observer: &mut dyn Observer,
+) -> Result<Dataset> {
+    let mut data = load_cifar10(&config.data_dir, !offline, observer)?;
+    if let Some(n) = config.train_subset {
+        train_subset(&mut data, n)?;
+    }
+    Ok(data)
+}
+
+/// Phase 1: what a run needs before its directory is touched.
+struct Setup {
+    device: Device,
+    train_device: Device,
+    data: Dataset,
+    steps_per_epoch: u64,
+}
+
+/// The run's data, placed where its batches are assembled.
+struct PlacedData {
+    /// The autodiff device the model trains on.
+    device: Device,
+    train: PlacedSplit,
+    val: EvalSplit,
+}
+
+impl Setup {
+    fn prepare(
+        config: &TrainConfig,
+        options: &RunOptions,
+        observer: &mut dyn Observer,
+    ) -> Result<Setup> {
+        config.validate()?;
+        crate::device::set_cpu_threads(config.threads);
+        let device = config.device.device()?;
+        config
+            .precision
+            .check_device(&device, config.device.name())?;
+        let data = load_data(config, options.offline, observer)?;
+        let steps_per_epoch = batches_per_epoch(data.train.len(), config.batch_size) as u64;
+        CosineRestarts::new(config.lr_schedule(steps_per_epoch))?;
+        Ok(Setup {
+            train_device: device.clone().autodiff(),
+            device,
+            data,
+            steps_per_epoch,
+        })
+    }
+
+    fn place(self, config: &TrainConfig) -> PlacedData {
+        let on_device = config.data_placement.on_device(config.device);
+        let train = PlacedSplit::new(Arc::new(self.data.train), on_device, &self.device);
+        let val = PlacedSplit::new(Arc::new(self.data.test), on_device, &self.device)
+            .for_eval(config.batch_size);
+        PlacedData {
+            device: self.train_device,
+            train,
+            val,
+        }
+    }
+}
+
+/// What epoch `epoch` reads.
+fn epoch_context<'c>(
+    config: &'c TrainConfig,
+    epoch: u64,
+    steps: u64,
+    noise: NoiseApplied,
+    data: &'c PlacedData,
+    should_stop: &'c dyn Fn(u64) -> bool,
+) -> EpochContext<'c> {
+    EpochContext {
+        config,
+        epoch,
+        steps,
+        device: &data.device,
+        noise,
+        train_data: &data.train,
+        val_data: &data.val,
+        test_data: None,
+        should_stop,
+    }
+}
+
+/// Phase 2's result: a finished run, or one ready to train with its model.
+enum Opening<'a> {
+    Finished(Box<Outcome>),
+    Ready(Box<Run<'a>>, Box<Model>),
+}
+
+/// A run being trained: its directory and everything that changes from epoch to epoch.
+struct Run<'a> {
+    config: &'a TrainConfig,
+    dir: RunDir,
+    opt: Optimization,
+    noise: NoiseState,
+    history: Vec<EpochMetrics>,
+    /// A stopped epoch to go on with, and the model at its start.
+    resume_epoch: Option<(PartialEpoch, Model)>,
+    steps_per_epoch: u64,
+}
+
+impl<'a> Run<'a> {
+    /// Phase 2: opens `out` fresh, or resumes the run it holds.
+    fn open(
+        config: &'a TrainConfig,
+        out: &Path,
+        options: &RunOptions,
+        setup: &Setup,
+    ) -> Result<Opening<'a>> {
+        let opened = RunDir::open(out, config, options.resume)?;
+        if let Opened::AlreadyFinished(dir, summary) = opened {
+            let history = dir.read_metrics()?;
+            let summary = *summary;
+            return Ok(Opening::Finished(Box::new(Outcome {
+                summary,
+                history,
+                interrupted: false,
+            })));
+        }
+        let template = init_model(config, setup.data.num_classes(), &setup.train_device);
+        let steps_per_epoch = setup.steps_per_epoch;
+        let mut run = Run {
+            config,
+            dir: opened.dir().clone(),
+            opt: Optimization {
+                optim: config.optimizer.build(config.weight_decay),
+                schedule: CosineRestarts::new(config.lr_schedule(steps_per_epoch))?,
+                precision: StepPrecision::new(config.precision),
+            },
+            noise: NoiseState {
+                scheduler: NoiseScheduler::new(config.noise_scheduler, config.schedule_length())?,
+                next: Decision::quiet(0),
+            },
+            history: Vec::new(),
+            resume_epoch: None,
+            steps_per_epoch,
+        };
+        let model = match opened {
+            Opened::Resumed(_, ckpt, history) => {
+                run.history = history;
+                run.restore(*ckpt, template)?
+            }
+            _ => template,
+        };
+        Ok(Opening::Ready(Box::new(run), Box::new(model)))
+    }
+
+    /// Continues from a checkpoint: model, optimiser, schedule, noise state and, for a stop
+    /// in the middle of an epoch, that epoch's sums and starting weights.
+    fn restore(&mut self, ckpt: super::checkpoint::Checkpoint, template: Model) -> Result<Model> {
+        let extra: ExtraState = serde_json::from_value(ckpt.state.extra.clone())
+            .context("the checkpoint's noise scheduler state is unreadable; delete the run directory and train again")?;
+        if let Some(seed) = extra.seed.filter(|s| *s != self.config.seed) {
+            bail!(
+                "{} was written by a run with seed {seed}, but this run's seed is {}: it belongs to another run; restore this run's own checkpoint.bin or start a new run",
+                self.dir.checkpoint_path().display(),
+                self.config.seed
+            );
+        }
+        let model = load_model(template.clone(), ckpt.model)?;
+        let optim = std::mem::replace(&mut self.opt.optim, self.config.optimizer.build(0.0));
+        self.opt.optim = optim.load_record(optimizer_record(ckpt.optimizer)?);
+        self.opt.schedule.set_step(ckpt.state.step);
+        self.opt.precision =
+            StepPrecision::with_loss_scale(self.config.precision, extra.loss_scale);
+        self.noise = extra.noise;
+        if let (Some(partial), Some(bytes)) = (extra.partial, ckpt.epoch_start_model) {
+            self.resume_epoch = Some((partial, load_model(template, bytes)?));
+        }
+        Ok(model)
+    }
+
+    /// What the run tells its observer before training.
+    fn start(&self, setup: &Setup, model: &Model) -> RunStart<'_> {
+        let c = self.config;
+        let resumed = (!self.history.is_empty() || self.resume_epoch.is_some()).then(|| {
+            let step = self.resume_epoch.as_ref().map(|(p, _)| p.steps_done);
+            (self.history.len() as u64, step)
+        });
+        RunStart {
+            dir: &self.dir.path,
+            what: format!(
+                "{} ({} trainable parameters) with {} lr {} on {}",
+                c.model,
+                trainable_params(model),
+                c.optimizer,
+                c.lr,
+                c.device
+            ),
+            images: (setup.data.train.len(), setup.data.test.len(), None),
+            steps_per_epoch: self.steps_per_epoch,
+            resumed,
+        }
+    }
+
+    /// The noise epoch `next` receives: the decision in force, unless the run only records.
+    fn noise_for_next_epoch(&self) -> NoiseApplied {
+        if self.config.noise == NoiseKind::None {
+            return NoiseApplied::default();
+        }
+        NoiseApplied {
+            grad_sigma: self.noise.next.grad_sigma,
+            weight_sigma: self.noise.next.weight_sigma,
+        }
+    }
+
+    /// Phase 4: the decision, the metrics line, the checkpoint and the summary of an epoch.
+    fn record_epoch(
+        &mut self,
+        model: &Model,
+        mut metrics: EpochMetrics,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        let decision = self.noise.scheduler.observe(Observation {
+            epoch: metrics.epoch,
+            train_loss: metrics.train_loss,
+            val_loss: metrics.val_loss,
+            grad_norm: metrics.grad_norm,
+            weight_update: metrics.weight_update,
+        })?;
+        metrics.decision = Some(decision.clone());
+        self.noise.next = decision;
+        // The metrics line first: a kill before the checkpoint redoes this epoch on resume.
+        self.dir.append_metrics(&metrics)?;
+        self.checkpoint(metrics.epoch, model, None, None)?;
+        observer.on(&Event::EpochEnded {
+            metrics: &metrics,
+            epochs: self.config.epochs,
+            noise: self.config.noise,
+        });
+        let epoch = metrics.epoch;
+        self.history.push(metrics);
+        let status = RunStatus::of_progress(epoch, self.config.epochs);
+        let summary = Summary::from_history(&self.history, self.config.epochs, status, None);
+        self.dir.write_summary(&summary)
+    }
+
+    fn checkpoint(
+        &self,
+        epochs_done: u64,
+        model: &Model,
+        partial: Option<PartialEpoch>,
+        epoch_start: Option<&Model>,
+    ) -> Result<()> {
+        let extra = ExtraState {
+            noise: self.noise.clone(),
+            partial,
+            loss_scale: self.opt.precision.loss_scale,
+            seed: Some(self.config.seed),
+        };
+        let path = self.dir.checkpoint_path();
+        record::save(&path, epochs_done, model, &self.opt, &extra, epoch_start)
+    }
+
+    /// Phase 5, in the middle of an epoch: the checkpoint keeps the epoch's sums and the
+    /// weights at its start.
+    fn stop_in_epoch(
+        self,
+        now: &Model,
+        start: &Model,
+        partial: PartialEpoch,
+        observer: &mut dyn Observer,
+    ) -> Result<Outcome> {
+        let (epoch, step) = (partial.epoch, partial.steps_done);
+        self.checkpoint(epoch - 1, now, Some(partial), Some(start))?;
+        observer.on(&Event::Stopped {
+            epoch,
+            step: Some((step, self.steps_per_epoch)),
+        });
+        self.outcome(RunStatus::Running, None, true)
+    }
+
+    /// The error of a run whose loss became NaN or infinite; its summary says `diverged`.
+    fn diverged(self, message: String) -> anyhow::Error {
+        let recorded = self.history.len();
+        let path = self.dir.path.clone();
+        if let Err(e) = self.outcome(RunStatus::Diverged, Some(message.clone()), false) {
+            return e;
+        }
+        anyhow::anyhow!(
+            "{message}. The {recorded} epochs recorded before stay in {}",
+            path.display()
+        )
+    }
+
+    /// Writes the summary and hands the run's record back.
+    fn outcome(
+        self,
+        status: RunStatus,
+        message: Option<String>,
+        interrupted: bool,
+    ) -> Result<Outcome> {
+        let summary = Summary::from_history(&self.history, self.config.epochs, status, message);
+        self.dir.write_summary(&summary)?;
+        Ok(Outcome {
+            summary,
+            history: self.history,
+            interrupted,
+        })
+    }
+}
