@@ -15,6 +15,7 @@ pub enum Purpose {
     ModelInit = 4,
     GradientNoise = 5,
     WeightNoise = 6,
+    ValidationSplit = 7,
 }
 
 /// The generator for `purpose` in `epoch` of a run seeded with `seed`.

@@ -80,7 +80,7 @@ fn sweep_runs_skips_resumes_and_reports() {
     // The report's numbers are the runs' own, at the best learning rate.
     let runs = find_runs(&out, 2, &mut adanoise::events::Silent).unwrap();
     assert_eq!(runs.len(), 8);
-    let t = tables::build(&runs);
+    let t = tables::build(&runs, tables::LrSelection::PerNoise);
     assert_eq!(t.by_optimizer.len(), 2);
     for (_, rows) in &t.by_optimizer {
         assert_eq!(rows.len(), 2);
@@ -123,7 +123,7 @@ fn sweep_runs_skips_resumes_and_reports() {
         md.contains("Table I: results for sgd") && md.contains("Table III: results for adam"),
         "{md}"
     );
-    assert!(md.contains("| baby-cnn | gaussian |"), "{md}");
+    assert!(md.contains("| baby-cnn | gaussian, adaptive |"), "{md}");
     let csv = ok(&adanoise(&[
         "report",
         out.to_str().unwrap(),

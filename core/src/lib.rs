@@ -9,7 +9,8 @@
 //! - [`scheduler`]: the adaptive noise scheduler: flags, sigmas, cooldown, the
 //!   decision record and the scheduler's resumable state.
 //! - [`formulas`]: the closed forms the scheduler and the policies use.
-//! - [`policy`]: the noise's distribution.
+//! - [`policy`]: who sets the noise (the adaptive scheduler, a constant sigma, an
+//!   annealed one) and its distribution.
 //! - [`replay`]: reading recorded metrics and replaying the scheduler on them.
 //!
 //! The rules are written out in the repository's `docs/method.md`.
@@ -24,7 +25,7 @@ pub mod replay;
 pub mod scheduler;
 
 pub use lr_schedule::{CosineRestartsConfig, ScheduleError};
-pub use policy::NoiseKind;
+pub use policy::{NoiseKind, NoisePolicy, PolicyConfig};
 pub use scheduler::{
     Decision, Flag, NoiseScheduler, NoiseSchedulerConfig, Observation, SchedulerError,
 };

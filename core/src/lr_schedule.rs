@@ -159,12 +159,12 @@ impl CosineRestartsConfig {
         let t_decay = ((self.schedule_epochs - self.restart_epochs) * s) as f64;
         let (t_cur, t_i) = if self.t_mult == 1.0 {
             // Integer arithmetic: exact at every restart boundary.
-            (t % t0, t0 as f64)
+            ((t % t0) as f64, t0 as f64)
         } else {
             cycle_position(t, t0, self.t_mult)
         };
         let peak = self.lr_max - (t as f64 / t_decay).min(1.0) * (self.lr_max - self.lr_final_max);
-        cosine(self.lr_min, peak, t_cur as f64, t_i)
+        cosine(self.lr_min, peak, t_cur, t_i)
     }
 }
 
@@ -177,21 +177,21 @@ fn cycle_start(n: i32, t0: u64, m: f64) -> f64 {
     t0 as f64 * (m.powi(n) - 1.0) / (m - 1.0)
 }
 
-/// Position inside the current cycle and its length when cycles grow by `m > 1`.
-/// The closed form for `n` can land one cycle off at a boundary through rounding,
-/// so it is corrected against the exact cycle starts.
-fn cycle_position(t: u64, t0: u64, m: f64) -> (u64, f64) {
+/// `T_cur` and `T_i` at step `t` when cycles grow by `m > 1`. Cycle starts are real
+/// numbers and may fall between two steps (with `T0 = 10, m = 1.5` the fourth cycle starts
+/// at 47.5), so `T_cur` is fractional there. The closed form for `n` can land one cycle
+/// off at a boundary through rounding, so it is checked against those real starts.
+fn cycle_position(t: u64, t0: u64, m: f64) -> (f64, f64) {
     let t_f = t as f64;
     let mut n = ((t_f / t0 as f64 * (m - 1.0) + 1.0).ln() / m.ln()).floor() as i32;
     n = n.max(0);
-    while cycle_start(n + 1, t0, m).round() <= t_f {
+    while cycle_start(n + 1, t0, m) <= t_f {
         n += 1;
     }
-    while n > 0 && cycle_start(n, t0, m).round() > t_f {
+    while n > 0 && cycle_start(n, t0, m) > t_f {
         n -= 1;
     }
-    let start = cycle_start(n, t0, m).round() as u64;
-    (t - start, t0 as f64 * m.powi(n))
+    (t_f - cycle_start(n, t0, m), t0 as f64 * m.powi(n))
 }
 
 #[cfg(test)]
@@ -242,11 +242,11 @@ mod tests {
         // Cycles: [0,10), [10,30), [30,70), ...
         for boundary in [10u64, 30, 70, 150] {
             let (t_cur, _) = cycle_position(boundary, 10, 2.0);
-            assert_eq!(t_cur, 0, "restart expected at {boundary}");
+            assert_eq!(t_cur, 0.0, "restart expected at {boundary}");
             let (t_cur, _) = cycle_position(boundary - 1, 10, 2.0);
-            assert!(t_cur > 0);
+            assert!(t_cur > 0.0);
         }
-        assert_eq!(cycle_position(29, 10, 2.0), (19, 20.0));
+        assert_eq!(cycle_position(29, 10, 2.0), (19.0, 20.0));
     }
 
     #[test]
@@ -284,5 +284,46 @@ mod tests {
         for c in cases {
             assert!(c.validate().is_err(), "{c:?} should be rejected");
         }
+    }
+
+    /// The formula of `docs/method.md` written out directly in f64, with no correction.
+    fn by_the_formula(c: &CosineRestartsConfig, t: u64) -> f64 {
+        let (t0, m) = ((c.restart_epochs * c.steps_per_epoch) as f64, c.t_mult);
+        let t_decay = ((c.schedule_epochs - c.restart_epochs) * c.steps_per_epoch) as f64;
+        let t = t as f64;
+        let n = ((t / t0 * (m - 1.0) + 1.0).ln() / m.ln()).floor();
+        let t_i = t0 * m.powf(n);
+        let t_cur = t - t0 * (m.powf(n) - 1.0) / (m - 1.0);
+        let peak = c.lr_max - (t / t_decay).min(1.0) * (c.lr_max - c.lr_final_max);
+        c.lr_min + 0.5 * (peak - c.lr_min) * (1.0 + (PI * t_cur / t_i).cos())
+    }
+
+    #[test]
+    fn fractional_cycle_starts_follow_the_formula() {
+        // T0 = 10 steps, T_mult 1.5: cycles start at 0, 10, 25, 47.5, 81.25, 131.875.
+        let c = CosineRestartsConfig {
+            lr_max: 0.1,
+            lr_final_max: 0.01,
+            lr_min: 0.001,
+            schedule_epochs: 30,
+            restart_epochs: 2,
+            t_mult: 1.5,
+            steps_per_epoch: 5,
+        };
+        c.validate().unwrap();
+        for t in 0..150 {
+            let (got, want) = (c.lr_at(t), by_the_formula(&c, t));
+            assert!(
+                (got - want).abs() <= 1e-15 * want,
+                "step {t}: {got} vs {want}"
+            );
+        }
+        // Step 81 is 33.5 steps into the 33.75-step cycle that starts at 47.5: the rate is
+        // near its floor. Rounding the next start (81.25) to 81 restarts it there instead.
+        let (t_cur, t_i) = cycle_position(81, 10, 1.5);
+        assert_eq!((t_cur, t_i), (33.5, 33.75));
+        assert!(c.lr_at(81) < 0.0011, "{}", c.lr_at(81));
+        // Step 48 is half a step into the cycle that starts at 47.5.
+        assert_eq!(cycle_position(48, 10, 1.5), (0.5, 22.5 * 1.5));
     }
 }

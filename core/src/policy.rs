@@ -1,4 +1,5 @@
-//! What kind of noise is injected: its distribution ([`NoiseKind`]).
+//! What noise is injected: its distribution ([`NoiseKind`]) and who sets its
+//! standard deviation ([`NoisePolicy`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -35,5 +36,161 @@ impl NoiseKind {
     /// The name used in configs, directory names and reports.
     pub fn name(self) -> &'static str {
         self.into()
+    }
+}
+
+/// Who sets the noise: the adaptive scheduler, or one of the field's baselines.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum NoisePolicy {
+    /// The adaptive scheduler's decisions: gradient and weight noise when training looks
+    /// stuck or overfitting.
+    #[default]
+    Adaptive,
+    /// Gradient noise of a constant standard deviation at every step.
+    Constant,
+    /// Gradient noise with `sigma_t = sqrt(eta / (1 + t)^gamma)` at every step `t`
+    /// (Neelakantan et al. 2015).
+    Annealed,
+}
+
+/// A noise policy with its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PolicyConfig {
+    /// Who sets the noise.
+    pub policy: NoisePolicy,
+    /// The constant policy's standard deviation.
+    pub noise_sigma: f64,
+    /// The annealed policy's `eta`.
+    pub anneal_eta: f64,
+    /// The annealed policy's `gamma`.
+    pub anneal_gamma: f64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            policy: NoisePolicy::Adaptive,
+            noise_sigma: crate::defaults::NOISE_SIGMA,
+            anneal_eta: crate::defaults::ANNEAL_ETA,
+            anneal_gamma: crate::defaults::ANNEAL_GAMMA,
+        }
+    }
+}
+
+/// A policy parameter that makes no sense.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
+impl PolicyConfig {
+    /// Rejects parameters the policy cannot use.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let check = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(PolicyError(format!(
+                    "--{name} must be a finite number >= 0 (got {v})"
+                )))
+            }
+        };
+        check("noise-sigma", self.noise_sigma)?;
+        check("anneal-eta", self.anneal_eta)?;
+        check("anneal-gamma", self.anneal_gamma)
+    }
+
+    /// The gradient noise's standard deviation at global step `step`, given the adaptive
+    /// scheduler's decision in force (`decided`, used by the adaptive policy only).
+    pub fn grad_sigma(&self, decided: f64, step: u64) -> f64 {
+        match self.policy {
+            NoisePolicy::Adaptive => decided,
+            NoisePolicy::Constant => self.noise_sigma,
+            NoisePolicy::Annealed => {
+                crate::formulas::annealed_sigma(self.anneal_eta, self.anneal_gamma, step)
+            }
+        }
+    }
+
+    /// The weight noise's standard deviation at an epoch's start: the adaptive decision's,
+    /// none for the baselines, which only perturb gradients.
+    pub fn weight_sigma(&self, decided: f64) -> f64 {
+        match self.policy {
+            NoisePolicy::Adaptive => decided,
+            NoisePolicy::Constant | NoisePolicy::Annealed => 0.0,
+        }
+    }
+
+    /// A short label for reports: `adaptive`, `constant 0.01`, `annealed eta 0.01 gamma 0.55`.
+    pub fn label(&self) -> String {
+        match self.policy {
+            NoisePolicy::Adaptive => "adaptive".into(),
+            NoisePolicy::Constant => format!("constant {}", self.noise_sigma),
+            NoisePolicy::Annealed => format!(
+                "annealed eta {} gamma {}",
+                self.anneal_eta, self.anneal_gamma
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_policy_gives_its_sigma_at_given_steps() {
+        let adaptive = PolicyConfig::default();
+        assert_eq!(adaptive.grad_sigma(0.03, 500), 0.03);
+        assert_eq!(adaptive.weight_sigma(0.02), 0.02);
+        let constant = PolicyConfig {
+            policy: NoisePolicy::Constant,
+            noise_sigma: 0.004,
+            ..adaptive
+        };
+        for step in [0, 1, 10_000] {
+            assert_eq!(constant.grad_sigma(0.03, step), 0.004);
+        }
+        assert_eq!(constant.weight_sigma(0.02), 0.0);
+        let annealed = PolicyConfig {
+            policy: NoisePolicy::Annealed,
+            ..adaptive
+        };
+        // sqrt(0.01 / (1 + t)^0.55), by hand: t = 0 -> 0.1; t = 999 -> 0.1 * 1000^-0.275.
+        assert_eq!(annealed.grad_sigma(0.03, 0), 0.1);
+        let want = 0.1 * 1000f64.powf(-0.275);
+        assert!((annealed.grad_sigma(0.03, 999) - want).abs() < 1e-15);
+        assert!((want - 0.014962).abs() < 1e-6);
+        assert_eq!(annealed.weight_sigma(0.02), 0.0);
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let bad = PolicyConfig {
+            anneal_gamma: -1.0,
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--anneal-gamma")
+        );
     }
 }

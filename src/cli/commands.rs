@@ -27,7 +27,7 @@ use strum::VariantArray;
 /// Runs a subcommand; the exit code says how it ended (75: stopped with a checkpoint).
 pub(crate) fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Train(args) => train_command(args),
+        Command::Train(args) => train_command(*args),
         Command::Sweep(args) => sweep_command(&args),
         other => run_simple(other).map(|()| ExitCode::SUCCESS),
     }
@@ -390,10 +390,10 @@ fn report_command(args: &ReportArgs) -> Result<()> {
             args.dir.display()
         );
     }
-    let tables = tables::build(&runs);
+    let tables = tables::build(&runs, args.lr_selection);
     let text = match args.format {
         Format::Md => render::markdown(&tables),
-        Format::Csv => render::csv(&tables),
+        Format::Csv => render::csv(&tables)?,
         Format::Latex => render::latex(&tables),
         Format::Html => render::html(&tables, &runs)?,
     };

@@ -9,6 +9,7 @@ use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
 use crate::train::Precision;
+use adanoise_core::NoisePolicy;
 use adanoise_core::defaults::{self, with_default};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -29,7 +30,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Train a model (or resume an interrupted run).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// List the models with their trainable parameter counts.
     Models {
         /// Print JSON instead of a table.
@@ -130,6 +131,16 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_subset: Option<usize>,
+    /// Hold out N training images (stratified by class) as the validation set the scheduler
+    /// and the report read; the test set is then evaluated too [default: 0: the test set
+    /// validates, as in the study].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_split: Option<usize>,
+    /// Seed of the validation split (the same held-out images for every --seed).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
     #[arg(long, help = with_default("Peak learning rate at the schedule's last restart", defaults::LR_FINAL_MAX))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr_final_max: Option<f64>,
@@ -163,6 +174,20 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub noise: Option<NoiseKind>,
+    /// Who sets the noise: the adaptive scheduler, a constant sigma (--noise-sigma) at every
+    /// step, or an annealed one (--anneal-eta, --anneal-gamma) [default: adaptive].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_policy: Option<NoisePolicy>,
+    #[arg(long, help = with_default("Gradient-noise sigma of the constant policy", defaults::NOISE_SIGMA))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_sigma: Option<f64>,
+    #[arg(long, help = with_default("eta of the annealed policy, sigma_t^2 = eta / (1 + t)^gamma", defaults::ANNEAL_ETA))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anneal_eta: Option<f64>,
+    #[arg(long, help = with_default("gamma of the annealed policy", defaults::ANNEAL_GAMMA))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anneal_gamma: Option<f64>,
     #[command(flatten)]
     #[serde(skip_serializing_if = "NoiseArgs::is_empty")]
     pub noise_scheduler: NoiseArgs,
@@ -290,6 +315,10 @@ pub(crate) struct ReportArgs {
     pub dir: PathBuf,
     #[arg(long, value_enum, default_value = "md")]
     pub format: crate::report::Format,
+    /// How each row's learning rate is chosen: per-noise (its own best, as in the study)
+    /// or shared (the no-noise row's best, for every noise type of that model and optimiser).
+    #[arg(long, value_enum, default_value = "per-noise")]
+    pub lr_selection: crate::report::tables::LrSelection,
     /// Write here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -87,6 +87,7 @@ pub fn load(data_dir: &Path) -> Result<Dataset> {
     let test = read_batch(&dir.join(TEST_FILE))?;
     Ok(Dataset {
         train,
+        val: None,
         test,
         classes: CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),
     })

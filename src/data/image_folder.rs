@@ -237,6 +237,7 @@ pub fn load(root: &Path, observer: &mut dyn Observer) -> Result<Dataset> {
     let test = load_split(root, "test", &classes, observer)?;
     Ok(Dataset {
         train,
+        val: None,
         test,
         classes,
     })

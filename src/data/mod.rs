@@ -10,6 +10,7 @@ pub mod image_folder;
 pub mod placement;
 pub mod plan;
 pub mod source;
+pub mod split;
 pub mod synthetic;
 
 pub use augment::{Batch, BatchStream, Normalization, eval_batches};
@@ -68,16 +69,29 @@ impl Split {
     }
 }
 
-/// A train/test pair with its class names.
+/// The splits of a dataset with its class names.
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// The images trained on.
     pub train: Split,
+    /// Training images held out for validation (`--val-split`); none when the test set
+    /// is the validation set.
+    pub val: Option<Split>,
+    /// The test images.
     pub test: Split,
+    /// The class names, in label order.
     pub classes: Vec<String>,
 }
 
 impl Dataset {
+    /// How many classes.
     pub fn num_classes(&self) -> usize {
         self.classes.len()
+    }
+
+    /// The split the scheduler and the report validate on: the held-out images, or the
+    /// test set when none are held out.
+    pub fn validation(&self) -> &Split {
+        self.val.as_ref().unwrap_or(&self.test)
     }
 }

@@ -37,6 +37,19 @@ impl RunRecord {
         })
     }
 
+    /// `finished`, `diverged after 3/10 epochs`, `running after 2/10 epochs`, `not started`.
+    pub fn state(&self) -> String {
+        self.summary
+            .as_ref()
+            .map_or("not started".to_string(), |s| {
+                if s.status == RunStatus::Finished {
+                    return "finished".to_string();
+                }
+                format!("{} after {}/{} epochs", s.status, s.epochs_done, s.epochs)
+            })
+    }
+
+    /// Whether all its epochs are recorded.
     pub fn finished(&self) -> bool {
         self.summary
             .as_ref()

@@ -4,6 +4,7 @@
 pub mod collect;
 pub mod figures;
 pub mod render;
+pub mod stats;
 pub mod tables;
 
 pub use collect::{RunRecord, find_runs};

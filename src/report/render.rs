@@ -1,10 +1,12 @@
 //! Writing the tables as Markdown, CSV, LaTeX, or one self-contained HTML page
-//! with the figures inlined as SVG.
+//! (a template, `report.html`) with the figures inlined as SVG.
 
 use super::collect::RunRecord;
 use super::figures::{Figure1, SweepFigure, svg_string};
-use super::tables::{Row, Stat, Tables};
-use anyhow::Result;
+use super::stats::Stat;
+use super::tables::{LrSelection, Row, Tables};
+use anyhow::{Context, Result};
+use serde::Serialize;
 use std::fmt::Write;
 
 /// The report's output format.
@@ -21,22 +23,35 @@ pub enum Format {
     Html,
 }
 
-const HEADERS: [&str; 13] = [
-    "Model",
-    "Noise",
-    "LR",
-    "Train acc",
-    "Val acc",
-    "Train loss",
-    "Val loss",
-    "Δ val acc",
-    "Δ loss gap",
-    "Grad-noise epochs",
-    "Weight-noise epochs",
-    "Cooldown epochs",
-    "Seeds",
-];
+/// The columns of the Markdown and HTML tables; the test-accuracy column only when the
+/// runs held out a validation split.
+fn headers(tables: &Tables) -> Vec<&'static str> {
+    let mut h = vec![
+        "Model",
+        "Noise",
+        "LR",
+        "Train acc",
+        "Val acc",
+        "Val acc 95% CI",
+        "Train loss",
+        "Val loss",
+    ];
+    if tables.held_out {
+        h.push("Test acc");
+    }
+    h.extend([
+        "Δ val acc [95% CI]",
+        "Δ loss gap [95% CI]",
+        "Grad-noise epochs",
+        "Weight-noise epochs",
+        "Cooldown epochs",
+        "Seeds",
+        "Note",
+    ]);
+    h
+}
 
+/// `0.8500`, or `0.8500 ± 0.0707` (mean ± sample std) over several seeds.
 fn stat(s: &Stat) -> String {
     if s.n > 1 {
         format!("{:.4} ± {:.4}", s.mean, s.std)
@@ -45,8 +60,20 @@ fn stat(s: &Stat) -> String {
     }
 }
 
-fn signed(v: Option<f64>) -> String {
-    v.map_or_else(|| "".to_string(), |v| format!("{v:+.4}"))
+fn interval(s: &Stat) -> String {
+    s.interval()
+        .map_or(String::new(), |(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
+}
+
+/// `+0.0100`, or `+0.0100 [-0.0050, +0.0250]` with the paired 95 % interval.
+fn delta(d: Option<&Stat>) -> String {
+    let Some(d) = d else {
+        return String::new();
+    };
+    match d.interval() {
+        Some((lo, hi)) => format!("{:+.4} [{lo:+.4}, {hi:+.4}]", d.mean),
+        None => format!("{:+.4}", d.mean),
+    }
 }
 
 fn epochs(v: f64) -> String {
@@ -65,22 +92,63 @@ fn model_label(row: &Row) -> String {
     }
 }
 
-fn cells(row: &Row) -> [String; 13] {
-    [
+fn noise_label(row: &Row) -> String {
+    if row.policy.is_empty() {
+        row.noise.to_string()
+    } else {
+        format!("{}, {}", row.noise, row.policy)
+    }
+}
+
+/// `3`, or `2 of 3 (1 diverged)` when some runs at the row's rate did not finish.
+fn seeds(row: &Row) -> String {
+    let c = &row.at_lr;
+    if c.finished == c.total() {
+        return c.finished.to_string();
+    }
+    let mut why = Vec::new();
+    if c.diverged > 0 {
+        why.push(format!("{} diverged", c.diverged));
+    }
+    if c.unfinished > 0 {
+        why.push(format!("{} unfinished", c.unfinished));
+    }
+    format!("{} of {} ({})", c.finished, c.total(), why.join(", "))
+}
+
+fn note(row: &Row) -> String {
+    let mut parts = Vec::new();
+    if row.at_lr.diverged > 0 {
+        parts.push("a seed diverged at this rate".to_string());
+    }
+    parts.extend(row.note.clone());
+    parts.join("; ")
+}
+
+fn cells(row: &Row, tables: &Tables) -> Vec<String> {
+    let mut c = vec![
         model_label(row),
-        row.noise.to_string(),
+        noise_label(row),
         format!("{}", row.lr),
         stat(&row.train_acc),
         stat(&row.val_acc),
+        interval(&row.val_acc),
         stat(&row.train_loss),
         stat(&row.val_loss),
-        signed(row.delta_val_acc),
-        signed(row.delta_gap),
+    ];
+    if tables.held_out {
+        c.push(row.test_acc.as_ref().map_or(String::new(), stat));
+    }
+    c.extend([
+        delta(row.delta_val_acc.as_ref()),
+        delta(row.delta_gap.as_ref()),
         epochs(row.grad_noise_epochs),
         epochs(row.weight_noise_epochs),
         epochs(row.cooldown_epochs),
-        row.val_acc.n.to_string(),
-    ]
+        seeds(row),
+        note(row),
+    ]);
+    c
 }
 
 fn title(optimizer: crate::optim::OptimizerKind) -> String {
@@ -92,24 +160,53 @@ fn title(optimizer: crate::optim::OptimizerKind) -> String {
     format!("Table {roman}: results for {optimizer}")
 }
 
-const NOTE: &str = "Final-epoch metrics at the learning rate with the best mean final validation accuracy. \
-Δ columns compare with the no-noise row of the same model and optimiser; the loss gap is val loss - train loss. \
-Noise and cooldown epochs are per run (mean over seeds); for noise `none` only the cooldowns the scheduler would have imposed are counted.";
+/// What the tables say about how they were made.
+fn explanation(tables: &Tables) -> String {
+    let selection = match tables.selection {
+        LrSelection::PerNoise => {
+            "Each row is at its own best initial learning rate (highest mean final validation accuracy over finished seeds), as in the study."
+        }
+        LrSelection::Shared => {
+            "Every row of a model and optimiser is at the learning rate best for its no-noise row (--lr-selection shared), so noisy rows are compared with the baseline at the same rate."
+        }
+    };
+    let validation = if tables.held_out {
+        " Validation metrics are on images held out of the training set (--val-split); the learning rate is chosen on them, and the test set is reported apart."
+    } else {
+        " The validation set is the test set, as in the study."
+    };
+    format!(
+        "Final-epoch metrics over seeds (mean ± sample std; 95 % confidence interval of the mean, Student's t). {selection}{validation} \
+Δ columns: noisy row minus the no-noise row of the same model and optimiser, paired by seed (same initialisation and data order), with the 95 % interval of the paired difference; the loss gap is val loss - train loss. \
+Noise and cooldown epochs are per run (mean over seeds); for noise `none` only the cooldowns the scheduler would have imposed are counted. \
+Seeds counts the finished runs at the row's rate; diverged and unfinished ones are named there and never silently dropped."
+    )
+}
 
+/// The Markdown report.
 pub fn markdown(tables: &Tables) -> String {
     let mut out = String::from("# adanoise report\n\n");
-    let _ = writeln!(out, "{NOTE}\n");
+    let _ = writeln!(out, "{}\n", explanation(tables));
+    let headers = headers(tables);
     for (optimizer, rows) in &tables.by_optimizer {
         let _ = writeln!(out, "## {}\n", title(*optimizer));
-        let _ = writeln!(out, "| {} |", HEADERS.join(" | "));
-        let _ = writeln!(out, "|{}", " --- |".repeat(HEADERS.len()));
+        let _ = writeln!(out, "| {} |", headers.join(" | "));
+        let _ = writeln!(out, "|{}", " --- |".repeat(headers.len()));
         for row in rows {
-            let _ = writeln!(out, "| {} |", cells(row).join(" | "));
+            let _ = writeln!(out, "| {} |", cells(row, tables).join(" | "));
         }
         out.push('\n');
     }
+    for group in &tables.empty {
+        let c = group.counts;
+        let _ = writeln!(
+            out,
+            "No finished run for {} ({} diverged, {} unfinished).\n",
+            group.label, c.diverged, c.unfinished
+        );
+    }
     if !tables.unfinished.is_empty() {
-        let _ = writeln!(out, "Not in the tables (not finished):\n");
+        let _ = writeln!(out, "Runs not finished:\n");
         for (dir, state) in &tables.unfinished {
             let _ = writeln!(out, "- {dir}: {state}");
         }
@@ -117,57 +214,105 @@ pub fn markdown(tables: &Tables) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// One CSV record per row.
+#[derive(Serialize)]
+struct CsvRow<'a> {
+    optimizer: &'a str,
+    model: &'a str,
+    variant: &'a str,
+    noise: &'a str,
+    policy: &'a str,
+    lr_selection: String,
+    lr: f64,
+    seeds_finished: usize,
+    seeds_diverged: usize,
+    seeds_unfinished: usize,
+    train_acc: f64,
+    train_acc_std: f64,
+    val_acc: f64,
+    val_acc_std: f64,
+    val_acc_ci95: Option<f64>,
+    train_loss: f64,
+    train_loss_std: f64,
+    val_loss: f64,
+    val_loss_std: f64,
+    test_acc: Option<f64>,
+    delta_val_acc: Option<f64>,
+    delta_val_acc_ci95: Option<f64>,
+    delta_loss_gap: Option<f64>,
+    delta_loss_gap_ci95: Option<f64>,
+    grad_noise_epochs: f64,
+    weight_noise_epochs: f64,
+    cooldown_epochs: f64,
+    note: String,
+}
+
+fn csv_row<'a>(r: &'a Row, tables: &Tables) -> CsvRow<'a> {
+    CsvRow {
+        optimizer: r.optimizer.into(),
+        model: r.model.into(),
+        variant: &r.variant,
+        noise: r.noise.into(),
+        policy: &r.policy,
+        lr_selection: tables.selection.to_string(),
+        lr: r.lr,
+        seeds_finished: r.at_lr.finished,
+        seeds_diverged: r.at_lr.diverged,
+        seeds_unfinished: r.at_lr.unfinished,
+        train_acc: r.train_acc.mean,
+        train_acc_std: r.train_acc.std,
+        val_acc: r.val_acc.mean,
+        val_acc_std: r.val_acc.std,
+        val_acc_ci95: r.val_acc.ci95,
+        train_loss: r.train_loss.mean,
+        train_loss_std: r.train_loss.std,
+        val_loss: r.val_loss.mean,
+        val_loss_std: r.val_loss.std,
+        test_acc: r.test_acc.map(|s| s.mean),
+        delta_val_acc: r.delta_val_acc.map(|s| s.mean),
+        delta_val_acc_ci95: r.delta_val_acc.and_then(|s| s.ci95),
+        delta_loss_gap: r.delta_gap.map(|s| s.mean),
+        delta_loss_gap_ci95: r.delta_gap.and_then(|s| s.ci95),
+        grad_noise_epochs: r.grad_noise_epochs,
+        weight_noise_epochs: r.weight_noise_epochs,
+        cooldown_epochs: r.cooldown_epochs,
+        note: note(r),
     }
 }
 
-pub fn csv(tables: &Tables) -> String {
-    let mut out = String::from(
-        "optimizer,model,variant,noise,lr,seeds,train_acc,train_acc_std,val_acc,val_acc_std,train_loss,train_loss_std,val_loss,val_loss_std,delta_val_acc,delta_loss_gap,grad_noise_epochs,weight_noise_epochs,cooldown_epochs\n",
-    );
+/// Every row of every table as CSV (`*_ci95`: half-width of the 95 % interval).
+pub fn csv(tables: &Tables) -> Result<String> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
     for (_, rows) in &tables.by_optimizer {
-        for r in rows {
-            let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
-            let _ = writeln!(
-                out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                r.optimizer,
-                r.model,
-                csv_field(&r.variant),
-                r.noise,
-                r.lr,
-                r.val_acc.n,
-                r.train_acc.mean,
-                r.train_acc.std,
-                r.val_acc.mean,
-                r.val_acc.std,
-                r.train_loss.mean,
-                r.train_loss.std,
-                r.val_loss.mean,
-                r.val_loss.std,
-                opt(r.delta_val_acc),
-                opt(r.delta_gap),
-                r.grad_noise_epochs,
-                r.weight_noise_epochs,
-                r.cooldown_epochs
-            );
+        for row in rows {
+            writer.serialize(csv_row(row, tables))?;
+        }
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("could not write the CSV report: {e}"))?;
+    String::from_utf8(bytes).context("the CSV report is not UTF-8")
+}
+
+/// Escapes the ten characters LaTeX treats specially, so any text typesets as itself.
+pub fn latex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\textbackslash{}"),
+            '{' | '}' | '$' | '&' | '#' | '_' | '%' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '~' => out.push_str("\\textasciitilde{}"),
+            '^' => out.push_str("\\textasciicircum{}"),
+            other => out.push(other),
         }
     }
     out
 }
 
-fn latex_escape(s: &str) -> String {
-    s.replace('\\', "\\textbackslash{}")
-        .replace('_', "\\_")
-        .replace('%', "\\%")
-        .replace('&', "\\&")
-        .replace('#', "\\#")
-}
-
+/// The study's tables as LaTeX `table` environments (the study's columns and the Δs).
 pub fn latex(tables: &Tables) -> String {
     let mut out = String::from("% Generated by adanoise report\n");
     for (optimizer, rows) in &tables.by_optimizer {
@@ -182,71 +327,101 @@ pub fn latex(tables: &Tables) -> String {
             "Model & Noise & LR & Train acc & Val acc & Train loss & Val loss & $\\Delta$ val acc & $\\Delta$ gap \\\\\n\\hline"
         );
         for r in rows {
-            let c = cells(r);
-            let row: Vec<String> = c[..9]
-                .iter()
-                .map(|s| latex_escape(&s.replace('±', "$\\pm$")))
-                .collect();
-            let _ = writeln!(out, "{} \\\\", row.join(" & "));
+            let fields = [
+                latex_escape(&model_label(r)),
+                latex_escape(&noise_label(r)),
+                latex_escape(&format!("{}", r.lr)),
+                latex_stat(&r.train_acc),
+                latex_stat(&r.val_acc),
+                latex_stat(&r.train_loss),
+                latex_stat(&r.val_loss),
+                latex_escape(&delta(r.delta_val_acc.as_ref())),
+                latex_escape(&delta(r.delta_gap.as_ref())),
+            ];
+            let _ = writeln!(out, "{} \\\\", fields.join(" & "));
         }
         let _ = writeln!(out, "\\hline\n\\end{{tabular}}\n\\end{{table}}\n");
     }
     out
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+fn latex_stat(s: &Stat) -> String {
+    if s.n > 1 {
+        format!("{:.4} $\\pm$ {:.4}", s.mean, s.std)
+    } else {
+        format!("{:.4}", s.mean)
+    }
+}
+
+/// The page's template: one file, auto-escaped (its name ends in `.html`).
+const TEMPLATE: &str = include_str!("report.html");
+
+/// Everything the template reads.
+#[derive(Serialize)]
+struct Page<'a> {
+    explanation: String,
+    /// 1-based column of the paired Δ val acc, coloured by its sign.
+    delta_column: Option<usize>,
+    headers: Vec<&'static str>,
+    tables: Vec<HtmlTable>,
+    empty: &'a [super::tables::EmptyGroup],
+    unfinished: &'a [(String, String)],
+    sweep_svg: Option<String>,
+    figures: Vec<HtmlFigure>,
+}
+
+#[derive(Serialize)]
+struct HtmlTable {
+    title: String,
+    optimizer: String,
+    rows: Vec<HtmlRow>,
+}
+
+#[derive(Serialize)]
+struct HtmlRow {
+    cells: Vec<String>,
+    /// `pos`/`neg` when the paired Δ val acc is clearly above/below zero.
+    delta_class: &'static str,
+}
+
+#[derive(Serialize)]
+struct HtmlFigure {
+    summary: String,
+    svg: String,
+}
+
+fn delta_class(row: &Row) -> &'static str {
+    match row.delta_val_acc {
+        Some(d) if d.n > 1 && !d.excludes_zero() => "",
+        Some(d) if d.mean < 0.0 => "neg",
+        Some(d) if d.mean > 0.0 => "pos",
+        _ => "",
+    }
 }
 
 /// One page with every table and figure inline: opens from disk, fetches nothing.
 pub fn html(tables: &Tables, runs: &[RunRecord]) -> Result<String> {
-    let mut out = String::from(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>adanoise report</title>\n<style>\n\
-         body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}\
-         th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}td:nth-child(-n+2){text-align:left}\
-         .neg{color:#b00}.pos{color:#070}details{margin:0.5em 0}svg{max-width:100%;height:auto}\n</style>\n</head>\n<body>\n<h1>adanoise report</h1>\n",
-    );
-    let _ = writeln!(out, "<p>{}</p>", html_escape(NOTE));
-    for (optimizer, rows) in &tables.by_optimizer {
-        let _ = writeln!(
-            out,
-            "<h2>{}</h2>\n<table class=\"results\" data-optimizer=\"{optimizer}\">\n<tr>",
-            html_escape(&title(*optimizer))
-        );
-        for h in HEADERS {
-            let _ = write!(out, "<th>{}</th>", html_escape(h));
-        }
-        out.push_str("</tr>\n");
-        for row in rows {
-            out.push_str("<tr>");
-            for (i, cell) in cells(row).iter().enumerate() {
-                let class = match (i, row.delta_val_acc) {
-                    (7, Some(d)) if d < 0.0 => " class=\"neg\"",
-                    (7, Some(d)) if d > 0.0 => " class=\"pos\"",
-                    _ => "",
-                };
-                let _ = write!(out, "<td{class}>{}</td>", html_escape(cell));
-            }
-            out.push_str("</tr>\n");
-        }
-        out.push_str("</table>\n");
-    }
-    if !tables.unfinished.is_empty() {
-        out.push_str("<h2>Not finished</h2>\n<ul>\n");
-        for (dir, state) in &tables.unfinished {
-            let _ = writeln!(out, "<li>{}: {}</li>", html_escape(dir), html_escape(state));
-        }
-        out.push_str("</ul>\n");
-    }
-    if runs.iter().any(|r| r.final_epoch().is_some()) {
-        out.push_str("<h2>Validation accuracy per run</h2>\n");
-        out.push_str(&svg_string(&SweepFigure(runs))?);
-        out.push('\n');
-    }
-    out.push_str("<h2>Figure 1 for each row</h2>\n");
+    let html_tables: Vec<HtmlTable> = tables
+        .by_optimizer
+        .iter()
+        .map(|(optimizer, rows)| HtmlTable {
+            title: title(*optimizer),
+            optimizer: optimizer.to_string(),
+            rows: rows
+                .iter()
+                .map(|row| HtmlRow {
+                    cells: cells(row, tables),
+                    delta_class: delta_class(row),
+                })
+                .collect(),
+        })
+        .collect();
+    let sweep_svg = if runs.iter().any(|r| r.final_epoch().is_some()) {
+        Some(svg_string(&SweepFigure(runs))?)
+    } else {
+        None
+    };
+    let mut figures = Vec::new();
     for (_, rows) in &tables.by_optimizer {
         for row in rows {
             let Some(run) = row
@@ -256,20 +431,37 @@ pub fn html(tables: &Tables, runs: &[RunRecord]) -> Result<String> {
             else {
                 continue;
             };
-            let _ = writeln!(
-                out,
-                "<details><summary>{} — {} — {} (lr {})</summary>",
-                row.optimizer,
-                html_escape(&model_label(row)),
-                row.noise,
-                row.lr
-            );
-            out.push_str(&svg_string(&Figure1(run))?);
-            out.push_str("\n</details>\n");
+            figures.push(HtmlFigure {
+                summary: format!(
+                    "{} — {} — {} (lr {})",
+                    row.optimizer,
+                    model_label(row),
+                    noise_label(row),
+                    row.lr
+                ),
+                svg: svg_string(&Figure1(run))?,
+            });
         }
     }
-    out.push_str("</body>\n</html>\n");
-    Ok(out)
+    let mut env = minijinja::Environment::new();
+    env.add_template("report.html", TEMPLATE)?;
+    let headers = headers(tables);
+    let page = Page {
+        explanation: explanation(tables),
+        delta_column: headers
+            .iter()
+            .position(|h| h.starts_with("Δ val"))
+            .map(|i| i + 1),
+        headers,
+        tables: html_tables,
+        empty: &tables.empty,
+        unfinished: &tables.unfinished,
+        sweep_svg,
+        figures,
+    };
+    Ok(env
+        .get_template("report.html")?
+        .render(minijinja::value::Serde(page))?)
 }
 
 #[cfg(test)]
@@ -277,25 +469,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn several_seeds_show_mean_and_std() {
+    fn several_seeds_show_mean_std_and_intervals() {
+        let two = Stat::of(&[0.8, 0.9]);
+        assert_eq!(stat(&two), "0.8500 ± 0.0707");
+        assert_eq!(interval(&two), "[0.2147, 1.4853]");
+        assert_eq!(stat(&Stat::of(&[0.85])), "0.8500");
+        assert_eq!(interval(&Stat::of(&[0.85])), "");
+        assert_eq!(delta(Some(&Stat::of(&[-0.01]))), "-0.0100");
         assert_eq!(
-            stat(&Stat {
-                mean: 0.85,
-                std: 0.0707,
-                n: 2
-            }),
-            "0.8500 ± 0.0707"
+            delta(Some(&Stat::of(&[0.01, 0.03]))),
+            "+0.0200 [-0.1071, +0.1471]"
         );
+    }
+
+    #[test]
+    fn latex_escaping_covers_every_special_character() {
         assert_eq!(
-            stat(&Stat {
-                mean: 0.85,
-                std: 0.0,
-                n: 1
-            }),
-            "0.8500"
+            latex_escape(r"lr_min 5% & #1 {x} $y$ a~b c^d e\f"),
+            r"lr\_min 5\% \& \#1 \{x\} \$y\$ a\textasciitilde{}b c\textasciicircum{}d e\textbackslash{}f"
         );
-        assert_eq!(signed(Some(-0.01)), "-0.0100");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(latex_escape("lr_min 5%"), "lr\\_min 5\\%");
+        // A backslash's replacement is not escaped again.
+        assert_eq!(latex_escape("\\{"), "\\textbackslash{}\\{");
     }
 }

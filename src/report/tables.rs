@@ -1,72 +1,148 @@
-//! The paper's Tables I-III from a set of runs: for each optimiser, model x noise
-//! type at the best initial learning rate (by mean final validation accuracy),
-//! with mean +- std over seeds, and what the paper did not give: the change
-//! against the no-noise row and the number of noisy and cooldown epochs.
+//! The study's Tables I-III from a set of runs: for each optimiser, one row per
+//! model, noise type and noise policy at its chosen learning rate, with the
+//! statistics over seeds (`docs/method.md`, section 10). Beyond the study: the
+//! paired change against the no-noise row, noise and cooldown epochs, and the
+//! runs that diverged or did not finish, counted per row.
 
 use super::collect::RunRecord;
+use super::stats::{Stat, paired};
 use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
+use crate::train::{EpochMetrics, RunStatus};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use strum::VariantArray;
 
-/// Mean, sample standard deviation and count.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Stat {
-    pub mean: f64,
-    pub std: f64,
-    pub n: usize,
+/// How each row's learning rate is chosen among those tried.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, strum::Display, Serialize,
+)]
+#[strum(serialize_all = "kebab-case")]
+pub enum LrSelection {
+    /// Each row its own best rate (the study's way).
+    #[default]
+    PerNoise,
+    /// The rate best for the no-noise row of the same model and optimiser, for every row
+    /// of that pair, so that noisy rows are compared at the baseline's rate.
+    Shared,
 }
 
-impl Stat {
-    pub fn of(values: &[f64]) -> Stat {
-        let n = values.len();
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let std = if n > 1 {
-            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        Stat { mean, std, n }
+/// How many runs of a row finished, diverged, or are unfinished (running or stopped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Finished all their epochs.
+    pub finished: usize,
+    /// Stopped because the loss became NaN or infinite.
+    pub diverged: usize,
+    /// Running, interrupted, or not started.
+    pub unfinished: usize,
+}
+
+impl Counts {
+    fn of(runs: &[&RunRecord]) -> Self {
+        let mut c = Counts::default();
+        for run in runs {
+            match run.summary.as_ref().map(|s| s.status) {
+                Some(RunStatus::Finished) => c.finished += 1,
+                Some(RunStatus::Diverged) => c.diverged += 1,
+                _ => c.unfinished += 1,
+            }
+        }
+        c
+    }
+
+    /// All runs counted.
+    pub fn total(&self) -> usize {
+        self.finished + self.diverged + self.unfinished
     }
 }
 
-/// One row of a table: a model and noise type at its best learning rate.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One learning rate tried for a row.
+#[derive(Debug, Clone, Serialize)]
+pub struct LrTried {
+    /// The initial learning rate.
+    pub lr: f64,
+    /// Mean final validation accuracy of its finished runs.
+    pub mean_val_acc: Option<f64>,
+    /// Its runs by status.
+    pub counts: Counts,
+}
+
+/// One row of a table: a model, noise type and policy at its chosen learning rate.
+#[derive(Debug, Clone, Serialize)]
 pub struct Row {
+    /// The optimiser.
     pub optimizer: OptimizerKind,
+    /// The model.
     pub model: ModelKind,
+    /// The noise distribution.
     pub noise: NoiseKind,
+    /// The noise policy, for noisy rows (`adaptive`, `constant 0.01`, ...).
+    pub policy: String,
     /// Other options that tell apart runs of the same model/optimizer/noise (`key=value`).
     pub variant: String,
+    /// The chosen learning rate.
     pub lr: f64,
+    /// Final training accuracy over the finished seeds at `lr`.
     pub train_acc: Stat,
+    /// Final validation accuracy.
     pub val_acc: Stat,
+    /// Final training loss.
     pub train_loss: Stat,
+    /// Final validation loss.
     pub val_loss: Stat,
-    /// Val accuracy minus that of the no-noise row (noisy rows only).
-    pub delta_val_acc: Option<f64>,
-    /// (val loss - train loss) minus the same gap of the no-noise row.
-    pub delta_gap: Option<f64>,
+    /// Final test accuracy, when the runs held out a validation split.
+    pub test_acc: Option<Stat>,
+    /// Validation accuracy minus the no-noise row's, paired by seed (noisy rows only).
+    pub delta_val_acc: Option<Stat>,
+    /// (val loss - train loss) minus the no-noise row's, paired by seed.
+    pub delta_gap: Option<Stat>,
+    /// Epochs with gradient noise, per run (mean over seeds).
     pub grad_noise_epochs: f64,
+    /// Epochs with weight noise, per run.
     pub weight_noise_epochs: f64,
+    /// Epochs suppressed by a cooldown, per run.
     pub cooldown_epochs: f64,
-    /// Every learning rate tried: (lr, mean final val accuracy, finished runs).
-    pub lrs_tried: Vec<(f64, f64, usize)>,
-    /// The runs behind the row (at the chosen learning rate).
+    /// The runs at `lr`, by status.
+    pub at_lr: Counts,
+    /// Every learning rate tried.
+    pub lrs_tried: Vec<LrTried>,
+    /// Why `lr` is not the shared one, when `--lr-selection shared` could not apply.
+    pub note: Option<String>,
+    /// The finished runs behind the row.
     pub runs: Vec<PathBuf>,
+    /// (seed, final epoch) of the finished runs behind the row, for paired differences.
+    #[serde(skip)]
+    seeds: Vec<(u64, EpochMetrics)>,
+}
+
+/// A group of runs whose rows could not be computed: no run finished at any rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmptyGroup {
+    /// `optimizer / model / noise (policy)`.
+    pub label: String,
+    /// Its runs by status.
+    pub counts: Counts,
 }
 
 /// All tables of a report.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Tables {
+    /// How rows chose their learning rate.
+    pub selection: LrSelection,
+    /// Whether any run held out a validation split (then the test set is a column).
+    pub held_out: bool,
+    /// The rows of each optimiser, in the study's order.
     pub by_optimizer: Vec<(OptimizerKind, Vec<Row>)>,
-    /// Runs that are not finished (and so not in the tables), with their state.
+    /// Groups with no finished run.
+    pub empty: Vec<EmptyGroup>,
+    /// Runs that are not finished, with their state.
     pub unfinished: Vec<(String, String)>,
 }
 
-/// The paper's row order: the largest model first.
+/// The study's row order: the largest model first.
 const MODEL_ORDER: [ModelKind; 4] = [
     ModelKind::Resnet18,
     ModelKind::SimpleCnn,
@@ -74,21 +150,28 @@ const MODEL_ORDER: [ModelKind; 4] = [
     ModelKind::BabyCnn,
 ];
 
-/// The options that define a row besides model, optimizer, noise, lr and seed.
+/// Keys that define a row by themselves or vary within it (seeds), or say where a run ran.
+const NOT_VARIANTS: [&str; 13] = [
+    "model",
+    "optimizer",
+    "noise",
+    "noise_policy",
+    "noise_sigma",
+    "anneal_eta",
+    "anneal_gamma",
+    "lr",
+    "seed",
+    "data_dir",
+    "threads",
+    "device",
+    "data_placement",
+];
+
 fn variant_of(run: &RunRecord) -> BTreeMap<String, String> {
     let table = toml::Table::try_from(&run.config).expect("a config serialises");
     let mut out = BTreeMap::new();
     flatten("", &table, &mut out);
-    for key in [
-        "model",
-        "optimizer",
-        "noise",
-        "lr",
-        "seed",
-        "data_dir",
-        "threads",
-        "device",
-    ] {
+    for key in NOT_VARIANTS {
         out.remove(key);
     }
     out
@@ -110,69 +193,91 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>
     }
 }
 
-pub fn build(runs: &[RunRecord]) -> Tables {
-    let mut tables = Tables::default();
-    let variants: Vec<BTreeMap<String, String>> = runs.iter().map(variant_of).collect();
-    // Keys whose value differs between runs label the variants.
-    let mut differing: Vec<String> = Vec::new();
-    if let Some(first) = variants.first() {
-        for key in first.keys() {
-            if variants.iter().any(|v| v.get(key) != first.get(key)) {
-                differing.push(key.clone());
-            }
-        }
+/// What sets a run's row apart: optimiser, model, noise, policy (noisy runs only), variant.
+type GroupKey = (usize, usize, usize, String, String);
+
+fn policy_label(run: &RunRecord) -> String {
+    if run.config.noise == NoiseKind::None {
+        String::new()
+    } else {
+        run.config.policy().label()
     }
-    type Key = (usize, usize, usize, String);
-    let mut groups: BTreeMap<Key, Vec<&RunRecord>> = BTreeMap::new();
-    for (run, variant) in runs.iter().zip(&variants) {
+}
+
+/// The variant labels: the keys whose values differ between runs.
+fn variant_labels(runs: &[RunRecord]) -> Vec<String> {
+    let variants: Vec<BTreeMap<String, String>> = runs.iter().map(variant_of).collect();
+    let Some(first) = variants.first() else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = variants.iter().flat_map(|v| v.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let differing: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| variants.iter().any(|v| v.get(*k) != first.get(*k)))
+        .collect();
+    variants
+        .iter()
+        .map(|v| {
+            differing
+                .iter()
+                .map(|k| format!("{k}={}", v.get(*k).map_or("-", |x| x.as_str())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect()
+}
+
+fn group_key(run: &RunRecord, variant: String) -> GroupKey {
+    let c = &run.config;
+    fn position<T: PartialEq>(all: &[T], x: T) -> usize {
+        all.iter().position(|y| *y == x).unwrap_or(0)
+    }
+    (
+        position(OptimizerKind::VARIANTS, c.optimizer),
+        position(&MODEL_ORDER, c.model),
+        position(NoiseKind::VARIANTS, c.noise),
+        policy_label(run),
+        variant,
+    )
+}
+
+/// Builds the tables of `runs`, choosing learning rates as `selection` says.
+pub fn build(runs: &[RunRecord], selection: LrSelection) -> Tables {
+    let mut tables = Tables {
+        selection,
+        held_out: runs.iter().any(|r| r.config.val_split > 0),
+        ..Default::default()
+    };
+    let mut groups: BTreeMap<GroupKey, Vec<&RunRecord>> = BTreeMap::new();
+    for (run, variant) in runs.iter().zip(variant_labels(runs)) {
         if !run.finished() {
-            let state = run.summary.as_ref().map_or("not started".to_string(), |s| {
-                format!("{:?} after {}/{} epochs", s.status, s.epochs_done, s.epochs).to_lowercase()
-            });
             tables
                 .unfinished
-                .push((run.dir.display().to_string(), state));
-            continue;
+                .push((run.dir.display().to_string(), run.state()));
         }
-        let label = differing
-            .iter()
-            .map(|k| format!("{k}={}", variant.get(k).map_or("-", |v| v.as_str())))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let c = &run.config;
-        let key = (
-            OptimizerKind::VARIANTS
-                .iter()
-                .position(|o| *o == c.optimizer)
-                .unwrap_or(0),
-            MODEL_ORDER.iter().position(|m| *m == c.model).unwrap_or(0),
-            NoiseKind::VARIANTS
-                .iter()
-                .position(|n| *n == c.noise)
-                .unwrap_or(0),
-            label,
-        );
-        groups.entry(key).or_default().push(run);
+        groups.entry(group_key(run, variant)).or_default().push(run);
     }
-    let mut rows: Vec<Row> = groups
-        .into_iter()
-        .map(|((_, _, _, variant), runs)| best_lr_row(&runs, variant))
-        .collect();
-    // Deltas against the no-noise row of the same optimiser, model and variant.
-    let baselines: Vec<Row> = rows
-        .iter()
-        .filter(|r| r.noise == NoiseKind::None)
-        .cloned()
-        .collect();
-    for row in rows.iter_mut().filter(|r| r.noise != NoiseKind::None) {
-        if let Some(base) = baselines.iter().find(|b| {
-            b.optimizer == row.optimizer && b.model == row.model && b.variant == row.variant
-        }) {
-            row.delta_val_acc = Some(row.val_acc.mean - base.val_acc.mean);
-            let gap = |r: &Row| r.val_loss.mean - r.train_loss.mean;
-            row.delta_gap = Some(gap(row) - gap(base));
+    let mut entries: Vec<(&[&RunRecord], Option<Row>)> = Vec::new();
+    for (key, runs) in &groups {
+        let row = per_noise_row(runs).map(|mut row| {
+            row.variant = key.4.clone();
+            row
+        });
+        if row.is_none() {
+            tables.empty.push(EmptyGroup {
+                label: group_label(runs[0]),
+                counts: Counts::of(runs),
+            });
         }
+        entries.push((runs, row));
     }
+    if selection == LrSelection::Shared {
+        share_baseline_lr(&mut entries);
+    }
+    let mut rows: Vec<Row> = entries.into_iter().filter_map(|(_, row)| row).collect();
+    add_deltas(&mut rows);
     for optimizer in OptimizerKind::VARIANTS {
         let mine: Vec<Row> = rows
             .iter()
@@ -183,77 +288,160 @@ pub fn build(runs: &[RunRecord]) -> Tables {
             tables.by_optimizer.push((*optimizer, mine));
         }
     }
-    rows.clear();
     tables
 }
 
-/// The row of a group at its best learning rate (highest mean final val accuracy;
-/// the larger rate on an exact tie).
-fn best_lr_row(runs: &[&RunRecord], variant: String) -> Row {
-    let mut by_lr: BTreeMap<u64, Vec<&RunRecord>> = BTreeMap::new();
+fn group_label(run: &RunRecord) -> String {
+    let c = &run.config;
+    let policy = policy_label(run);
+    let policy = if policy.is_empty() {
+        String::new()
+    } else {
+        format!(" ({policy})")
+    };
+    format!("{} / {} / {}{policy}", c.optimizer, c.model, c.noise)
+}
+
+/// The runs of a group by learning rate.
+fn by_lr<'a>(runs: &[&'a RunRecord]) -> BTreeMap<u64, Vec<&'a RunRecord>> {
+    let mut out: BTreeMap<u64, Vec<&RunRecord>> = BTreeMap::new();
     for run in runs {
-        by_lr.entry(run.config.lr.to_bits()).or_default().push(run);
+        out.entry(run.config.lr.to_bits()).or_default().push(run);
     }
-    let mean_val = |rs: &[&RunRecord]| {
-        Stat::of(
-            &rs.iter()
-                .filter_map(|r| r.final_epoch())
-                .map(|m| m.val_acc)
-                .collect::<Vec<_>>(),
-        )
-        .mean
-    };
-    let lrs_tried: Vec<(f64, f64, usize)> = by_lr
+    out
+}
+
+fn finished_val_accs(runs: &[&RunRecord]) -> Vec<f64> {
+    runs.iter()
+        .filter(|r| r.finished())
+        .filter_map(|r| r.final_epoch())
+        .map(|m| m.val_acc)
+        .collect()
+}
+
+/// The row of a group at its own best learning rate (highest mean final validation
+/// accuracy over finished runs; the larger rate on an exact tie); `None` when no run
+/// finished.
+fn per_noise_row(runs: &[&RunRecord]) -> Option<Row> {
+    let lrs = by_lr(runs);
+    let best = lrs
         .iter()
-        .map(|(lr, rs)| (f64::from_bits(*lr), mean_val(rs), rs.len()))
-        .collect();
-    let (best_lr, best_runs) = by_lr
-        .iter()
-        .max_by(|a, b| {
-            mean_val(a.1)
-                .total_cmp(&mean_val(b.1))
-                .then(f64::from_bits(*a.0).total_cmp(&f64::from_bits(*b.0)))
+        .filter_map(|(lr, rs)| {
+            let accs = finished_val_accs(rs);
+            (!accs.is_empty()).then(|| (f64::from_bits(*lr), Stat::of(&accs).mean))
         })
-        .expect("a group has runs");
-    let finals: Vec<_> = best_runs.iter().filter_map(|r| r.final_epoch()).collect();
-    let stat = |f: fn(&crate::train::EpochMetrics) -> f64| {
-        Stat::of(&finals.iter().map(|m| f(m)).collect::<Vec<_>>())
-    };
-    let noise: Vec<(usize, usize, usize)> = best_runs.iter().map(|r| r.noise_epochs()).collect();
+        .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.total_cmp(&b.0)))?;
+    Some(row_at(runs, best.0))
+}
+
+/// The row of a group at learning rate `lr` (which has a finished run).
+fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
+    let lrs = by_lr(runs);
+    let lrs_tried = lrs
+        .iter()
+        .map(|(l, rs)| {
+            let accs = finished_val_accs(rs);
+            LrTried {
+                lr: f64::from_bits(*l),
+                mean_val_acc: (!accs.is_empty()).then(|| Stat::of(&accs).mean),
+                counts: Counts::of(rs),
+            }
+        })
+        .collect();
+    let at = &lrs[&lr.to_bits()];
+    let finished: Vec<&RunRecord> = at.iter().copied().filter(|r| r.finished()).collect();
+    let finals: Vec<&EpochMetrics> = finished.iter().filter_map(|r| r.final_epoch()).collect();
+    let stat =
+        |f: fn(&EpochMetrics) -> f64| Stat::of(&finals.iter().map(|m| f(m)).collect::<Vec<_>>());
+    let test: Vec<f64> = finals.iter().filter_map(|m| m.test_acc).collect();
+    let noise: Vec<(usize, usize, usize)> = finished.iter().map(|r| r.noise_epochs()).collect();
     let avg = |f: fn(&(usize, usize, usize)) -> usize| {
-        noise.iter().map(|n| f(n) as f64).sum::<f64>() / noise.len() as f64
+        noise.iter().map(|n| f(n) as f64).sum::<f64>() / noise.len().max(1) as f64
     };
-    let c = &best_runs[0].config;
+    let c = &at[0].config;
     Row {
         optimizer: c.optimizer,
         model: c.model,
         noise: c.noise,
-        variant,
-        lr: f64::from_bits(*best_lr),
+        policy: policy_label(at[0]),
+        variant: String::new(),
+        lr,
         train_acc: stat(|m| m.train_acc),
         val_acc: stat(|m| m.val_acc),
         train_loss: stat(|m| m.train_loss),
         val_loss: stat(|m| m.val_loss),
+        test_acc: (!test.is_empty()).then(|| Stat::of(&test)),
         delta_val_acc: None,
         delta_gap: None,
         grad_noise_epochs: avg(|n| n.0),
         weight_noise_epochs: avg(|n| n.1),
         cooldown_epochs: avg(|n| n.2),
+        at_lr: Counts::of(at),
         lrs_tried,
-        runs: best_runs.iter().map(|r| r.dir.clone()).collect(),
+        note: None,
+        runs: finished.iter().map(|r| r.dir.clone()).collect(),
+        seeds: finished
+            .iter()
+            .filter_map(|r| r.final_epoch().map(|m| (r.config.seed, m.clone())))
+            .collect(),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn same_pair(a: &Row, b: &Row) -> bool {
+    a.optimizer == b.optimizer && a.model == b.model && a.variant == b.variant
+}
 
-    #[test]
-    fn stat_is_mean_and_sample_std() {
-        let s = Stat::of(&[0.8, 0.9]);
-        assert!((s.mean - 0.85).abs() < 1e-12);
-        assert!((s.std - 0.5f64.sqrt() * 0.1).abs() < 1e-12);
-        assert_eq!(s.n, 2);
-        assert_eq!(Stat::of(&[0.7]).std, 0.0);
+/// `--lr-selection shared`: every noisy row takes its no-noise row's learning rate.
+fn share_baseline_lr(entries: &mut [(&[&RunRecord], Option<Row>)]) {
+    let baselines: Vec<Row> = entries
+        .iter()
+        .filter_map(|(_, row)| row.clone())
+        .filter(|r| r.noise == NoiseKind::None)
+        .collect();
+    for (runs, slot) in entries.iter_mut() {
+        let Some(row) = slot.as_mut().filter(|r| r.noise != NoiseKind::None) else {
+            continue;
+        };
+        let Some(base) = baselines.iter().find(|b| same_pair(b, row)) else {
+            row.note = Some("no no-noise row to share a rate with: its own best rate".into());
+            continue;
+        };
+        let finished_there = by_lr(runs)
+            .get(&base.lr.to_bits())
+            .is_some_and(|rs| rs.iter().any(|r| r.finished()));
+        if finished_there {
+            let variant = std::mem::take(&mut row.variant);
+            *row = row_at(runs, base.lr);
+            row.variant = variant;
+        } else {
+            row.note = Some(format!(
+                "no finished run at the no-noise rate {}: its own best rate",
+                base.lr
+            ));
+        }
+    }
+}
+
+/// The paired changes of every noisy row against its no-noise row.
+fn add_deltas(rows: &mut [Row]) {
+    let baselines: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.noise == NoiseKind::None)
+        .cloned()
+        .collect();
+    for row in rows.iter_mut().filter(|r| r.noise != NoiseKind::None) {
+        let Some(base) = baselines.iter().find(|b| same_pair(b, row)) else {
+            continue;
+        };
+        let acc =
+            |r: &Row| -> Vec<(u64, f64)> { r.seeds.iter().map(|(s, m)| (*s, m.val_acc)).collect() };
+        let gap = |r: &Row| -> Vec<(u64, f64)> {
+            r.seeds
+                .iter()
+                .map(|(s, m)| (*s, m.val_loss - m.train_loss))
+                .collect()
+        };
+        row.delta_val_acc = paired(&acc(row), &acc(base));
+        row.delta_gap = paired(&gap(row), &gap(base));
     }
 }

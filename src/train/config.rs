@@ -9,6 +9,7 @@ use crate::noise::{NoiseKind, NoiseSchedulerConfig};
 use crate::optim::OptimizerKind;
 use crate::schedule::CosineRestartsConfig;
 use crate::train::Precision;
+use adanoise_core::{NoisePolicy, PolicyConfig};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,13 @@ pub struct TrainConfig {
     /// Train on the first N images of a fixed seeded shuffle of the training set.
     #[serde(default)]
     pub train_subset: Option<usize>,
+    /// Training images held out as the validation set, stratified by class (0: the test
+    /// set is the validation set, as in the study).
+    #[serde(default)]
+    pub val_split: usize,
+    /// Seed of the validation split: the same held-out images for every run seed.
+    #[serde(default = "defaults::split_seed")]
+    pub split_seed: u64,
     #[serde(default = "defaults::lr_final_max")]
     pub lr_final_max: f64,
     #[serde(default = "defaults::lr_min")]
@@ -60,6 +68,18 @@ pub struct TrainConfig {
     /// The distribution of injected noise; `none` still decides and records.
     #[serde(default)]
     pub noise: NoiseKind,
+    /// Who sets the noise: the adaptive scheduler, or a constant or annealed baseline.
+    #[serde(default)]
+    pub noise_policy: NoisePolicy,
+    /// Standard deviation of the constant policy's gradient noise.
+    #[serde(default = "defaults::noise_sigma")]
+    pub noise_sigma: f64,
+    /// `eta` of the annealed policy, `sigma_t^2 = eta / (1 + t)^gamma`.
+    #[serde(default = "defaults::anneal_eta")]
+    pub anneal_eta: f64,
+    /// `gamma` of the annealed policy.
+    #[serde(default = "defaults::anneal_gamma")]
+    pub anneal_gamma: f64,
     /// Thresholds of the adaptive noise scheduler (Table V).
     #[serde(default)]
     pub noise_scheduler: NoiseSchedulerConfig,
@@ -92,6 +112,18 @@ mod defaults {
     }
     pub fn weight_decay() -> f32 {
         paper::WEIGHT_DECAY
+    }
+    pub fn split_seed() -> u64 {
+        crate::data::split::SPLIT_SEED
+    }
+    pub fn noise_sigma() -> f64 {
+        paper::NOISE_SIGMA
+    }
+    pub fn anneal_eta() -> f64 {
+        paper::ANNEAL_ETA
+    }
+    pub fn anneal_gamma() -> f64 {
+        paper::ANNEAL_GAMMA
     }
 }
 
@@ -141,6 +173,16 @@ impl TrainConfig {
         self.schedule_epochs.unwrap_or(self.epochs)
     }
 
+    /// The noise policy with its parameters.
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            policy: self.noise_policy,
+            noise_sigma: self.noise_sigma,
+            anneal_eta: self.anneal_eta,
+            anneal_gamma: self.anneal_gamma,
+        }
+    }
+
     /// The LR schedule for a given number of steps per epoch.
     pub fn lr_schedule(&self, steps_per_epoch: u64) -> CosineRestartsConfig {
         CosineRestartsConfig {
@@ -177,6 +219,7 @@ impl TrainConfig {
         }
         self.lr_schedule(1).validate()?;
         self.noise_scheduler.validate()?;
+        self.policy().validate()?;
         Ok(())
     }
 

@@ -11,9 +11,10 @@ use super::step::{GradNoise, StepInput, StepOutput, train_step};
 use crate::data::placement::{EvalSplit, PlacedSplit};
 use crate::events::{Event, Observer, Progress};
 use crate::models::Model;
-use crate::noise::add_weight_noise;
+use crate::noise::{NoiseKind, add_weight_noise};
 use crate::rng::{Purpose, derived_seed};
 use crate::schedule::CosineRestarts;
+use adanoise_core::PolicyConfig;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::ModuleOptimizer;
@@ -64,6 +65,48 @@ pub struct Optimization {
     pub precision: StepPrecision,
 }
 
+/// The noise of one epoch: its distribution, the policy, and the adaptive decision in
+/// force (which the adaptive policy follows and the others ignore).
+#[derive(Debug, Clone, Copy)]
+pub struct NoisePlan {
+    /// The distribution; `none` injects nothing.
+    pub kind: NoiseKind,
+    /// Who sets the sigma.
+    pub policy: PolicyConfig,
+    /// The decision taken after the previous epoch.
+    pub decided_grad_sigma: f64,
+    /// The decision's weight sigma.
+    pub decided_weight_sigma: f64,
+}
+
+impl NoisePlan {
+    /// The gradient noise's sigma at global step `step` (0: none).
+    pub fn grad_sigma(&self, step: u64) -> f64 {
+        if self.kind == NoiseKind::None {
+            return 0.0;
+        }
+        self.policy.grad_sigma(self.decided_grad_sigma, step)
+    }
+
+    /// The weight noise's sigma at the epoch's start (0: none).
+    pub fn weight_sigma(&self) -> f64 {
+        if self.kind == NoiseKind::None {
+            return 0.0;
+        }
+        self.policy.weight_sigma(self.decided_weight_sigma)
+    }
+
+    /// What an epoch of steps `first..=last` receives.
+    pub fn applied(&self, first: u64, last: u64) -> NoiseApplied {
+        let (start, end) = (self.grad_sigma(first), self.grad_sigma(last));
+        NoiseApplied {
+            grad_sigma: start,
+            grad_sigma_end: (end != start).then_some(end),
+            weight_sigma: self.weight_sigma(),
+        }
+    }
+}
+
 /// Everything an epoch reads.
 pub struct EpochContext<'a> {
     /// The run's configuration.
@@ -75,7 +118,7 @@ pub struct EpochContext<'a> {
     /// The autodiff device.
     pub device: &'a Device,
     /// The noise this epoch receives.
-    pub noise: NoiseApplied,
+    pub noise: NoisePlan,
     /// The training images.
     pub train_data: &'a PlacedSplit,
     /// The validation images.
@@ -219,7 +262,7 @@ pub fn run_epoch(
         epoch: ctx.epoch,
         epochs: ctx.config.epochs,
         steps: ctx.steps,
-        noise: &ctx.noise,
+        noise: &ctx.applied(),
     });
     let (model, sums, interruption) = train_steps(ctx, model, opt, sums, started, observer);
     match interruption {
@@ -232,20 +275,30 @@ pub fn run_epoch(
     }
 }
 
+impl EpochContext<'_> {
+    /// What this epoch receives, from its first step to its last.
+    fn applied(&self) -> NoiseApplied {
+        let first = (self.epoch - 1) * self.steps;
+        self.noise.applied(first, first + self.steps - 1)
+    }
+}
+
 fn with_weight_noise(ctx: &EpochContext, model: Model) -> Model {
-    if ctx.noise.weight_sigma <= 0.0 {
+    let sigma = ctx.noise.weight_sigma();
+    if sigma <= 0.0 {
         return model;
     }
     let seed = derived_seed(ctx.config.seed, Purpose::WeightNoise, ctx.epoch);
-    add_weight_noise(model, ctx.config.noise, ctx.noise.weight_sigma, seed)
+    add_weight_noise(model, ctx.config.noise, sigma, seed)
 }
 
 /// The gradient noise of global step `step`, seeded by that step: the same noise however
 /// the run was interrupted.
 fn step_noise(ctx: &EpochContext, step: u64) -> Option<GradNoise> {
-    (ctx.noise.grad_sigma > 0.0).then(|| GradNoise {
+    let sigma = ctx.noise.grad_sigma(step);
+    (sigma > 0.0).then(|| GradNoise {
         kind: ctx.config.noise,
-        sigma: ctx.noise.grad_sigma,
+        sigma,
         seed: derived_seed(ctx.config.seed, Purpose::GradientNoise, step),
     })
 }
@@ -341,7 +394,7 @@ fn report_progress(
             "the training loss became {loss} in epoch {} (step {}): training diverged; {}",
             ctx.epoch,
             sums.steps,
-            divergence_advice(&ctx.noise)
+            divergence_advice(&ctx.applied())
         ));
     }
     let acc = sums.correct.clone().into_scalar::<i64>() as f64 / sums.seen as f64;
@@ -399,7 +452,7 @@ fn finish_epoch(
         return EpochEnd::Diverged(format!(
             "the validation loss became {val_loss} after epoch {}: training diverged; {}",
             ctx.epoch,
-            divergence_advice(&ctx.noise)
+            divergence_advice(&ctx.applied())
         ));
     }
     let test = ctx.test_data.map(|data| evaluate(&model, data, &plain));
@@ -418,7 +471,7 @@ fn finish_epoch(
         steps: opt.schedule.current_step(),
         seconds: train_seconds + eval_started.elapsed().as_secs_f64(),
         images_per_s: seen / train_seconds,
-        noise_applied: ctx.noise,
+        noise_applied: ctx.applied(),
         skipped_steps: precision.loss_scale.map(|_| sums.skipped),
         loss_scale: precision.loss_scale.map(|s| s.scale),
         decision: None,

@@ -53,8 +53,13 @@ pub struct EpochMetrics {
 /// The noise actually put into an epoch (zero for a `none` run, whatever was decided).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct NoiseApplied {
-    /// Standard deviation of the gradient noise added at every step (0: none).
+    /// Standard deviation of the gradient noise added at every step (0: none); for a
+    /// policy whose sigma changes from step to step, the epoch's first step's.
     pub grad_sigma: f64,
+    /// The last step's gradient-noise sigma, for a policy whose sigma changes from step to
+    /// step (the annealed one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_sigma_end: Option<f64>,
     /// Standard deviation of the weight noise added at the epoch's start (0: none).
     pub weight_sigma: f64,
 }

@@ -11,18 +11,20 @@
 //!    that `--resume` continues from, or finish.
 
 use super::config::TrainConfig;
-use super::epoch::{EpochContext, EpochEnd, Optimization, PartialEpoch, run_epoch};
+use super::epoch::{EpochContext, EpochEnd, NoisePlan, Optimization, PartialEpoch, run_epoch};
 use super::interrupt;
-use super::metrics::{EpochMetrics, NoiseApplied, RunStatus, Summary};
+use super::metrics::{EpochMetrics, RunStatus, Summary};
 use super::precision::StepPrecision;
 use super::record::{self, ExtraState, NoiseState, load_model, optimizer_record};
 use super::run_dir::{Opened, RunDir};
+use crate::data::Split;
 use crate::data::augment::batches_per_epoch;
 use crate::data::placement::{EvalSplit, PlacedSplit};
+use crate::data::split::hold_out;
 use crate::data::{Dataset, load_cifar10, source::train_subset};
 use crate::events::{Event, Observer, RunStart, Silent};
 use crate::models::{Model, trainable_params};
-use crate::noise::{Decision, NoiseKind, NoiseScheduler, Observation};
+use crate::noise::{Decision, NoiseScheduler, Observation};
 use crate::rng::{Purpose, derived_seed, with_seeded_device};
 use crate::schedule::CosineRestarts;
 use anyhow::{Context, Result, bail};
@@ -147,6 +149,7 @@ pub fn load_data(
     observer: &mut dyn Observer,
 ) -> Result<Dataset> {
     let mut data = load_cifar10(&config.data_dir, !offline, observer)?;
+    hold_out(&mut data, config.val_split, config.split_seed)?;
     if let Some(n) = config.train_subset {
         train_subset(&mut data, n)?;
     }
@@ -167,6 +170,8 @@ struct PlacedData {
     device: Device,
     train: PlacedSplit,
     val: EvalSplit,
+    /// The test set, when a validation split is held out (else it is `val`).
+    test: Option<EvalSplit>,
 }
 
 impl Setup {
@@ -194,13 +199,19 @@ impl Setup {
 
     fn place(self, config: &TrainConfig) -> PlacedData {
         let on_device = config.data_placement.on_device(config.device);
+        let place = |split: Split| {
+            PlacedSplit::new(Arc::new(split), on_device, &self.device).for_eval(config.batch_size)
+        };
+        let (val, test) = match self.data.val {
+            Some(val) => (place(val), Some(place(self.data.test))),
+            None => (place(self.data.test), None),
+        };
         let train = PlacedSplit::new(Arc::new(self.data.train), on_device, &self.device);
-        let val = PlacedSplit::new(Arc::new(self.data.test), on_device, &self.device)
-            .for_eval(config.batch_size);
         PlacedData {
             device: self.train_device,
             train,
             val,
+            test,
         }
     }
 }
@@ -210,7 +221,7 @@ fn epoch_context<'c>(
     config: &'c TrainConfig,
     epoch: u64,
     steps: u64,
-    noise: NoiseApplied,
+    noise: NoisePlan,
     data: &'c PlacedData,
     should_stop: &'c dyn Fn(u64) -> bool,
 ) -> EpochContext<'c> {
@@ -222,7 +233,7 @@ fn epoch_context<'c>(
         noise,
         train_data: &data.train,
         val_data: &data.val,
-        test_data: None,
+        test_data: data.test.as_ref(),
         should_stop,
     }
 }
@@ -333,20 +344,23 @@ impl<'a> Run<'a> {
                 c.lr,
                 c.device
             ),
-            images: (setup.data.train.len(), setup.data.test.len(), None),
+            images: (
+                setup.data.train.len(),
+                setup.data.validation().len(),
+                setup.data.val.as_ref().map(|_| setup.data.test.len()),
+            ),
             steps_per_epoch: self.steps_per_epoch,
             resumed,
         }
     }
 
-    /// The noise epoch `next` receives: the decision in force, unless the run only records.
-    fn noise_for_next_epoch(&self) -> NoiseApplied {
-        if self.config.noise == NoiseKind::None {
-            return NoiseApplied::default();
-        }
-        NoiseApplied {
-            grad_sigma: self.noise.next.grad_sigma,
-            weight_sigma: self.noise.next.weight_sigma,
+    /// The noise the next epoch receives: the policy's, following the decision in force.
+    fn noise_for_next_epoch(&self) -> NoisePlan {
+        NoisePlan {
+            kind: self.config.noise,
+            policy: self.config.policy(),
+            decided_grad_sigma: self.noise.next.grad_sigma,
+            decided_weight_sigma: self.noise.next.weight_sigma,
         }
     }
 
