@@ -125,6 +125,8 @@ pub struct Progress {
     pub step: u64,
     /// Steps it has.
     pub steps: u64,
+    /// Optimiser steps of the whole run so far.
+    pub global_step: u64,
     /// Mean training loss so far.
     pub loss: f64,
     /// Training accuracy so far.
@@ -149,13 +151,14 @@ impl Observer for Silent {
     fn on(&mut self, _event: &Event) {}
 }
 
-/// Collects notices (and nothing else), for tests that check what was reported.
+/// Collects notices and warnings (and nothing else), for tests that check what was
+/// reported.
 #[derive(Debug, Default, Clone)]
 pub struct Notices(pub Vec<String>);
 
 impl Observer for Notices {
     fn on(&mut self, event: &Event) {
-        if let Event::Notice(text) = event {
+        if let Event::Notice(text) | Event::Warning(text) = event {
             self.0.push(text.to_string());
         }
     }

@@ -9,6 +9,9 @@
 //! from, which makes TensorBoard drop what an interrupted process had logged
 //! past the checkpoint.
 
+use crate::events::{Event, Observer, Progress};
+use crate::train::EpochMetrics;
+use adanoise_core::NoiseKind;
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -249,5 +252,96 @@ mod tests {
         let tail = &e[e.len() - 4..];
         assert_eq!(tail, &0.25f32.to_le_bytes());
         assert!(e.windows(8).any(|w| w == b"val/loss"));
+    }
+}
+
+/// Logs a run to TensorBoard as it reports its events, and passes every event on.
+pub struct TensorBoardObserver<'a> {
+    inner: &'a mut dyn Observer,
+    writer: EventWriter,
+    /// Log the running training loss and the LR about every this many steps.
+    every: u64,
+    next: u64,
+    /// Writing failed once (then the run goes on, and TensorBoard is no longer written).
+    failed: bool,
+}
+
+impl<'a> TensorBoardObserver<'a> {
+    /// Opens a new event file in `dir` for a run resumed after global step `resumed_from`
+    /// (0 for a new run), passing every event on to `inner`.
+    pub fn new(dir: &Path, resumed_from: u64, every: u64, inner: &'a mut dyn Observer) -> Result<Self> {
+        let writer = EventWriter::create(dir, (resumed_from > 0).then_some(resumed_from))?;
+        Ok(Self {
+            inner,
+            writer,
+            every: every.max(1),
+            next: resumed_from + every.max(1),
+            failed: false,
+        })
+    }
+
+    fn log_epoch(&mut self, m: &EpochMetrics, noise: NoiseKind) -> Result<()> {
+        let step = m.steps;
+        let w = &mut self.writer;
+        for (tag, value) in [
+            ("epoch/epoch", m.epoch as f64),
+            ("epoch/train_loss", m.train_loss),
+            ("epoch/train_acc", m.train_acc),
+            ("epoch/val_loss", m.val_loss),
+            ("epoch/val_acc", m.val_acc),
+            ("epoch/lr", m.lr),
+            ("epoch/grad_norm", m.grad_norm),
+            ("epoch/weight_update", m.weight_update),
+            ("noise/grad_sigma", m.noise_applied.grad_sigma),
+            ("noise/weight_sigma", m.noise_applied.weight_sigma),
+        ] {
+            w.scalar(tag, step, value)?;
+        }
+        if let (Some(loss), Some(acc)) = (m.test_loss, m.test_acc) {
+            w.scalar("epoch/test_loss", step, loss)?;
+            w.scalar("epoch/test_acc", step, acc)?;
+        }
+        if let Some(d) = &m.decision {
+            let text = if d.flags.is_empty() {
+                format!("after epoch {}: no flags", m.epoch)
+            } else {
+                format!("after epoch {}: {}", m.epoch, d.describe(noise))
+            };
+            w.text("noise/decision", step, &text)?;
+        }
+        w.flush()
+    }
+
+    fn log_progress(&mut self, p: &Progress) -> Result<()> {
+        if p.global_step < self.next {
+            return Ok(());
+        }
+        while self.next <= p.global_step {
+            self.next += self.every;
+        }
+        self.writer.scalar("step/train_loss", p.global_step, p.loss)?;
+        self.writer.scalar("step/lr", p.global_step, p.lr)
+    }
+
+    fn log(&mut self, event: &Event) -> Result<()> {
+        match event {
+            Event::EpochEnded { metrics, noise, .. } => self.log_epoch(metrics, *noise),
+            Event::Progress(p) => self.log_progress(p),
+            Event::Stopped { .. } => self.writer.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Observer for TensorBoardObserver<'_> {
+    fn on(&mut self, event: &Event) {
+        if !self.failed
+            && let Err(e) = self.log(event)
+        {
+            self.failed = true;
+            let warning = format!("TensorBoard logging stopped: {e:#}");
+            self.inner.on(&Event::Warning(&warning));
+        }
+        self.inner.on(event);
     }
 }

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::bench::{self, BenchOptions};
 use crate::experiments::slurm::{self, SlurmOptions, Submitted};
+use crate::experiments::runner::{CellLogging, CellOptions};
 use crate::experiments::{
     CellRun, Sweep, SweepOverrides, cell_status, read_cells, run_cell, run_sweep,
 };
@@ -71,15 +72,47 @@ fn run_simple(command: Command) -> Result<()> {
 }
 
 /// Merges the config file (if any) with the flags, flags winning.
-pub fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
-    let mut table = match &args.config {
-        Some(path) => TrainConfig::read_table(path)?,
-        None => toml::Table::new(),
+pub(crate) fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
+    let run_config = args
+        .out
+        .as_ref()
+        .map(|out| out.join(crate::train::run_dir::CONFIG_FILE))
+        .filter(|path| args.resume && path.is_file());
+    let mut table = match (&args.config, run_config) {
+        (Some(path), _) => TrainConfig::read_table(path)?,
+        // `--resume --out RUN`: the run's own config supplies every option not given.
+        (None, Some(path)) => TrainConfig::read_table(&path)?,
+        (None, None) => toml::Table::new(),
     };
+    check_integer_ranges(args)?;
     let overrides =
         toml::Table::try_from(args).context("could not read the command-line options")?;
     TrainConfig::merge_tables(&mut table, overrides);
     TrainConfig::from_table(table)
+}
+
+/// TOML, which configs are written in, holds integers up to 2^63 - 1: a larger option is
+/// refused by name rather than by the TOML writer's "u64 value was too large".
+fn check_integer_ranges(args: &TrainArgs) -> Result<()> {
+    fn walk(value: &serde_json::Value) -> Option<(String, u64)> {
+        let map = value.as_object()?;
+        map.iter().find_map(|(key, v)| match v {
+            serde_json::Value::Number(n) if n.as_u64().is_some_and(|x| x > i64::MAX as u64) => {
+                Some((key.clone(), n.as_u64()?))
+            }
+            serde_json::Value::Object(_) => walk(v),
+            _ => None,
+        })
+    }
+    let value = serde_json::to_value(args).context("could not read the command-line options")?;
+    if let Some((key, v)) = walk(&value) {
+        anyhow::bail!(
+            "--{} {v} is out of range: it must be at most {}",
+            key.replace('_', "-"),
+            i64::MAX
+        );
+    }
+    Ok(())
 }
 
 fn train_command(args: TrainArgs) -> Result<ExitCode> {
@@ -91,6 +124,8 @@ fn train_command(args: TrainArgs) -> Result<ExitCode> {
     let options = RunOptions {
         resume: args.resume,
         offline: args.offline,
+        tensorboard: args.tensorboard.clone(),
+        tensorboard_every: args.tensorboard_every,
         ..Default::default()
     };
     crate::train::interrupt::install()?;
@@ -212,6 +247,15 @@ fn noise_replay_command(args: &NoiseReplayArgs) -> Result<()> {
     Ok(())
 }
 
+/// How a cell of a sweep runs: threads and TensorBoard from the command line.
+fn cell_options(args: &SweepArgs, cell: &crate::experiments::Cell) -> CellOptions {
+    CellOptions {
+        threads: args.threads,
+        tensorboard: args.tensorboard.as_ref().map(|dir| dir.join(&cell.name)),
+        tensorboard_every: args.tensorboard_every,
+    }
+}
+
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(code as u8)
 }
@@ -248,9 +292,12 @@ fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
                 args.file.display()
             );
         };
+        if !args.pinned {
+            check_pinned_cell(cell, &args.file, &overrides, &out)?;
+        }
         crate::train::interrupt::install()?;
         return Ok(
-            match run_cell(&out, cell, args.threads, &mut Console::new())? {
+            match run_cell(&out, cell, &cell_options(args, cell), &mut Console::new())? {
                 CellRun::Finished => ExitCode::SUCCESS,
                 CellRun::Busy => {
                     println!(
@@ -283,7 +330,17 @@ fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     crate::train::interrupt::install()?;
-    let outcome = run_sweep(&sweep, args.workers, args.threads, &mut Console::new())?;
+    let logging = CellLogging {
+        tensorboard: args.tensorboard.clone(),
+        tensorboard_every: args.tensorboard_every,
+    };
+    let outcome = run_sweep(
+        &sweep,
+        args.workers,
+        args.threads,
+        &logging,
+        &mut Console::new(),
+    )?;
     println!(
         "sweep {}: {} done before, {} finished now, {} failed, {} running elsewhere, {} interrupted",
         sweep.out.display(),
@@ -311,6 +368,32 @@ fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
         return Ok(exit_code(EXIT_INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses `--cell INDEX` when the sweep file now makes cell INDEX another cell than the one
+/// pinned in the output directory (the file was edited since the cells were pinned).
+fn check_pinned_cell(
+    pinned: &crate::experiments::Cell,
+    file: &std::path::Path,
+    overrides: &SweepOverrides,
+    out: &std::path::Path,
+) -> Result<()> {
+    let sweep = Sweep::load(file, overrides)?;
+    let now = sweep.cells.iter().find(|c| c.index == pinned.index);
+    if now.is_some_and(|c| c.name == pinned.name && c.config == pinned.config) {
+        return Ok(());
+    }
+    let now = now.map_or("no cell".to_string(), |c| format!("'{}'", c.name));
+    anyhow::bail!(
+        "cell {} pinned in {}/{} is '{}', but {} now makes it {now}: the file changed since the cells were pinned. \
+         Run `adanoise sweep {}` (which re-pins the file's cells), or pass --pinned to run the pinned cell",
+        pinned.index,
+        out.display(),
+        crate::experiments::sweep::CELLS_FILE,
+        pinned.name,
+        file.display(),
+        file.display()
+    )
 }
 
 /// Says what `--slurm` did.

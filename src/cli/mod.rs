@@ -96,6 +96,14 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub offline: bool,
+    /// Also write TensorBoard event files into this directory (`tensorboard --logdir DIR`).
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip)]
+    pub tensorboard: Option<PathBuf>,
+    /// Steps between two TensorBoard points of the running training loss and the LR [50].
+    #[arg(long, value_name = "STEPS", requires = "tensorboard")]
+    #[serde(skip)]
+    pub tensorboard_every: Option<u64>,
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelKind>,
@@ -280,6 +288,10 @@ pub(crate) struct SweepArgs {
     /// Run only the cell with this index (of the cell list pinned in the output directory).
     #[arg(long)]
     pub cell: Option<usize>,
+    /// With --cell: run the pinned cell even if the sweep file now defines another one at
+    /// that index (job arrays submitted before an edit of the file).
+    #[arg(long, requires = "cell")]
+    pub pinned: bool,
     /// Submit the cells not done as a Slurm job array instead of running them here.
     #[arg(long)]
     pub slurm: bool,
@@ -307,6 +319,12 @@ pub(crate) struct SweepArgs {
     /// Write and print the sbatch script without submitting it.
     #[arg(long, requires = "slurm")]
     pub dry_run: bool,
+    /// Write each cell's TensorBoard event files into DIR/<cell name>.
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
+    /// Steps between two TensorBoard points of the running training loss and the LR [50].
+    #[arg(long, value_name = "STEPS", requires = "tensorboard")]
+    pub tensorboard_every: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -45,9 +45,22 @@ pub fn fetch_and_extract(
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("could not create the data folder {}", data_dir.display()))?;
     let archive = data_dir.join(ARCHIVE_NAME);
-    let have_archive = archive.is_file() && file_md5(&archive)? == md5_hex;
-    if !have_archive {
-        download(url, md5_hex, &archive, observer).with_context(|| offline_help(data_dir))?;
+    let local_md5 = if archive.is_file() {
+        Some(file_md5(&archive)?)
+    } else {
+        None
+    };
+    if local_md5.as_deref() != Some(md5_hex) {
+        if let Err(e) = download(url, md5_hex, &archive, observer) {
+            return Err(match local_md5 {
+                // The archive is there, so asking for it would mislead: say what is wrong.
+                Some(got) => e.context(format!(
+                    "{} is there, but its MD5 is {got}, not the published {md5_hex}: it is damaged or not CIFAR-10's binary release, and no good copy could be downloaded; replace it with a good copy (or delete it and run again with internet)",
+                    archive.display()
+                )),
+                None => e.context(offline_help(data_dir)),
+            });
+        }
     }
     extract_tar_gz(&archive, data_dir)?;
     if !cifar_binary::is_present(data_dir) {
@@ -308,5 +321,19 @@ mod tests {
             text.contains("data_batch_1.bin") && text.contains("image folder"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_damaged_local_archive_is_named_not_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ARCHIVE_NAME), b"not the release").unwrap();
+        let err = fetch_and_extract("http://127.0.0.1:9/x", CIFAR10_MD5, dir.path(), &mut Silent)
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("is there, but its MD5 is") && text.contains("damaged"),
+            "{text}"
+        );
+        assert!(!text.contains("copy cifar-10-binary.tar.gz"), "{text}");
     }
 }

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const CACHE_DIR: &str = ".adanoise-cache";
-const CACHE_MAGIC: &[u8; 12] = b"ADANOISE-IF1";
+const CACHE_MAGIC: &[u8; 12] = b"ADANOISE-IF2";
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 /// Whether `dir` looks like an image folder dataset (has `train/` and `test/` folders).
@@ -47,6 +47,13 @@ pub fn class_order(train_dir: &Path) -> Result<Vec<String>> {
         bail!(
             "{} has no class folders; an image folder dataset needs train/<class>/*.png|jpg and test/<class>/...",
             train_dir.display()
+        );
+    }
+    if names.len() == 1 {
+        bail!(
+            "{} has one class folder ('{}'); classification needs at least two classes",
+            train_dir.display(),
+            names[0]
         );
     }
     let mut cifar: Vec<String> = CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect();
@@ -92,6 +99,12 @@ fn list_images(split_dir: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u8)
                 in_class.push(path);
             }
         }
+        if in_class.is_empty() {
+            bail!(
+                "{} holds no .png, .jpg or .jpeg images; every class needs images in both splits (remove the folder from train/ and test/, or add its images)",
+                dir.display()
+            );
+        }
         in_class.sort();
         files.extend(in_class.into_iter().map(|p| (p, label as u8)));
     }
@@ -127,10 +140,26 @@ fn fingerprint(files: &[(PathBuf, u8)], classes: &[String]) -> Result<[u8; 16]> 
     Ok(hasher.finalize().into())
 }
 
+/// Whether `bytes` are a JPEG without its end-of-image marker: a file cut short, which
+/// decoders fill in with grey rather than refuse. Bytes after the marker (some writers
+/// pad files) are allowed.
+fn is_truncated_jpeg(bytes: &[u8]) -> bool {
+    let is_jpeg = bytes.starts_with(&[0xff, 0xd8]);
+    let tail = &bytes[bytes.len().saturating_sub(64)..];
+    is_jpeg && !tail.windows(2).any(|w| w == [0xff, 0xd9])
+}
+
 /// Decodes one image into channel-major bytes, refusing anything but 32x32.
 pub fn decode_image(path: &Path) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("could not open the image {}", path.display()))?
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("could not open the image {}", path.display()))?;
+    if is_truncated_jpeg(&bytes) {
+        bail!(
+            "{} is a JPEG cut short (it has no end-of-image marker): the file is damaged; replace it or remove it from the folder",
+            path.display()
+        );
+    }
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .with_context(|| format!("could not read the image {}", path.display()))?
         .decode()
@@ -165,22 +194,45 @@ fn decode_all(files: &[(PathBuf, u8)]) -> Result<Split> {
     })
 }
 
-fn read_cache(path: &Path, key: &[u8; 16], count: usize) -> Option<Split> {
-    let bytes = std::fs::read(path).ok()?;
-    let header = CACHE_MAGIC.len() + 16 + 8;
-    if bytes.len() != header + count * (1 + IMAGE_BYTES)
-        || &bytes[..12] != CACHE_MAGIC
-        || &bytes[12..28] != key
-    {
-        return None;
+/// What the cache file of a split holds.
+enum Cached {
+    /// The decoded split, its checksum verified.
+    Valid(Split),
+    /// No cache, or one for another state of the folder.
+    Stale,
+    /// A cache for this folder whose contents do not match their checksum.
+    Damaged,
+}
+
+/// Magic, folder key, image count, MD5 of the payload: the header of a cache file.
+const CACHE_HEADER: usize = 12 + 16 + 8 + 16;
+
+fn payload_md5(labels: &[u8], images: &[u8]) -> [u8; 16] {
+    let mut hasher = Md5::new();
+    hasher.update(labels);
+    hasher.update(images);
+    hasher.finalize().into()
+}
+
+fn read_cache(path: &Path, key: &[u8; 16], count: usize) -> Cached {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Cached::Stale;
+    };
+    if bytes.len() < CACHE_HEADER || &bytes[..12] != CACHE_MAGIC || &bytes[12..28] != key {
+        return Cached::Stale;
     }
-    let stored = u64::from_le_bytes(bytes[28..36].try_into().ok()?) as usize;
-    if stored != count {
-        return None;
+    let stored = u64::from_le_bytes(bytes[28..36].try_into().expect("8 bytes")) as usize;
+    if stored != count || bytes.len() != CACHE_HEADER + count * (1 + IMAGE_BYTES) {
+        return Cached::Damaged;
     }
-    let labels = bytes[header..header + count].to_vec();
-    let images = bytes[header + count..].to_vec();
-    Some(Split { images, labels })
+    let (labels, images) = bytes[CACHE_HEADER..].split_at(count);
+    if payload_md5(labels, images) != bytes[36..52] {
+        return Cached::Damaged;
+    }
+    Cached::Valid(Split {
+        images: images.to_vec(),
+        labels: labels.to_vec(),
+    })
 }
 
 fn write_cache(path: &Path, key: &[u8; 16], split: &Split) -> Result<()> {
@@ -190,6 +242,7 @@ fn write_cache(path: &Path, key: &[u8; 16], split: &Split) -> Result<()> {
     tmp.write_all(CACHE_MAGIC)?;
     tmp.write_all(key)?;
     tmp.write_all(&(split.len() as u64).to_le_bytes())?;
+    tmp.write_all(&payload_md5(&split.labels, &split.images))?;
     tmp.write_all(&split.labels)?;
     tmp.write_all(&split.images)?;
     tmp.persist(path)?;
@@ -205,8 +258,13 @@ fn load_split(
     let files = list_images(&root.join(name), classes)?;
     let key = fingerprint(&files, classes)?;
     let cache = root.join(CACHE_DIR).join(format!("{name}.bin"));
-    if let Some(split) = read_cache(&cache, &key, files.len()) {
-        return Ok(split);
+    match read_cache(&cache, &key, files.len()) {
+        Cached::Valid(split) => return Ok(split),
+        Cached::Damaged => observer.on(&Event::Warning(&format!(
+            "the image cache {} is damaged (its contents do not match their checksum); decoding the images again",
+            cache.display()
+        ))),
+        Cached::Stale => {}
     }
     observer.on(&Event::Notice(&format!(
         "decoding {} images of {}/{name} (cached afterwards)",
@@ -309,5 +367,55 @@ mod tests {
         write_png(&dir.path().join("train/bee/big.png"), 64, 1);
         let err = format!("{:#}", load(dir.path(), &mut Silent).unwrap_err());
         assert!(err.contains("big.png") && err.contains("64x64"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_class_folder_or_a_single_class_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_folder(dir.path(), &["ant", "bee"]);
+        for f in std::fs::read_dir(dir.path().join("test/bee")).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let err = format!("{:#}", load(dir.path(), &mut Silent).unwrap_err());
+        assert!(err.contains("test/bee holds no .png"), "{err}");
+        let one = tempfile::tempdir().unwrap();
+        make_folder(one.path(), &["ant"]);
+        let err = format!("{:#}", load(one.path(), &mut Silent).unwrap_err());
+        assert!(err.contains("at least two classes"), "{err}");
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make_folder(dir.path(), &["ant", "bee"]);
+        let jpeg = dir.path().join("train/ant/c.jpg");
+        image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 7, y as u8 * 5, 9]))
+            .save(&jpeg)
+            .unwrap();
+        assert!(load(dir.path(), &mut Silent).is_ok());
+        let bytes = std::fs::read(&jpeg).unwrap();
+        std::fs::write(&jpeg, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let err = format!("{:#}", load(dir.path(), &mut Silent).unwrap_err());
+        assert!(err.contains("c.jpg is a JPEG cut short"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_cache_is_decoded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        make_folder(dir.path(), &["ant", "bee"]);
+        let fresh = load(dir.path(), &mut Silent).unwrap();
+        let cache = dir.path().join(CACHE_DIR).join("train.bin");
+        let mut bytes = std::fs::read(&cache).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&cache, bytes).unwrap();
+        let mut notices = crate::events::Notices::default();
+        let again = load(dir.path(), &mut notices).unwrap();
+        assert_eq!(again.train, fresh.train, "the flipped pixel must not reach training");
+        assert!(
+            notices.0.iter().any(|n| n.contains("is damaged")),
+            "{:?}",
+            notices.0
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod augment;
 pub mod cifar_binary;
 pub mod device_data;
 pub mod download;
+pub mod fingerprint;
 pub mod image_folder;
 pub mod placement;
 pub mod plan;

@@ -4,13 +4,13 @@
 
 use crate::fsio::write_atomic;
 use crate::train::run_dir::{RunDir, read_metrics_file};
+use crate::train::lock::is_locked;
 use crate::train::{RunStatus, Summary};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, TryLockError};
 use std::path::Path;
 
-pub const LOCK_FILE: &str = ".lock";
+/// A failed cell's record of why.
 pub const FAILED_FILE: &str = "failed.json";
 
 /// Where a sweep cell stands.
@@ -45,41 +45,6 @@ pub struct CellStatus {
     pub epochs: u64,
     pub final_val_acc: Option<f64>,
     pub error: Option<String>,
-}
-
-/// An exclusive lock on a cell, held while the cell trains.
-pub struct CellLock {
-    _file: File,
-}
-
-impl CellLock {
-    /// `Ok(None)` when another process holds the cell.
-    pub fn try_acquire(cell_dir: &Path) -> Result<Option<CellLock>> {
-        std::fs::create_dir_all(cell_dir)
-            .with_context(|| format!("could not create {}", cell_dir.display()))?;
-        let path = cell_dir.join(LOCK_FILE);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("could not open the lock file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(CellLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("could not lock {}", path.display()))
-            }
-        }
-    }
-}
-
-/// Whether some process is training the cell right now.
-pub fn is_locked(cell_dir: &Path) -> bool {
-    let Ok(file) = File::open(cell_dir.join(LOCK_FILE)) else {
-        return false;
-    };
-    matches!(file.try_lock(), Err(TryLockError::WouldBlock))
 }
 
 pub fn record_failure(cell_dir: &Path, error: &anyhow::Error) -> Result<()> {
@@ -152,16 +117,14 @@ pub fn cell_status(cell_dir: &Path, epochs: u64) -> CellStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::lock::RunLock;
 
     #[test]
-    fn lock_is_exclusive_and_released_on_drop() {
+    fn a_locked_cell_is_running_until_released() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = CellLock::try_acquire(dir.path()).unwrap();
-        assert!(lock.is_some());
-        assert!(is_locked(dir.path()));
-        assert!(CellLock::try_acquire(dir.path()).unwrap().is_none());
+        let lock = RunLock::acquire(dir.path()).unwrap();
+        assert_eq!(cell_status(dir.path(), 3).state, CellState::Running);
         drop(lock);
-        assert!(!is_locked(dir.path()));
         assert_eq!(cell_status(dir.path(), 3).state, CellState::Pending);
     }
 
@@ -173,7 +136,7 @@ mod tests {
         let run = RunDir {
             path: dir.path().to_path_buf(),
         };
-        let lock = CellLock::try_acquire(dir.path()).unwrap();
+        let lock = RunLock::acquire(dir.path()).unwrap();
         run.write_summary(&Summary::from_history(&[], 3, RunStatus::Running, None))
             .unwrap();
         assert_eq!(cell_status(dir.path(), 3).state, CellState::Running);

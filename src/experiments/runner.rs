@@ -2,12 +2,14 @@
 //! process (a crash or a failure stays in its cell), `--workers` at a time, each
 //! with a share of the CPU threads; and running one cell, under its lock.
 
-use super::cell_state::{CellLock, CellState, cell_status, clear_failure, record_failure};
+use super::cell_state::{CellState, cell_status, clear_failure, record_failure};
 use super::sweep::{Cell, Sweep, describe};
 use crate::events::{CellOutcome, Event, Observer};
-use crate::train::{RunOptions, train_with};
+use crate::train::lock::RunBusy;
+use crate::train::run_dir::create_and_lock;
+use crate::train::{RunOptions, train_holding};
 use anyhow::{Context, Result, bail};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,26 @@ pub struct SweepOutcome {
     pub interrupted: usize,
 }
 
+/// How each cell of a sweep logs, passed on to the cell processes.
+#[derive(Debug, Clone, Default)]
+pub struct CellLogging {
+    /// TensorBoard directory of the sweep: each cell writes into `DIR/<cell name>`.
+    pub tensorboard: Option<PathBuf>,
+    /// Steps between two TensorBoard points of the running loss and the LR.
+    pub tensorboard_every: Option<u64>,
+}
+
+/// How one cell runs in its process.
+#[derive(Debug, Clone, Default)]
+pub struct CellOptions {
+    /// Threads, overriding the sweep file's.
+    pub threads: Option<usize>,
+    /// The cell's TensorBoard directory.
+    pub tensorboard: Option<PathBuf>,
+    /// Steps between two TensorBoard points.
+    pub tensorboard_every: Option<u64>,
+}
+
 /// The exit code of a cell process that found its cell held by another process.
 pub const EXIT_CELL_BUSY: i32 = 3;
 
@@ -34,12 +56,13 @@ pub fn run_sweep(
     sweep: &Sweep,
     workers: usize,
     threads: Option<usize>,
+    logging: &CellLogging,
     observer: &mut dyn Observer,
 ) -> Result<SweepOutcome> {
     let workers = workers.max(1);
     sweep.write_cells()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads_each = threads.unwrap_or((cores / workers).max(1));
+    let threads_each = (cores / workers).max(1);
     let exe =
         std::env::current_exe().context("could not find the adanoise executable to run cells")?;
     let mut outcome = SweepOutcome::default();
@@ -54,12 +77,15 @@ pub fn run_sweep(
     }
     let total = queue.len();
     observer.on(&Event::Notice(&format!(
-        "sweep {}: {} cells, {} done, {} running elsewhere, {} to run with {workers} worker(s) x {threads_each} thread(s)",
+        "sweep {}: {} cells, {} done, {} running elsewhere, {} to run with {workers} worker(s) x {} thread(s)",
         sweep.out.display(),
         sweep.cells.len(),
         outcome.done_before,
         outcome.busy,
-        total
+        total,
+        threads
+            .or(sweep.cells.first().and_then(|c| c.config.threads))
+            .unwrap_or(threads_each)
     )));
     let mut running: Vec<(&Cell, Child, Instant)> = Vec::new();
     let mut started = 0;
@@ -83,7 +109,9 @@ pub fn run_sweep(
                 }
                 CellState::Pending | CellState::Failed => {}
             }
-            let child = spawn_cell(sweep, cell, &exe, threads_each)?;
+            // Threads: the command line's, else the sweep file's, else a share of the cores.
+            let cell_threads = threads.or(cell.config.threads).unwrap_or(threads_each);
+            let child = spawn_cell(sweep, cell, &exe, cell_threads, logging)?;
             started += 1;
             observer.on(&Event::CellStarted {
                 started,
@@ -122,7 +150,13 @@ pub fn run_sweep(
 
 /// Starts `adanoise sweep FILE --cell INDEX` for `cell`, its output going to the cell's
 /// `train.log`.
-fn spawn_cell(sweep: &Sweep, cell: &Cell, exe: &Path, threads: usize) -> Result<Child> {
+fn spawn_cell(
+    sweep: &Sweep,
+    cell: &Cell,
+    exe: &Path,
+    threads: usize,
+    logging: &CellLogging,
+) -> Result<Child> {
     let dir = sweep.cell_dir(cell);
     std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
     let log = std::fs::OpenOptions::new()
@@ -130,7 +164,8 @@ fn spawn_cell(sweep: &Sweep, cell: &Cell, exe: &Path, threads: usize) -> Result<
         .append(true)
         .open(dir.join("train.log"))
         .with_context(|| format!("could not open {}/train.log", dir.display()))?;
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("sweep")
         .arg(&sweep.file)
         .arg("--cell")
@@ -138,7 +173,14 @@ fn spawn_cell(sweep: &Sweep, cell: &Cell, exe: &Path, threads: usize) -> Result<
         .arg("--out")
         .arg(&sweep.out)
         .arg("--threads")
-        .arg(threads.to_string())
+        .arg(threads.to_string());
+    if let Some(dir) = &logging.tensorboard {
+        command.arg("--tensorboard").arg(dir);
+    }
+    if let Some(every) = logging.tensorboard_every {
+        command.arg("--tensorboard-every").arg(every.to_string());
+    }
+    command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -189,25 +231,18 @@ pub enum CellRun {
 pub fn run_cell(
     sweep_out: &Path,
     cell: &Cell,
-    threads: Option<usize>,
+    options: &CellOptions,
     observer: &mut dyn Observer,
 ) -> Result<CellRun> {
     let dir = sweep_out.join(&cell.name);
-    // Another process may be probing the lock for an instant: retry briefly before giving up.
-    let mut lock = None;
-    for _ in 0..10 {
-        lock = CellLock::try_acquire(&dir)?;
-        if lock.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let Some(_lock) = lock else {
-        return Ok(CellRun::Busy);
+    let lock = match create_and_lock(&dir) {
+        Ok(lock) => lock,
+        Err(e) if e.is::<RunBusy>() => return Ok(CellRun::Busy),
+        Err(e) => return Err(e),
     };
     let mut config = cell.config.clone();
-    if threads.is_some() {
-        config.threads = threads;
+    if options.threads.is_some() {
+        config.threads = options.threads;
     }
     clear_failure(&dir);
     observer.on(&Event::Notice(&format!(
@@ -216,12 +251,14 @@ pub fn run_cell(
         cell.name,
         describe(&cell.values)
     )));
-    let options = RunOptions {
+    let run_options = RunOptions {
         resume: true,
         offline: false,
+        tensorboard: options.tensorboard.clone(),
+        tensorboard_every: options.tensorboard_every,
         ..Default::default()
     };
-    match train_with(&config, &dir, &options, observer) {
+    match train_holding(&config, &dir, &run_options, observer, lock) {
         Ok(outcome) if outcome.interrupted => Ok(CellRun::Interrupted),
         Ok(_) => Ok(CellRun::Finished),
         Err(e) => {

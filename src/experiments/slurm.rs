@@ -115,7 +115,7 @@ pub fn script(
 set -u
 cell=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {tasks})
 echo "[$(date -Is)] array task $SLURM_ARRAY_TASK_ID (job $SLURM_JOB_ID, restart ${{SLURM_RESTART_COUNT:-0}}): cell $cell"
-{exe} sweep {file} --cell "$cell" --out {out} --threads "${{SLURM_CPUS_PER_TASK:-1}}" &
+{exe} sweep {file} --cell "$cell" --pinned --out {out} --threads "${{SLURM_CPUS_PER_TASK:-1}}" &
 child=$!
 # Before the time limit: the cell finishes its step, checkpoints and exits; then requeue this task.
 trap 'kill -USR1 "$child" 2>/dev/null; wait "$child"; scontrol requeue "$SLURM_JOB_ID"; exit 0' USR1

@@ -90,7 +90,7 @@ pub fn show_value(value: &toml::Value) -> String {
 fn name_part(key: &str, value: &toml::Value) -> String {
     let v = show_value(value);
     let part = match key {
-        "model" | "optimizer" | "noise" | "device" => v,
+        "model" | "optimizer" | "noise" | "noise_policy" | "device" => v,
         "lr" => format!("lr{v}"),
         "seed" => format!("s{v}"),
         "epochs" => format!("e{v}"),

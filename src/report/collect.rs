@@ -4,7 +4,7 @@ use crate::events::{Event, Observer};
 use crate::noise::NoiseKind;
 use crate::train::run_dir::{CONFIG_FILE, METRICS_FILE, RunDir, read_metrics_file};
 use crate::train::{EpochMetrics, RunStatus, Summary, TrainConfig};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
 /// One run directory, read.
@@ -103,9 +103,13 @@ pub fn find_runs(root: &Path, depth: usize, observer: &mut dyn Observer) -> Resu
             root.display()
         );
     }
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("could not resolve {}", root.display()))?;
     let mut dirs = Vec::new();
-    walk(root, depth, &mut dirs);
+    walk(&root, depth, &mut dirs);
     dirs.sort();
+    dirs.dedup();
     let mut runs = Vec::new();
     for dir in dirs {
         match RunRecord::read(&dir) {
@@ -119,8 +123,11 @@ pub fn find_runs(root: &Path, depth: usize, observer: &mut dyn Observer) -> Resu
     Ok(runs)
 }
 
+/// Collects the run directories under `dir`, never following a symbolic link (a link to a
+/// run would count it twice, a link to `..` would leave the folder).
 fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if dir.join(CONFIG_FILE).is_file() {
+    let config = dir.join(CONFIG_FILE);
+    if std::fs::symlink_metadata(&config).is_ok_and(|m| m.is_file()) {
         out.push(dir.to_path_buf());
         return;
     }
@@ -129,9 +136,9 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
-                walk(&path, depth - 1, out);
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && !entry.file_name().to_string_lossy().starts_with('.') {
+                walk(&entry.path(), depth - 1, out);
             }
         }
     }

@@ -82,8 +82,23 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
-    let pad = ((hi - lo) * 0.05).max(1e-9);
+    let scale = lo.abs().max(hi.abs());
+    // A single value (one epoch) or a flat series gets a visible range around it, so that
+    // the axis labels read different numbers.
+    let pad = if hi - lo > 1e-6 * scale.max(1e-12) {
+        (hi - lo) * 0.05
+    } else {
+        (0.05 * scale).max(1e-3)
+    };
     (lo - pad, hi + pad)
+}
+
+/// Small filled circles at every point, so that a series of one epoch is visible.
+fn dots(
+    points: impl Iterator<Item = (f64, f64)>,
+    color: RGBColor,
+) -> impl Iterator<Item = Circle<(f64, f64), i32>> {
+    points.map(move |p| Circle::new(p, 3, color.filled()))
 }
 
 const GRAD_COLOR: RGBColor = RGBColor(200, 60, 40);
@@ -154,6 +169,12 @@ impl Figure for Figure1<'_> {
             .legend(|(x, y)| {
                 Rectangle::new([(x, y - 5), (x + 16, y + 5)], SHADE.mix(0.4).filled())
             });
+        chart
+            .draw_series(dots(h.iter().map(|m| (m.epoch as f64, m.grad_norm)), GRAD_COLOR))
+            .map_err(err)?;
+        chart
+            .draw_secondary_series(dots(h.iter().map(|m| (m.epoch as f64, m.val_loss)), VAL_COLOR))
+            .map_err(err)?;
         chart
             .draw_series(LineSeries::new(
                 h.iter().map(|m| (m.epoch as f64, m.grad_norm)),
@@ -295,6 +316,9 @@ impl Figure for CurvesFigure<'_> {
                 [("train", train, GRAD_COLOR), ("validation", val, VAL_COLOR)]
             {
                 chart
+                    .draw_series(dots(h.iter().map(|m| (m.epoch as f64, get(m))), color))
+                    .map_err(err)?;
+                chart
                     .draw_series(LineSeries::new(
                         h.iter().map(|m| (m.epoch as f64, get(m))),
                         color.stroke_width(2),
@@ -395,4 +419,21 @@ pub fn plot_run(run: &RunRecord) -> Result<Vec<PathBuf>> {
     written.extend(save(&LrFigure(run), &run.dir.join("lr"))?);
     written.extend(save(&CurvesFigure(run), &run.dir.join("curves"))?);
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_value_gets_a_readable_range() {
+        // One epoch: the axis must span enough for its labels to read different numbers.
+        let (lo, hi) = range([0.7321].into_iter());
+        assert!(lo < 0.7321 && hi > 0.7321);
+        assert!(hi - lo > 0.05, "{lo}..{hi}");
+        let (lo, hi) = range([0.0, 0.0].into_iter());
+        assert!(hi - lo >= 2e-3, "{lo}..{hi}");
+        let (lo, hi) = range([1.0, 3.0].into_iter());
+        assert!((lo - 0.9).abs() < 1e-12 && (hi - 3.1).abs() < 1e-12);
+    }
 }

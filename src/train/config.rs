@@ -127,17 +127,41 @@ mod defaults {
     }
 }
 
+/// The table of a run's `config.toml` that records what data it trained on; not an option.
+pub const DATA_FINGERPRINT_KEY: &str = "data_fingerprint";
+
 /// Options that say where or how fast a run executes, not what it computes: a run may be
 /// resumed with other values for these.
 const LOCATION_KEYS: [&str; 3] = ["data_dir", "threads", "data_placement"];
 
 impl TrainConfig {
     /// Builds a config from a TOML table (a config file with overrides merged in).
-    pub fn from_table(table: toml::Table) -> Result<Self> {
-        let config: TrainConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
-            .context("the training configuration is invalid (model, optimizer and lr are required: pass --model, --optimizer and --lr or set them in the --config file)")?;
+    pub fn from_table(mut table: toml::Table) -> Result<Self> {
+        table.remove(DATA_FINGERPRINT_KEY);
+        let missing: Vec<&str> = ["model", "optimizer", "lr"]
+            .into_iter()
+            .filter(|k| !table.contains_key(*k))
+            .collect();
+        if !missing.is_empty() {
+            let flags: Vec<String> = missing.iter().map(|k| format!("--{k}")).collect();
+            bail!(
+                "{} {} required: pass {} or set {} in the --config file",
+                missing.join(", "),
+                if missing.len() == 1 { "is" } else { "are" },
+                flags.join(", "),
+                if missing.len() == 1 { "it" } else { "them" }
+            );
+        }
+        let config: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let why = e.into_inner().message().trim().to_string();
+                if key == "." {
+                    anyhow::anyhow!("the training configuration is invalid: {why}")
+                } else {
+                    anyhow::anyhow!("the training configuration's `{key}` is invalid: {why}")
+                }
+            })?;
         config.validate()?;
         Ok(config)
     }

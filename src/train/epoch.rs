@@ -29,7 +29,7 @@ const MIN_LOSS_SCALE: f64 = 5.960_464_477_539_063e-8;
 
 /// How often (in steps) running sums are read back from the device for display and NaN
 /// checks: each read waits for the device.
-const READ_EVERY: u64 = 10;
+pub const READ_EVERY: u64 = 10;
 
 /// The sums of an epoch stopped between two steps (checkpointed with the model at its start).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +127,8 @@ pub struct EpochContext<'a> {
     pub test_data: Option<&'a EvalSplit>,
     /// Whether to stop between two steps (a signal arrived), given the global step.
     pub should_stop: &'a dyn Fn(u64) -> bool,
+    /// Steps between two reads of the running sums (progress, NaN check).
+    pub read_every: u64,
 }
 
 /// How an epoch ended.
@@ -355,7 +357,7 @@ fn train_steps(
             };
             sums.add(measures, labels, n);
         }
-        let read_back = sums.steps.is_multiple_of(READ_EVERY) || sums.steps == ctx.steps;
+        let read_back = sums.steps.is_multiple_of(ctx.read_every) || sums.steps == ctx.steps;
         if read_back
             && sums.seen > 0
             && let Err(message) = report_progress(ctx, &sums, started, observer)
@@ -403,6 +405,7 @@ fn report_progress(
         epoch: ctx.epoch,
         step: sums.steps,
         steps: ctx.steps,
+        global_step: (ctx.epoch - 1) * ctx.steps + sums.steps,
         loss,
         acc,
         lr: sums.lr,

@@ -39,6 +39,9 @@ pub struct ExtraState {
     /// The run's seed, so that a checkpoint copied from another run is refused.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// What the run trained on, so that a checkpoint of other data is refused.
+    #[serde(default)]
+    pub data: Option<crate::data::fingerprint::DataFingerprint>,
 }
 
 fn record_error(e: burn::store::RecordError) -> anyhow::Error {

@@ -11,12 +11,16 @@
 //!    that `--resume` continues from, or finish.
 
 use super::config::TrainConfig;
-use super::epoch::{EpochContext, EpochEnd, NoisePlan, Optimization, PartialEpoch, run_epoch};
+use super::epoch::{
+    EpochContext, EpochEnd, NoisePlan, Optimization, PartialEpoch, READ_EVERY, run_epoch,
+};
 use super::interrupt;
 use super::metrics::{EpochMetrics, RunStatus, Summary};
 use super::precision::StepPrecision;
 use super::record::{self, ExtraState, NoiseState, load_model, optimizer_record};
+use super::lock::RunLock;
 use super::run_dir::{Opened, RunDir};
+use crate::data::fingerprint::DataFingerprint;
 use crate::data::Split;
 use crate::data::augment::batches_per_epoch;
 use crate::data::placement::{EvalSplit, PlacedSplit};
@@ -30,7 +34,8 @@ use crate::schedule::CosineRestarts;
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use std::path::Path;
+use crate::tensorboard::TensorBoardObserver;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Options of a `train` invocation that are not part of the run's config.
@@ -44,7 +49,15 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// Stop (as a signal would) after this global optimiser step; for tests.
     pub stop_at_step: Option<u64>,
+    /// Also write TensorBoard event files into this directory.
+    pub tensorboard: Option<PathBuf>,
+    /// Steps between two TensorBoard points of the running loss and the LR
+    /// ([`DEFAULT_TENSORBOARD_EVERY`] when unset).
+    pub tensorboard_every: Option<u64>,
 }
+
+/// Steps between two TensorBoard points of the running loss and the LR, by default.
+pub const DEFAULT_TENSORBOARD_EVERY: u64 = 50;
 
 /// How a call to [`train`] ended.
 #[derive(Debug, Clone)]
@@ -69,14 +82,55 @@ pub fn train_with(
     options: &RunOptions,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
+    train_locked(config, out, options, observer, None)
+}
+
+/// [`train_with`] for a caller that already holds the run directory's lock (a sweep's
+/// cell, which takes it before deciding anything about the cell).
+pub fn train_holding(
+    config: &TrainConfig,
+    out: &Path,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+    lock: RunLock,
+) -> Result<Outcome> {
+    train_locked(config, out, options, observer, Some(lock))
+}
+
+fn train_locked(
+    config: &TrainConfig,
+    out: &Path,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+    lock: Option<RunLock>,
+) -> Result<Outcome> {
     let setup = Setup::prepare(config, options, observer)?;
-    let (mut run, mut model) = match Run::open(config, out, options, &setup)? {
+    let (mut run, mut model) = match Run::open(config, out, options, &setup, lock)? {
         Opening::Finished(outcome) => {
             let epochs = outcome.summary.epochs_done;
             observer.on(&Event::AlreadyFinished { dir: out, epochs });
             return Ok(*outcome);
         }
         Opening::Ready(run, model) => (*run, *model),
+    };
+    let every = options
+        .tensorboard_every
+        .unwrap_or(DEFAULT_TENSORBOARD_EVERY)
+        .max(1);
+    let mut tensorboard;
+    let observer: &mut dyn Observer = match &options.tensorboard {
+        Some(dir) => {
+            let resumed_from = run.opt.schedule.current_step();
+            tensorboard = TensorBoardObserver::new(dir, resumed_from, every, observer)?;
+            &mut tensorboard
+        }
+        None => observer,
+    };
+    // The running sums are read back for the log at least as often as TensorBoard wants them.
+    let read_every = if options.tensorboard.is_some() {
+        READ_EVERY.min(every)
+    } else {
+        READ_EVERY
     };
     observer.on(&Event::RunStarted(&run.start(&setup, &model)));
     let data = setup.place(config);
@@ -87,14 +141,9 @@ pub fn train_with(
         .map_or(config.epochs, |n| n.min(config.epochs));
     for epoch in run.history.len() as u64 + 1..=last {
         let noise = run.noise_for_next_epoch();
-        let ctx = epoch_context(
-            config,
-            epoch,
-            run.steps_per_epoch,
-            noise,
-            &data,
-            &should_stop,
-        );
+        let steps = run.steps_per_epoch;
+        let mut ctx = epoch_context(config, epoch, steps, noise, &data, &should_stop);
+        ctx.read_every = read_every;
         let resume = run.resume_epoch.take();
         match run_epoch(&ctx, model, &mut run.opt, resume, observer) {
             EpochEnd::Finished(next, metrics) => {
@@ -142,18 +191,29 @@ pub fn init_model(config: &TrainConfig, classes: usize, device: &Device) -> Mode
     model.fork(device)
 }
 
-/// Loads the dataset a config names, with its training subset applied.
+/// Loads the dataset a config names, with its validation split and training subset
+/// applied.
 pub fn load_data(
     config: &TrainConfig,
     offline: bool,
     observer: &mut dyn Observer,
 ) -> Result<Dataset> {
+    Ok(load_fingerprinted(config, offline, observer)?.0)
+}
+
+/// [`load_data`], and the fingerprint of the data as loaded (before split and subset).
+fn load_fingerprinted(
+    config: &TrainConfig,
+    offline: bool,
+    observer: &mut dyn Observer,
+) -> Result<(Dataset, DataFingerprint)> {
     let mut data = load_cifar10(&config.data_dir, !offline, observer)?;
+    let fingerprint = DataFingerprint::of(&data);
     hold_out(&mut data, config.val_split, config.split_seed)?;
     if let Some(n) = config.train_subset {
         train_subset(&mut data, n)?;
     }
-    Ok(data)
+    Ok((data, fingerprint))
 }
 
 /// Phase 1: what a run needs before its directory is touched.
@@ -161,6 +221,7 @@ struct Setup {
     device: Device,
     train_device: Device,
     data: Dataset,
+    fingerprint: DataFingerprint,
     steps_per_epoch: u64,
 }
 
@@ -186,13 +247,14 @@ impl Setup {
         config
             .precision
             .check_device(&device, config.device.name())?;
-        let data = load_data(config, options.offline, observer)?;
+        let (data, fingerprint) = load_fingerprinted(config, options.offline, observer)?;
         let steps_per_epoch = batches_per_epoch(data.train.len(), config.batch_size) as u64;
         CosineRestarts::new(config.lr_schedule(steps_per_epoch))?;
         Ok(Setup {
             train_device: device.clone().autodiff(),
             device,
             data,
+            fingerprint,
             steps_per_epoch,
         })
     }
@@ -235,6 +297,7 @@ fn epoch_context<'c>(
         val_data: &data.val,
         test_data: data.test.as_ref(),
         should_stop,
+        read_every: READ_EVERY,
     }
 }
 
@@ -248,6 +311,9 @@ enum Opening<'a> {
 struct Run<'a> {
     config: &'a TrainConfig,
     dir: RunDir,
+    /// Keeps other processes out of the run directory while this one trains it.
+    _lock: RunLock,
+    fingerprint: DataFingerprint,
     opt: Optimization,
     noise: NoiseState,
     history: Vec<EpochMetrics>,
@@ -263,8 +329,10 @@ impl<'a> Run<'a> {
         out: &Path,
         options: &RunOptions,
         setup: &Setup,
+        lock: Option<RunLock>,
     ) -> Result<Opening<'a>> {
-        let opened = RunDir::open(out, config, options.resume)?;
+        let (opened, lock) =
+            RunDir::open(out, config, &setup.fingerprint, options.resume, lock)?;
         if let Opened::AlreadyFinished(dir, summary) = opened {
             let history = dir.read_metrics()?;
             let summary = *summary;
@@ -279,6 +347,8 @@ impl<'a> Run<'a> {
         let mut run = Run {
             config,
             dir: opened.dir().clone(),
+            _lock: lock,
+            fingerprint: setup.fingerprint.clone(),
             opt: Optimization {
                 optim: config.optimizer.build(config.weight_decay),
                 schedule: CosineRestarts::new(config.lr_schedule(steps_per_epoch))?,
@@ -313,6 +383,16 @@ impl<'a> Run<'a> {
                 self.dir.checkpoint_path().display(),
                 self.config.seed
             );
+        }
+        if let Some(data) = &extra.data {
+            let diffs = data.differences(&self.fingerprint);
+            if !diffs.is_empty() {
+                bail!(
+                    "{} was written for other data ({}): it belongs to another run; restore this run's own checkpoint.bin or start a new run",
+                    self.dir.checkpoint_path().display(),
+                    diffs.join("; ")
+                );
+            }
         }
         let model = load_model(template.clone(), ckpt.model)?;
         let optim = std::mem::replace(&mut self.opt.optim, self.config.optimizer.build(0.0));
@@ -407,6 +487,7 @@ impl<'a> Run<'a> {
             partial,
             loss_scale: self.opt.precision.loss_scale,
             seed: Some(self.config.seed),
+            data: Some(self.fingerprint.clone()),
         };
         let path = self.dir.checkpoint_path();
         record::save(&path, epochs_done, model, &self.opt, &extra, epoch_start)

@@ -3,8 +3,10 @@
 //! written so that a kill at any moment leaves a directory `--resume` can use.
 
 use super::checkpoint::{self, Checkpoint};
-use super::config::TrainConfig;
+use super::config::{DATA_FINGERPRINT_KEY, TrainConfig};
+use super::lock::{LOCK_FILE, RunLock};
 use super::metrics::{EpochMetrics, RunStatus, Summary};
+use crate::data::fingerprint::DataFingerprint;
 use crate::fsio::{append_line, write_atomic};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -38,32 +40,109 @@ impl Opened {
     }
 }
 
+/// Files a run directory may hold before its `config.toml`: the lock, a sweep cell's log and
+/// failure record, and what a write killed midway leaves.
+fn is_leftover(name: &str) -> bool {
+    name == LOCK_FILE || name == "train.log" || name == "failed.json" || name.starts_with(".tmp-")
+}
+
+/// Removes the temporary files of writes killed midway (only the lock holder writes here).
+fn remove_leftover_temporaries(path: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") && entry.file_type()?.is_file()
+        {
+            std::fs::remove_file(entry.path()).with_context(|| {
+                format!("could not remove the leftover {}", entry.path().display())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` holds anything but leftovers.
+fn holds_files(path: &Path) -> Result<bool> {
+    for entry in std::fs::read_dir(path)? {
+        if !is_leftover(&entry?.file_name().to_string_lossy()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Creates `path` (naming it when it is a file) and takes its lock.
+pub fn create_and_lock(path: &Path) -> Result<RunLock> {
+    if path.exists() && !path.is_dir() {
+        bail!(
+            "--out {} is a file, not a directory: choose another --out",
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("could not create the run directory {}", path.display()))?;
+    RunLock::acquire(path)
+}
+
+/// The text of `config.toml`: the config, then the fingerprint of its data.
+fn config_text(config: &TrainConfig, data: &DataFingerprint) -> Result<String> {
+    let mut table = toml::Table::try_from(config).context("the config could not be written")?;
+    table.insert(
+        DATA_FINGERPRINT_KEY.into(),
+        toml::Value::try_from(data).context("the data fingerprint could not be written")?,
+    );
+    Ok(toml::to_string(&table)?)
+}
+
+/// Reads a run's `config.toml`: the config and, when recorded, its data's fingerprint.
+pub fn read_config(path: &Path) -> Result<(TrainConfig, Option<DataFingerprint>)> {
+    let mut table = TrainConfig::read_table(path)?;
+    let fingerprint = match table.remove(DATA_FINGERPRINT_KEY) {
+        Some(value) => Some(value.try_into().with_context(|| {
+            format!("{} holds an unreadable {DATA_FINGERPRINT_KEY}", path.display())
+        })?),
+        None => None,
+    };
+    let config = TrainConfig::from_table(table)
+        .with_context(|| format!("{} is an unreadable run config", path.display()))?;
+    Ok((config, fingerprint))
+}
+
 impl RunDir {
-    /// Opens `path` for `config`: creates it, or (with `resume`) picks up the run it holds.
-    pub fn open(path: &Path, config: &TrainConfig, resume: bool) -> Result<Opened> {
+    /// Opens `path` for `config` trained on `data`: creates it, or (with `resume`) picks up
+    /// the run it holds. The returned lock keeps other processes out until dropped.
+    pub fn open(
+        path: &Path,
+        config: &TrainConfig,
+        data: &DataFingerprint,
+        resume: bool,
+        held: Option<RunLock>,
+    ) -> Result<(Opened, RunLock)> {
+        let lock = match held {
+            Some(lock) => lock,
+            None => create_and_lock(path)?,
+        };
+        remove_leftover_temporaries(path)?;
         let dir = RunDir {
             path: path.to_path_buf(),
         };
         let config_path = path.join(CONFIG_FILE);
         if !config_path.exists() {
-            if path.exists() && std::fs::read_dir(path)?.next().is_some() && !resume {
+            if !resume && holds_files(path)? {
                 bail!(
                     "{} exists and holds files but no {CONFIG_FILE}: it is not a run directory; choose another --out",
                     path.display()
                 );
             }
-            std::fs::create_dir_all(path).with_context(|| {
-                format!("could not create the run directory {}", path.display())
-            })?;
-            write_atomic(&config_path, config.to_toml().as_bytes())?;
-            return Ok(Opened::Fresh(dir));
+            write_atomic(&config_path, config_text(config, data)?.as_bytes())?;
+            return Ok((Opened::Fresh(dir), lock));
         }
-        let stored = TrainConfig::from_table(TrainConfig::read_table(&config_path)?)
-            .with_context(|| format!("{} holds an unreadable {CONFIG_FILE}", path.display()))?;
-        let summary = dir.read_summary()?;
-        if let Some(summary) = summary.filter(|s| s.status == RunStatus::Finished) {
+        let (stored, stored_data) = read_config(&config_path)?;
+        if let Some(summary) = dir
+            .read_summary()?
+            .filter(|s| s.status == RunStatus::Finished)
+        {
             if resume && stored.differences(config).is_empty() {
-                return Ok(Opened::AlreadyFinished(dir, Box::new(summary)));
+                return Ok((Opened::AlreadyFinished(dir, Box::new(summary)), lock));
             }
             bail!(
                 "{} holds a finished run ({} epochs); it is not overwritten: choose another --out, or delete the directory to train again",
@@ -71,6 +150,33 @@ impl RunDir {
                 summary.epochs_done
             );
         }
+        dir.check_resumable(&stored, stored_data.as_ref(), config, data, resume)?;
+        // Record the new location options (data_dir, threads); the fingerprint is the same.
+        write_atomic(&config_path, config_text(config, data)?.as_bytes())?;
+        let opened = match checkpoint::load(&dir.checkpoint_path())? {
+            Some(ckpt) => {
+                let history = dir.read_metrics_up_to(ckpt.state.epoch)?;
+                Opened::Resumed(dir, Box::new(ckpt), history)
+            }
+            None => {
+                // Killed before the first checkpoint: start over, dropping partial records.
+                let _ = std::fs::remove_file(path.join(METRICS_FILE));
+                Opened::Fresh(dir)
+            }
+        };
+        Ok((opened, lock))
+    }
+
+    /// Refuses to continue the stored run with another config or other data.
+    fn check_resumable(
+        &self,
+        stored: &TrainConfig,
+        stored_data: Option<&DataFingerprint>,
+        config: &TrainConfig,
+        data: &DataFingerprint,
+        resume: bool,
+    ) -> Result<()> {
+        let path = &self.path;
         if !resume {
             bail!(
                 "{} already holds a run; pass --resume to continue it, or choose another --out",
@@ -85,19 +191,19 @@ impl RunDir {
                 diffs.join("; ")
             );
         }
-        // Record the new location options (data_dir, threads).
-        write_atomic(&config_path, config.to_toml().as_bytes())?;
-        match checkpoint::load(&dir.checkpoint_path())? {
-            Some(ckpt) => {
-                let history = dir.read_metrics_up_to(ckpt.state.epoch)?;
-                Ok(Opened::Resumed(dir, Box::new(ckpt), history))
-            }
-            None => {
-                // Killed before the first checkpoint: start over, dropping partial records.
-                let _ = std::fs::remove_file(path.join(METRICS_FILE));
-                Ok(Opened::Fresh(dir))
+        if let Some(stored_data) = stored_data {
+            let diffs = stored_data.differences(data);
+            if !diffs.is_empty() {
+                bail!(
+                    "cannot resume {}: it trained on other data than {} holds ({}); point --data-dir at the data it trained on (it was {})",
+                    path.display(),
+                    config.data_dir.display(),
+                    diffs.join("; "),
+                    stored.data_dir.display()
+                );
             }
         }
+        Ok(())
     }
 
     pub fn checkpoint_path(&self) -> PathBuf {

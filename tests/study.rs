@@ -1,0 +1,208 @@
+//! What a controlled study needs: a held-out validation split (the scheduler
+//! reads it, the test set is reported apart), the baseline noise policies with
+//! their sigma at given steps, and the report's statistics over seeds (paired
+//! differences and intervals against values worked out by hand, the shared
+//! learning rate, diverged runs counted).
+
+use adanoise::data::synthetic::write_binary_release;
+use adanoise::report::collect::RunRecord;
+use adanoise::report::tables::{self, LrSelection};
+use adanoise::train::{EpochMetrics, RunOptions, RunStatus, Summary, TrainConfig, train};
+use std::path::{Path, PathBuf};
+
+fn data_dir(root: &Path) -> PathBuf {
+    let dir = root.join("data");
+    write_binary_release(&dir, 240, 60, 2).unwrap();
+    dir
+}
+
+/// A quick baby-cnn run; `extra` keys override the defaults here.
+fn config(data: &Path, extra: &str) -> TrainConfig {
+    let mut table: toml::Table = format!(
+        "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 3\nbatch_size = 40\nseed = 3\ndata_dir = '{}'",
+        data.display()
+    )
+    .parse()
+    .unwrap();
+    TrainConfig::merge_tables(&mut table, extra.parse().unwrap());
+    TrainConfig::from_table(table).unwrap()
+}
+
+fn quiet() -> RunOptions {
+    RunOptions {
+        offline: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_validation_split_is_validated_on_and_the_test_set_reported_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_dir(tmp.path());
+    let split = train(
+        &config(&data, "val_split = 40"),
+        &tmp.path().join("split"),
+        &quiet(),
+    )
+    .unwrap();
+    let plain = train(&config(&data, ""), &tmp.path().join("plain"), &quiet()).unwrap();
+    // 200 images trained on: 5 steps of 40 per epoch instead of 6.
+    assert_eq!(split.history[0].steps, 5);
+    assert_eq!(plain.history[0].steps, 6);
+    for m in &split.history {
+        let (loss, acc) = (m.test_loss.unwrap(), m.test_acc.unwrap());
+        assert!(loss.is_finite() && (0.0..=1.0).contains(&acc), "{m:?}");
+        assert_ne!(loss, m.val_loss, "validation and test are different images");
+        // 40 held-out images: the accuracy is a multiple of 1/40.
+        assert!(((m.val_acc * 40.0) - (m.val_acc * 40.0).round()).abs() < 1e-9);
+        // 60 test images.
+        assert!(((acc * 60.0) - (acc * 60.0).round()).abs() < 1e-9);
+    }
+    assert!(plain.history.iter().all(|m| m.test_loss.is_none()));
+    // Other seeds hold out the same images: their first epoch starts from another
+    // initialisation but validates on the same 40 (checked through the split itself).
+    let a = adanoise::train::load_data(
+        &config(&data, "val_split = 40\nseed = 1"),
+        true,
+        &mut adanoise::events::Silent,
+    )
+    .unwrap();
+    let b = adanoise::train::load_data(
+        &config(&data, "val_split = 40\nseed = 2"),
+        true,
+        &mut adanoise::events::Silent,
+    )
+    .unwrap();
+    assert_eq!(a.val, b.val);
+    assert_eq!(a.train, b.train);
+    let c = adanoise::train::load_data(
+        &config(&data, "val_split = 40\nsplit_seed = 99"),
+        true,
+        &mut adanoise::events::Silent,
+    )
+    .unwrap();
+    assert_ne!(a.val, c.val);
+}
+
+#[test]
+fn the_baseline_policies_inject_their_sigma_at_every_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = data_dir(tmp.path());
+    let constant = train(
+        &config(
+            &data,
+            "noise = 'gaussian'\nnoise_policy = 'constant'\nnoise_sigma = 0.004",
+        ),
+        &tmp.path().join("constant"),
+        &quiet(),
+    )
+    .unwrap();
+    for m in &constant.history {
+        assert_eq!(m.noise_applied.grad_sigma, 0.004, "{m:?}");
+        assert_eq!(m.noise_applied.grad_sigma_end, None);
+        assert_eq!(m.noise_applied.weight_sigma, 0.0);
+    }
+    let annealed = train(
+        &config(&data, "noise = 'uniform'\nnoise_policy = 'annealed'\nanneal_eta = 0.02\nanneal_gamma = 0.5"),
+        &tmp.path().join("annealed"),
+        &quiet(),
+    )
+    .unwrap();
+    // 6 steps per epoch: epoch e runs steps 6(e-1) .. 6e-1, sigma_t = sqrt(0.02 / (1+t)^0.5).
+    let sigma = |t: f64| (0.02 / (1.0 + t).powf(0.5)).sqrt();
+    for m in &annealed.history {
+        let first = 6.0 * (m.epoch - 1) as f64;
+        let applied = m.noise_applied;
+        assert!((applied.grad_sigma - sigma(first)).abs() < 1e-15, "{m:?}");
+        assert!((applied.grad_sigma_end.unwrap() - sigma(first + 5.0)).abs() < 1e-15);
+        assert_eq!(applied.weight_sigma, 0.0);
+    }
+    // The adaptive scheduler still decides and records under a baseline policy.
+    assert!(annealed.history.iter().all(|m| m.decision.is_some()));
+    // And the noise reaches the training: the losses differ from a run without it.
+    let none = train(&config(&data, ""), &tmp.path().join("none"), &quiet()).unwrap();
+    assert_ne!(none.history[0].train_loss, constant.history[0].train_loss);
+    assert_ne!(none.history[0].train_loss, annealed.history[0].train_loss);
+}
+
+/// A run record as a report reads it, with a chosen final epoch.
+fn record(noise: &str, lr: f64, seed: u64, val_acc: f64, gap: f64, status: RunStatus) -> RunRecord {
+    let config = TrainConfig::from_table(
+        format!(
+            "model = 'tiny-cnn'\noptimizer = 'sgd'\nlr = {lr}\nseed = {seed}\nnoise = '{noise}'\nepochs = 2"
+        )
+        .parse()
+        .unwrap(),
+    )
+    .unwrap();
+    let line = format!(
+        r#"{{"epoch": 2, "train_loss": 1.0, "train_acc": 0.5, "val_loss": {}, "val_acc": {val_acc}, "grad_norm": 1.0, "weight_update": 0.01, "lr": {lr}, "steps": 10, "seconds": 1.0, "images_per_s": 1.0}}"#,
+        1.0 + gap
+    );
+    let last: EpochMetrics = serde_json::from_str(&line).unwrap();
+    let mut first = last.clone();
+    first.epoch = 1;
+    let history = match status {
+        RunStatus::Finished => vec![first, last],
+        _ => vec![first],
+    };
+    RunRecord {
+        dir: PathBuf::from(format!("runs/{noise}-lr{lr}-s{seed}")),
+        summary: Some(Summary::from_history(&history, 2, status, None)),
+        config,
+        history,
+    }
+}
+
+#[test]
+fn the_report_pairs_seeds_and_counts_what_did_not_finish() {
+    use RunStatus::*;
+    let runs = vec![
+        // The baseline: lr 0.1 is best (0.60, 0.60, 0.61); lr 0.01 worse.
+        record("none", 0.1, 0, 0.60, 0.10, Finished),
+        record("none", 0.1, 1, 0.60, 0.12, Finished),
+        record("none", 0.1, 2, 0.61, 0.11, Finished),
+        record("none", 0.01, 0, 0.50, 0.10, Finished),
+        // Gaussian at 0.1: diffs 0.02, 0.01, 0.03 (mean 0.02, sd 0.01).
+        record("gaussian", 0.1, 0, 0.62, 0.05, Finished),
+        record("gaussian", 0.1, 1, 0.61, 0.06, Finished),
+        record("gaussian", 0.1, 2, 0.64, 0.07, Finished),
+        // Gaussian at 0.01 is better on average but one seed diverged there.
+        record("gaussian", 0.01, 0, 0.70, 0.05, Finished),
+        record("gaussian", 0.01, 1, 0.0, 0.0, Diverged),
+        record("gaussian", 0.01, 2, 0.0, 0.0, Running),
+    ];
+    let per_noise = tables::build(&runs, LrSelection::PerNoise);
+    let rows = &per_noise.by_optimizer[0].1;
+    let (base, noisy) = (&rows[0], &rows[1]);
+    assert_eq!(base.lr, 0.1);
+    assert_eq!(noisy.lr, 0.01, "its own best rate, by the mean of its finished seeds");
+    assert_eq!(
+        (noisy.at_lr.finished, noisy.at_lr.diverged, noisy.at_lr.unfinished),
+        (1, 1, 1)
+    );
+    assert_eq!(per_noise.unfinished.len(), 2);
+    let md = adanoise::report::render::markdown(&per_noise);
+    assert!(md.contains("1 of 3 (1 diverged, 1 unfinished)"), "{md}");
+    assert!(md.contains("a seed diverged at this rate"), "{md}");
+
+    let shared = tables::build(&runs, LrSelection::Shared);
+    let noisy = &shared.by_optimizer[0].1[1];
+    assert_eq!(noisy.lr, 0.1, "the baseline's rate");
+    // By hand: differences 0.02, 0.01, 0.03: mean 0.02, sd 0.01, t(0.975, 2) = 4.3027,
+    // half-width 4.3027 * 0.01 / sqrt(3) = 0.024841.
+    let d = noisy.delta_val_acc.unwrap();
+    assert_eq!(d.n, 3);
+    assert!((d.mean - 0.02).abs() < 1e-12, "{d:?}");
+    assert!((d.std - 0.01).abs() < 1e-12, "{d:?}");
+    assert!((d.ci95.unwrap() - 0.024841).abs() < 1e-5, "{d:?}");
+    // Gap differences: -0.05, -0.06, -0.04: mean -0.05.
+    assert!((noisy.delta_gap.unwrap().mean + 0.05).abs() < 1e-12);
+    // The validation accuracy's own interval: 0.6233 +- 4.3027 * 0.01528 / sqrt(3).
+    let (lo, hi) = noisy.val_acc.interval().unwrap();
+    let half = 4.302653 * (0.000233333f64).sqrt() / 3f64.sqrt();
+    assert!((hi - lo - 2.0 * half).abs() < 1e-4, "{lo} {hi} {half}");
+    let csv = adanoise::report::render::csv(&shared).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    assert!(csv.lines().next().unwrap().contains("delta_val_acc_ci95"));
+}
