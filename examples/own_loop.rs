@@ -95,7 +95,9 @@ fn main() -> anyhow::Result<()> {
         let train_loss = loss_sum / STEPS_PER_EPOCH as f64;
         let val_loss = {
             let (x, y) = batch(&device);
-            loss_fn.forward(model.valid().forward(x.inner()), y.inner()).into_scalar::<f64>()
+            loss_fn
+                .forward(model.valid().forward(x.inner()), y.inner())
+                .into_scalar::<f64>()
         };
         let decision = scheduler.observe(Observation {
             epoch,

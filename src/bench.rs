@@ -25,6 +25,7 @@ use std::time::Instant;
 /// What one timed step does besides forward, backward and the optimiser.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StepKind {
+    /// A step with forward, loss, backward and the optimiser only.
     Plain,
     /// The global gradient norm, as training computes it every step.
     GradNorm,
@@ -33,6 +34,7 @@ pub enum StepKind {
 }
 
 impl StepKind {
+    /// The variant's name in the results.
     pub fn name(self) -> String {
         match self {
             Self::Plain => "plain".into(),
@@ -42,47 +44,72 @@ impl StepKind {
     }
 }
 
+/// What `adanoise bench` times.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The model.
     pub model: ModelKind,
+    /// The optimiser.
     pub optimizer: OptimizerKind,
+    /// Images per step.
     pub batch_size: usize,
+    /// Timed steps per variant.
     pub steps: usize,
+    /// Untimed steps first.
     pub warmup: usize,
+    /// The backend.
     pub device: DeviceKind,
+    /// CPU threads (all cores when absent).
     pub threads: Option<usize>,
     /// Variants timed in turn at every step; the first is the reference of the ratios.
     pub variants: Vec<StepKind>,
     /// Cut each step's batch out of a dataset on the device instead of uploading it.
     pub device_data: bool,
+    /// What each step computes in.
     pub precision: Precision,
 }
 
+/// The timing of one step variant.
 #[derive(Debug, Clone, Serialize)]
 pub struct VariantResult {
+    /// Its name.
     pub variant: String,
+    /// Images per second at the median step time.
     pub images_per_s: f64,
+    /// Median step time.
     pub median_step_ms: f64,
+    /// Fastest step.
     pub min_step_ms: f64,
+    /// Slowest step.
     pub max_step_ms: f64,
     /// Median over steps of this variant's step time over the first variant's, same step.
     pub ratio_to_first: f64,
 }
 
+/// What `adanoise bench` measured (printed as JSON with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
+    /// The model.
     pub model: String,
+    /// The optimiser.
     pub optimizer: String,
+    /// Images per step.
     pub batch_size: usize,
+    /// The backend.
     pub device: String,
+    /// CPU threads used.
     pub threads: usize,
+    /// Timed steps per variant.
     pub steps: usize,
     /// Of the first variant: batch size over its median step time.
     pub images_per_s: f64,
+    /// The first variant's median step time.
     pub median_step_ms: f64,
+    /// Every variant's timing.
     pub variants: Vec<VariantResult>,
     /// Whether the step included assembling its batch on the device.
     pub device_data: bool,
+    /// What each step computed in.
     pub precision: String,
     /// f16: timed steps whose update was skipped (non-finite gradients at the loss scale).
     pub skipped_steps: usize,
@@ -124,6 +151,7 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Times training steps as `options` say (variants interleaved step by step).
 pub fn run(options: &BenchOptions) -> Result<BenchResult> {
     if options.steps == 0 || options.batch_size == 0 {
         bail!("--steps and --batch-size must be at least 1");

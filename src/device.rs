@@ -32,8 +32,12 @@ pub enum DeviceKind {
     Wgpu,
     /// CubeCL's own SPIR-V on Vulkan; needs `--features vulkan`.
     Vulkan,
-    /// NVIDIA CUDA; needs `--features cuda`.
+    /// NVIDIA CUDA through CubeCL (TF32/bf16 tensor cores); needs `--features cuda`.
     Cuda,
+    /// LibTorch (cuDNN) on the first CUDA GPU; needs `--features tch`.
+    Libtorch,
+    /// LibTorch on the CPU; needs `--features tch`.
+    LibtorchCpu,
 }
 
 impl DeviceKind {
@@ -54,7 +58,15 @@ impl DeviceKind {
         if cfg!(feature = "cuda") {
             kinds.push(Self::Cuda);
         }
+        if cfg!(feature = "tch") {
+            kinds.extend([Self::Libtorch, Self::LibtorchCpu]);
+        }
         kinds
+    }
+
+    /// Whether the backend is LibTorch.
+    pub fn is_libtorch(self) -> bool {
+        matches!(self, Self::Libtorch | Self::LibtorchCpu)
     }
 
     /// The plain (non-autodiff) device; an error when the backend was not compiled in.
@@ -67,6 +79,20 @@ impl DeviceKind {
             Self::Vulkan => Some(Device::vulkan(Default::default())),
             #[cfg(feature = "cuda")]
             Self::Cuda => Some(Device::cuda(0)),
+            // burn-tch is deprecated upstream in favour of CubeCL's backends; it stays here as
+            // the route to cuDNN, against which the CubeCL ones are measured.
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            Self::Libtorch => {
+                libtorch::check_version()?;
+                Some(burn::backend::libtorch::LibTorchDevice::Cuda(0).into())
+            }
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            Self::LibtorchCpu => {
+                libtorch::check_version()?;
+                Some(burn::backend::libtorch::LibTorchDevice::Cpu.into())
+            }
             #[allow(unreachable_patterns)]
             _ => None,
         };
@@ -112,10 +138,16 @@ fn probe(kind: DeviceKind, device: &Device) -> Result<()> {
         }
     };
     outcome.map_err(|why| {
+        // Backends' panics can carry whole C++ backtraces: their first line says it.
+        // (Debug-printed errors hold them as escaped `\n`s.)
+        let first_line = why.split('\n').next().unwrap_or_default();
+        let why = first_line.split("\\n").next().unwrap_or_default();
         anyhow::anyhow!(
             "no usable {kind} device was found ({why}); {}",
             match kind {
                 DeviceKind::Cuda => "check that an NVIDIA GPU and its driver are present (`nvidia-smi`)",
+                DeviceKind::LibtorchCpu => "LibTorch could not compute on the CPU: check the libtorch the binary loads (`ldd $(which adanoise)`, LD_LIBRARY_PATH)",
+                DeviceKind::Libtorch => "LibTorch sees no CUDA GPU: check that an NVIDIA GPU and its driver are present (`nvidia-smi`) and that the libtorch in use is a CUDA build (PyTorch's default Linux wheel is), or train on the CPU with --device libtorch-cpu",
                 _ => "install a Vulkan driver for the GPU (on Debian without a GPU, Mesa's software one: `apt-get install mesa-vulkan-drivers`, and set XDG_RUNTIME_DIR), or train with --device cpu",
             }
         )
@@ -148,5 +180,48 @@ pub fn set_cpu_threads(threads: Option<usize>) {
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global();
+    }
+}
+
+/// The libtorch a `tch` build runs with: the one it was built against, or an error that
+/// says how to get it.
+#[cfg(feature = "tch")]
+mod libtorch {
+    use anyhow::{Result, bail};
+    use std::path::{Path, PathBuf};
+
+    /// The libtorch version and folder this binary was built against.
+    const BUILT_VERSION: &str = env!("ADANOISE_LIBTORCH_VERSION");
+    const BUILT_LIB: &str = env!("ADANOISE_LIBTORCH_LIB");
+
+    /// The folder of the `libtorch_cpu.so` this process loaded.
+    fn loaded_lib() -> Option<PathBuf> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        maps.lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.ends_with("/libtorch_cpu.so"))
+            .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+    }
+
+    fn version_of(lib: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(lib.parent()?.join("version.py")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("__version__ = "))
+            .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
+    }
+
+    /// Refuses a libtorch of another version than the build's: its C++ symbols may match
+    /// and its behaviour not.
+    pub fn check_version() -> Result<()> {
+        let (Some(lib), false) = (loaded_lib(), BUILT_VERSION.is_empty()) else {
+            return Ok(());
+        };
+        match version_of(&lib) {
+            Some(loaded) if loaded != BUILT_VERSION => bail!(
+                "this adanoise was built against libtorch {BUILT_VERSION} ({BUILT_LIB}) but loaded libtorch {loaded} from {}: run it with LD_LIBRARY_PATH={BUILT_LIB}, or rebuild it with LIBTORCH pointing at the other one",
+                lib.display()
+            ),
+            _ => Ok(()),
+        }
     }
 }

@@ -1,17 +1,23 @@
 //! adanoise: training the CNNs of "Effect of Adaptive Noise Injection in
-//! Convolutional Neural Network Training" on CIFAR-10 with Burn, exactly as the
-//! project's `method.md` specifies.
+//! Convolutional Neural Network Training" on CIFAR-10 with Burn, following the
+//! rules written out in the repository's `docs/method.md`.
 //!
 //! - [`data`]: CIFAR-10 readers, download, augmentation.
 //! - [`models`]: baby-cnn, tiny-cnn, simple-cnn, resnet18.
 //! - [`optim`]: SGD, SGD with momentum and Adam with PyTorch semantics.
-//! - [`noise`]: the adaptive noise scheduler and noise injection.
+//! - [`noise`]: noise injection into a Burn model (the scheduler is `adanoise-core`'s).
 //! - [`schedule`]: cosine annealing with decaying restarts (a Burn `LrScheduler`).
 //! - [`train`]: the training loop, run directories, checkpoints.
 //! - [`experiments`]: sweeps over grids of runs.
 //! - [`report`]: the paper's tables and figures.
-//! - [`bench`]: training-step throughput.
+//! - [`bench`](mod@bench): training-step throughput.
+//! - [`events`]: the reporting interface (progress, notices) the command line renders.
+//! - [`tensorboard`]: TensorBoard event files.
+//! - [`device`]: which backend runs the tensors.
+//! - [`kernels`], [`memory`]: faster CPU kernels, and allocator settings.
 //! - [`cli`]: the `adanoise` command.
+
+#![warn(missing_docs)]
 
 pub mod bench;
 pub mod cli;

@@ -9,12 +9,19 @@ use rand_chacha::ChaCha8Rng;
 /// What a stream is used for; each purpose gets its own independent stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
+    /// The fixed shuffle `--train-subset` takes its images from.
     TrainSubset = 1,
+    /// The order of an epoch's images.
     EpochOrder = 2,
+    /// Crop offsets and flips.
     Augmentation = 3,
+    /// Initial weights.
     ModelInit = 4,
+    /// Gradient noise (per global step).
     GradientNoise = 5,
+    /// Weight noise (per epoch).
     WeightNoise = 6,
+    /// The validation split (per class).
     ValidationSplit = 7,
 }
 

@@ -96,7 +96,7 @@ enum Payload<'a> {
     SessionStart,
 }
 
-/// `Event { wall_time = 1, step = 2, file_version = 3 | summary = 5 | session_log = 6 }`.
+/// `Event { wall_time = 1, step = 2, file_version = 3 | summary = 5 | session_log = 7 }`.
 fn encode_event(wall_time: f64, step: u64, payload: Payload) -> Vec<u8> {
     let mut event = Vec::new();
     proto::double(&mut event, 1, wall_time);
@@ -104,10 +104,10 @@ fn encode_event(wall_time: f64, step: u64, payload: Payload) -> Vec<u8> {
     match payload {
         Payload::FileVersion => proto::bytes(&mut event, 3, b"brain.Event:2"),
         Payload::SessionStart => {
-            // SessionLog { status = 1 (START) }
+            // session_log = 7: SessionLog { status = 1: START (1) }
             let mut log = Vec::new();
             proto::uint(&mut log, 1, 1);
-            proto::bytes(&mut event, 6, &log);
+            proto::bytes(&mut event, 7, &log);
         }
         Payload::Scalar(tag, value) => {
             // Summary { value = 1: Value { tag = 1, simple_value = 2 } }
@@ -220,41 +220,6 @@ impl EventWriter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc32c_and_its_mask() {
-        // The CRC-32C check value, and TensorFlow's mask of it worked out by hand:
-        // ((0xe3069283 >> 15) | (0xe3069283 << 17)) + 0xa282ead8 mod 2^32.
-        assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
-        assert_eq!(masked_crc32c(b"123456789"), 0xc78a_b0e5);
-    }
-
-    #[test]
-    fn a_record_frames_its_payload() {
-        let r = record(b"abc");
-        assert_eq!(&r[..8], &3u64.to_le_bytes());
-        assert_eq!(&r[8..12], &masked_crc32c(&3u64.to_le_bytes()).to_le_bytes());
-        assert_eq!(&r[12..15], b"abc");
-        assert_eq!(&r[15..], &masked_crc32c(b"abc").to_le_bytes());
-    }
-
-    #[test]
-    fn a_scalar_event_encodes_tag_and_value() {
-        let e = encode_event(1.5, 3, Payload::Scalar("val/loss", 0.25));
-        // wall_time (field 1, fixed64), step (field 2, varint), summary (field 5, bytes).
-        assert_eq!(e[0], 0x09);
-        assert_eq!(&e[1..9], &1.5f64.to_le_bytes());
-        assert_eq!(&e[9..11], &[0x10, 3]);
-        assert_eq!(e[11], 0x2a);
-        let tail = &e[e.len() - 4..];
-        assert_eq!(tail, &0.25f32.to_le_bytes());
-        assert!(e.windows(8).any(|w| w == b"val/loss"));
-    }
-}
-
 /// Logs a run to TensorBoard as it reports its events, and passes every event on.
 pub struct TensorBoardObserver<'a> {
     inner: &'a mut dyn Observer,
@@ -269,7 +234,12 @@ pub struct TensorBoardObserver<'a> {
 impl<'a> TensorBoardObserver<'a> {
     /// Opens a new event file in `dir` for a run resumed after global step `resumed_from`
     /// (0 for a new run), passing every event on to `inner`.
-    pub fn new(dir: &Path, resumed_from: u64, every: u64, inner: &'a mut dyn Observer) -> Result<Self> {
+    pub fn new(
+        dir: &Path,
+        resumed_from: u64,
+        every: u64,
+        inner: &'a mut dyn Observer,
+    ) -> Result<Self> {
         let writer = EventWriter::create(dir, (resumed_from > 0).then_some(resumed_from))?;
         Ok(Self {
             inner,
@@ -319,8 +289,11 @@ impl<'a> TensorBoardObserver<'a> {
         while self.next <= p.global_step {
             self.next += self.every;
         }
-        self.writer.scalar("step/train_loss", p.global_step, p.loss)?;
-        self.writer.scalar("step/lr", p.global_step, p.lr)
+        self.writer
+            .scalar("step/train_loss", p.global_step, p.loss)?;
+        self.writer.scalar("step/lr", p.global_step, p.lr)?;
+        // TensorBoard reads files as they grow: the curves move during the epoch.
+        self.writer.flush()
     }
 
     fn log(&mut self, event: &Event) -> Result<()> {
@@ -343,5 +316,40 @@ impl Observer for TensorBoardObserver<'_> {
             self.inner.on(&Event::Warning(&warning));
         }
         self.inner.on(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_and_its_mask() {
+        // The CRC-32C check value, and TensorFlow's mask of it worked out by hand:
+        // ((0xe3069283 >> 15) | (0xe3069283 << 17)) + 0xa282ead8 mod 2^32.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(masked_crc32c(b"123456789"), 0xc78a_b0e5);
+    }
+
+    #[test]
+    fn a_record_frames_its_payload() {
+        let r = record(b"abc");
+        assert_eq!(&r[..8], &3u64.to_le_bytes());
+        assert_eq!(&r[8..12], &masked_crc32c(&3u64.to_le_bytes()).to_le_bytes());
+        assert_eq!(&r[12..15], b"abc");
+        assert_eq!(&r[15..], &masked_crc32c(b"abc").to_le_bytes());
+    }
+
+    #[test]
+    fn a_scalar_event_encodes_tag_and_value() {
+        let e = encode_event(1.5, 3, Payload::Scalar("val/loss", 0.25));
+        // wall_time (field 1, fixed64), step (field 2, varint), summary (field 5, bytes).
+        assert_eq!(e[0], 0x09);
+        assert_eq!(&e[1..9], &1.5f64.to_le_bytes());
+        assert_eq!(&e[9..11], &[0x10, 3]);
+        assert_eq!(e[11], 0x2a);
+        let tail = &e[e.len() - 4..];
+        assert_eq!(tail, &0.25f32.to_le_bytes());
+        assert!(e.windows(8).any(|w| w == b"val/loss"));
     }
 }

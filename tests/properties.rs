@@ -65,10 +65,7 @@ fn tree() -> impl Strategy<Value = Tree> {
         prop::collection::vec(file(), 0..3),
     )
         .prop_map(|(name, files)| (name.to_string(), files));
-    prop::collection::vec(
-        (any::<bool>(), prop::collection::vec(class, 0..4)),
-        2..=2,
-    )
+    prop::collection::vec((any::<bool>(), prop::collection::vec(class, 0..4)), 2..=2)
 }
 
 proptest! {

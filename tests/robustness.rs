@@ -59,7 +59,13 @@ fn a_run_directory_has_one_owner() {
     train(&config(&d, ""), &out, &first_epoch_only()).unwrap();
     // Another process (here: this one) holds the run, as a running train or sweep would.
     let lock = RunLock::acquire(&out).unwrap();
-    let o = adanoise(&["train", "--resume", "--out", out.to_str().unwrap(), "--offline"]);
+    let o = adanoise(&[
+        "train",
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--offline",
+    ]);
     let err = err_text(&o);
     let pid = std::process::id().to_string();
     assert!(
@@ -71,7 +77,13 @@ fn a_run_directory_has_one_owner() {
     assert_eq!(metrics_epochs(&out), vec![1], "nothing was recorded twice");
     drop(lock);
     // Released: the resume goes through, and `--resume --out` alone reads the run's config.
-    ok(&adanoise(&["train", "--resume", "--out", out.to_str().unwrap(), "--offline"]));
+    ok(&adanoise(&[
+        "train",
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--offline",
+    ]));
     assert_eq!(metrics_epochs(&out), vec![1, 2, 3]);
 }
 
@@ -84,8 +96,14 @@ fn resume_refuses_other_data_but_follows_a_moved_folder() {
     let out = tmp.path().join("run");
     train(&config(&a, ""), &out, &first_epoch_only()).unwrap();
     let before = std::fs::read_to_string(out.join("config.toml")).unwrap();
-    for (other, what) in [(&b, "other contents"), (&fewer, "training images 100 -> 90")] {
-        let err = format!("{:#}", train(&config(other, ""), &out, &resume()).unwrap_err());
+    for (other, what) in [
+        (&b, "other contents"),
+        (&fewer, "training images 100 -> 90"),
+    ] {
+        let err = format!(
+            "{:#}",
+            train(&config(other, ""), &out, &resume()).unwrap_err()
+        );
         assert!(
             err.contains("trained on other data") && err.contains(what),
             "{err}"
@@ -125,7 +143,10 @@ fn a_removed_class_is_named_on_resume() {
         std::fs::remove_dir_all(root.join(split).join("cat")).unwrap();
     }
     let err = format!("{:#}", train(&cfg, &out, &resume()).unwrap_err());
-    assert!(err.contains("classes [ant, bee, cat] -> [ant, bee]"), "{err}");
+    assert!(
+        err.contains("classes [ant, bee, cat] -> [ant, bee]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,16 +155,29 @@ fn reports_and_plots_stay_inside_their_folder() {
     let d = data(tmp.path(), "data", 100, 1);
     let sweep = tmp.path().join("sweep");
     let outside = tmp.path().join("outside-run");
-    train(&config(&d, "epochs = 1"), &sweep.join("run"), &RunOptions::default()).unwrap();
+    train(
+        &config(&d, "epochs = 1"),
+        &sweep.join("run"),
+        &RunOptions::default(),
+    )
+    .unwrap();
     train(&config(&d, "epochs = 1"), &outside, &RunOptions::default()).unwrap();
     std::os::unix::fs::symlink(sweep.join("run"), sweep.join("link-to-run")).unwrap();
     std::os::unix::fs::symlink("..", sweep.join("up")).unwrap();
     std::os::unix::fs::symlink(&outside, sweep.join("link-outside")).unwrap();
     let runs = find_runs(&sweep, 4, &mut Silent).unwrap();
-    assert_eq!(runs.len(), 1, "{:?}", runs.iter().map(|r| &r.dir).collect::<Vec<_>>());
+    assert_eq!(
+        runs.len(),
+        1,
+        "{:?}",
+        runs.iter().map(|r| &r.dir).collect::<Vec<_>>()
+    );
     ok(&adanoise(&["plot", sweep.to_str().unwrap()]));
     assert!(sweep.join("run/figure1.png").is_file());
-    assert!(!outside.join("figure1.png").exists(), "plot wrote outside the folder");
+    assert!(
+        !outside.join("figure1.png").exists(),
+        "plot wrote outside the folder"
+    );
     let md = ok(&adanoise(&["report", sweep.to_str().unwrap()]));
     assert!(md.contains("| baby-cnn | none | 0.01 |"), "{md}");
 }
@@ -196,7 +230,12 @@ fn replays_and_schedules_refuse_what_they_cannot_compute() {
     let o = adanoise(&["noise-replay", stream.to_str().unwrap(), "--epochs", "4"]);
     assert!(err_text(&o).contains("epoch 5 is past the schedule length E_max = 4"));
     assert!(o.stdout.is_empty(), "nothing is printed before the error");
-    ok(&adanoise(&["noise-replay", stream.to_str().unwrap(), "--epochs", "5"]));
+    ok(&adanoise(&[
+        "noise-replay",
+        stream.to_str().unwrap(),
+        "--epochs",
+        "5",
+    ]));
     std::fs::write(&stream, [line(1, 1.0), line(2, -0.5)].join("\n")).unwrap();
     let o = adanoise(&["noise-replay", stream.to_str().unwrap()]);
     assert!(err_text(&o).contains("cannot be negative"));
@@ -217,25 +256,62 @@ fn bad_options_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let d = data(tmp.path(), "data", 100, 1);
     let dd = d.to_str().unwrap();
-    let base = ["train", "--model", "baby-cnn", "--optimizer", "sgd", "--lr", "0.1", "--data-dir", dd];
+    let base = [
+        "train",
+        "--model",
+        "baby-cnn",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--data-dir",
+        dd,
+    ];
     let o = adanoise(&[&base[..], &["--seed", "18446744073709551615"]].concat());
     assert!(err_text(&o).contains("--seed 18446744073709551615 is out of range"));
     let o = adanoise(&[&base[..], &["--epochs", "18446744073709551615"]].concat());
     assert!(err_text(&o).contains("--epochs 18446744073709551615 is out of range"));
     let file = tmp.path().join("c.toml");
-    std::fs::write(&file, "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = \"0.05\"\n").unwrap();
-    let o = adanoise(&["train", "--config", file.to_str().unwrap(), "--data-dir", dd]);
+    std::fs::write(
+        &file,
+        "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = \"0.05\"\n",
+    )
+    .unwrap();
+    let o = adanoise(&[
+        "train",
+        "--config",
+        file.to_str().unwrap(),
+        "--data-dir",
+        dd,
+    ]);
     let err = err_text(&o);
     assert!(err.contains("`lr` is invalid"), "{err}");
     assert!(!err.contains("are required"), "{err}");
-    let o = adanoise(&["train", "--optimizer", "sgd", "--lr", "0.1", "--data-dir", dd]);
+    let o = adanoise(&[
+        "train",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--data-dir",
+        dd,
+    ]);
     let err = err_text(&o);
     assert!(err.contains("model is required: pass --model"), "{err}");
     let file_out = tmp.path().join("a-file");
     std::fs::write(&file_out, b"x").unwrap();
-    let o = adanoise(&[&base[..], &["--out", file_out.to_str().unwrap(), "--offline"]].concat());
+    let o = adanoise(
+        &[
+            &base[..],
+            &["--out", file_out.to_str().unwrap(), "--offline"],
+        ]
+        .concat(),
+    );
     let err = err_text(&o);
-    assert!(err.contains(&format!("--out {} is a file", file_out.display())), "{err}");
+    assert!(
+        err.contains(&format!("--out {} is a file", file_out.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -251,7 +327,10 @@ fn a_divergence_from_noise_blames_the_noise() {
         "{:#}",
         train(&cfg, &tmp.path().join("run"), &RunOptions::default()).unwrap_err()
     );
-    assert!(err.contains("diverged") && err.contains("this epoch had noise"), "{err}");
+    assert!(
+        err.contains("diverged") && err.contains("this epoch had noise"),
+        "{err}"
+    );
     assert!(err.contains("try a lower --sigma-max"), "{err}");
 }
 

@@ -103,7 +103,10 @@ fn the_baseline_policies_inject_their_sigma_at_every_step() {
         assert_eq!(m.noise_applied.weight_sigma, 0.0);
     }
     let annealed = train(
-        &config(&data, "noise = 'uniform'\nnoise_policy = 'annealed'\nanneal_eta = 0.02\nanneal_gamma = 0.5"),
+        &config(
+            &data,
+            "noise = 'uniform'\nnoise_policy = 'annealed'\nanneal_eta = 0.02\nanneal_gamma = 0.5",
+        ),
         &tmp.path().join("annealed"),
         &quiet(),
     )
@@ -176,9 +179,16 @@ fn the_report_pairs_seeds_and_counts_what_did_not_finish() {
     let rows = &per_noise.by_optimizer[0].1;
     let (base, noisy) = (&rows[0], &rows[1]);
     assert_eq!(base.lr, 0.1);
-    assert_eq!(noisy.lr, 0.01, "its own best rate, by the mean of its finished seeds");
     assert_eq!(
-        (noisy.at_lr.finished, noisy.at_lr.diverged, noisy.at_lr.unfinished),
+        noisy.lr, 0.01,
+        "its own best rate, by the mean of its finished seeds"
+    );
+    assert_eq!(
+        (
+            noisy.at_lr.finished,
+            noisy.at_lr.diverged,
+            noisy.at_lr.unfinished
+        ),
         (1, 1, 1)
     );
     assert_eq!(per_noise.unfinished.len(), 2);

@@ -1,33 +1,48 @@
 #!/usr/bin/env bash
-# Prepares everything a GPU machine needs to measure adanoise there without building:
-# a stripped, xz-compressed adanoise with the wgpu backend, the Vulkan loader it loads at run
-# time, and the real-data archive, in bench/gpu/dist/ (git-ignored; under 64 MiB, so the
-# device tool can carry it). Run here, then on the GPU machine: bench/gpu/measure.sh.
-#   bench/gpu/package.sh            (env: FEATURES=wgpu ARCHIVE=../shared/data/cifar10-jpeg.tar.gz
-#                                    DIST=bench/gpu/dist, or bench/gpu/dist-vulkan for vulkan)
-# FEATURES=vulkan packages the SPIR-V backend instead, into its own folder (then
-# DIST=bench/gpu/dist-vulkan BACKENDS=vulkan for measure.sh): the two packages together are
-# more than one device call carries.
-# Not both in one binary: with `vulkan` compiled in, the wgpu device also takes the SPIR-V
-# path (measured here: that binary segfaults on lavapipe even with --device wgpu).
+# Builds, here, what a GPU machine needs to measure one adanoise backend without
+# building: a stripped, xz-compressed adanoise, what it loads at run time, the device
+# names and precisions to measure, and (ARCHIVE) the real-data archive, into
+# bench/gpu/dist-FEATURES/ (git-ignored). Then, there: bench/gpu/measure.sh.
+#
+#   FEATURES=cuda bench/gpu/package.sh       # CubeCL CUDA (TF32/bf16 tensor cores); LLVM from PyPI
+#   FEATURES=tch  bench/gpu/package.sh       # LibTorch (cuDNN); needs PyTorch 2.11 here and there
+#   FEATURES=wgpu bench/gpu/package.sh       # WGSL through wgpu; carries the Vulkan loader
+#   (env: ARCHIVE=path/to/cifar10-jpeg.tar.gz, DIST=folder, PYTHON for tch)
+#
+# One binary per backend: with `vulkan` compiled in, the wgpu device also takes the
+# SPIR-V path (that binary segfaults on Mesa's software Vulkan device even for wgpu).
+# Sizes (xz): cuda ~26 MB, wgpu ~26 MB, tch ~10 MB; the device tool carries 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 features=${FEATURES:-wgpu}
-archive=${ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}
-if [ "$features" = wgpu ]; then dist=${DIST:-bench/gpu/dist}; else dist=${DIST:-bench/gpu/dist-$features}; fi
-# Same optimisation as the release profile, without debug info, stripped: a small binary.
-CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/gpu-dist} \
+dist=${DIST:-bench/gpu/dist-$features}
+target=${CARGO_TARGET_DIR:-target/gpu-dist-$features}
+case "$features" in
+  cuda)
+    ci/llvm-from-pypi.sh
+    # cudarc otherwise assumes a newer CUDA than the GPU machine's driver (580) serves.
+    export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
+    backends="cuda"; precisions="f32 bf16" ;;
+  tch)
+    eval "$(ci/libtorch-env.sh)"
+    backends="libtorch"; precisions="f32 bf16" ;;
+  wgpu) backends="wgpu"; precisions="f32 f16" ;;
+  vulkan) backends="vulkan"; precisions="f32 f16" ;;
+  *) echo "error: FEATURES must be one of cuda, tch, wgpu, vulkan (got $features)" >&2; exit 2 ;;
+esac
+# The release profile's optimisation, without debug info, stripped: a small binary.
+CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true CARGO_TARGET_DIR=$target \
   cargo build --release --features "$features"
 rm -rf "$dist" && mkdir -p "$dist"
-# Stripped, the binary is ~174 MB (CubeCL and wgpu); xz brings it to ~28 MB.
-xz -T2 -6 -c "${CARGO_TARGET_DIR:-target/gpu-dist}/release/adanoise" > "$dist/adanoise.xz"
-loader=$(ldconfig -p | awk '/libvulkan.so.1 .*x86-64/ {print $NF; exit}')
-if [ -z "$loader" ]; then
-  apt-get install -y -qq libvulkan1 >/dev/null
+xz -T2 -6 -c "$target/release/adanoise" > "$dist/adanoise.xz"
+echo "$backends" > "$dist/backends"
+echo "$precisions" > "$dist/precisions"
+if [ "$features" = wgpu ] || [ "$features" = vulkan ]; then
   loader=$(ldconfig -p | awk '/libvulkan.so.1 .*x86-64/ {print $NF; exit}')
+  [ -n "$loader" ] || { echo "error: no libvulkan.so.1 here to carry: apt-get install libvulkan1" >&2; exit 1; }
+  cp -L "$loader" "$dist/libvulkan.so.1"
 fi
-cp -L "$loader" "$dist/libvulkan.so.1"
-if [ -f "$archive" ]; then cp "$archive" "$dist/cifar10-jpeg.tar.gz"; fi
+if [ -n "${ARCHIVE:-}" ]; then cp "$ARCHIVE" "$dist/cifar10-jpeg.tar.gz"; fi
 du -sh "$dist"/*
 total=$(du -sm "$dist" | cut -f1)
 [ "$total" -lt 64 ] || echo "warning: $dist is $total MiB, more than the device tool carries (64 MiB)" >&2

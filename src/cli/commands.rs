@@ -2,15 +2,9 @@
 
 use super::console::Console;
 use super::{
-    BenchArgs, Command, DataCommand, LrScheduleArgs, NoiseReplayArgs, ReportArgs, SweepArgs,
-    TrainArgs,
+    BenchArgs, Command, DataCommand, LrScheduleArgs, NoiseReplayArgs, ReportArgs, TrainArgs,
 };
 use crate::bench::{self, BenchOptions};
-use crate::experiments::slurm::{self, SlurmOptions, Submitted};
-use crate::experiments::runner::{CellLogging, CellOptions};
-use crate::experiments::{
-    CellRun, Sweep, SweepOverrides, cell_status, read_cells, run_cell, run_sweep,
-};
 use crate::models::{ModelKind, trainable_params};
 use crate::noise::NoiseSchedulerConfig;
 use crate::noise::replay::{read_observations, replay};
@@ -29,7 +23,7 @@ use strum::VariantArray;
 pub(crate) fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Train(args) => train_command(*args),
-        Command::Sweep(args) => sweep_command(&args),
+        Command::Sweep(args) => super::sweep::sweep_command(&args),
         other => run_simple(other).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -247,222 +241,9 @@ fn noise_replay_command(args: &NoiseReplayArgs) -> Result<()> {
     Ok(())
 }
 
-/// How a cell of a sweep runs: threads and TensorBoard from the command line.
-fn cell_options(args: &SweepArgs, cell: &crate::experiments::Cell) -> CellOptions {
-    CellOptions {
-        threads: args.threads,
-        tensorboard: args.tensorboard.as_ref().map(|dir| dir.join(&cell.name)),
-        tensorboard_every: args.tensorboard_every,
-    }
-}
-
-fn exit_code(code: i32) -> ExitCode {
+/// An exit code from one of the program's own codes.
+pub(super) fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(code as u8)
-}
-
-fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
-    let overrides = SweepOverrides {
-        set: args.set.clone(),
-        only: if args.cell.is_some() {
-            Vec::new()
-        } else {
-            args.only.clone()
-        },
-        data_dir: args.data_dir.clone(),
-        out: args.out.clone(),
-    };
-    if let Some(index) = args.cell {
-        // A cell of a pinned list (job arrays): the sweep file may have changed since.
-        let out = match &args.out {
-            Some(out) => out.clone(),
-            None => Sweep::load(&args.file, &overrides)?.out,
-        };
-        let cells = match read_cells(&out) {
-            Ok(cells) => cells,
-            Err(_) => {
-                let sweep = Sweep::load(&args.file, &overrides)?;
-                sweep.write_cells()?;
-                sweep.cells
-            }
-        };
-        let Some(cell) = cells.iter().find(|c| c.index == index) else {
-            anyhow::bail!(
-                "the sweep in {} has no cell with index {index}; `adanoise sweep {} --list` shows them",
-                out.display(),
-                args.file.display()
-            );
-        };
-        if !args.pinned {
-            check_pinned_cell(cell, &args.file, &overrides, &out)?;
-        }
-        crate::train::interrupt::install()?;
-        return Ok(
-            match run_cell(&out, cell, &cell_options(args, cell), &mut Console::new())? {
-                CellRun::Finished => ExitCode::SUCCESS,
-                CellRun::Busy => {
-                    println!(
-                        "cell {index} ({}) is being run by another process; nothing to do",
-                        cell.name
-                    );
-                    exit_code(crate::experiments::runner::EXIT_CELL_BUSY)
-                }
-                CellRun::Interrupted => exit_code(EXIT_INTERRUPTED),
-            },
-        );
-    }
-    let sweep = Sweep::load(&args.file, &overrides)?;
-    if args.list {
-        print_cells(&sweep);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.slurm {
-        let options = SlurmOptions {
-            partition: args.partition.clone(),
-            gpus_per_task: args.gpus_per_task,
-            cpus_per_task: args.cpus_per_task,
-            time: args.time.clone(),
-            array_parallelism: args.array_parallelism,
-            sbatch_args: args.sbatch_arg.clone(),
-            signal_grace_s: args.signal_grace,
-            dry_run: args.dry_run,
-        };
-        submitted(&slurm::submit(&sweep, &options)?, &sweep, args);
-        return Ok(ExitCode::SUCCESS);
-    }
-    crate::train::interrupt::install()?;
-    let logging = CellLogging {
-        tensorboard: args.tensorboard.clone(),
-        tensorboard_every: args.tensorboard_every,
-    };
-    let outcome = run_sweep(
-        &sweep,
-        args.workers,
-        args.threads,
-        &logging,
-        &mut Console::new(),
-    )?;
-    println!(
-        "sweep {}: {} done before, {} finished now, {} failed, {} running elsewhere, {} interrupted",
-        sweep.out.display(),
-        outcome.done_before,
-        outcome.finished,
-        outcome.failed.len(),
-        outcome.busy,
-        outcome.interrupted
-    );
-    if !outcome.failed.is_empty() {
-        for (name, error) in &outcome.failed {
-            eprintln!("failed: {name}: {error}");
-        }
-        anyhow::bail!(
-            "{} of {} cells failed (recorded in each cell's failed.json); fix the cause and run the sweep again to retry them",
-            outcome.failed.len(),
-            sweep.cells.len()
-        );
-    }
-    if outcome.interrupted > 0 || crate::train::interrupt::requested() {
-        eprintln!(
-            "interrupted: {} running cell(s) wrote a checkpoint; run the same command again to continue",
-            outcome.interrupted
-        );
-        return Ok(exit_code(EXIT_INTERRUPTED));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Refuses `--cell INDEX` when the sweep file now makes cell INDEX another cell than the one
-/// pinned in the output directory (the file was edited since the cells were pinned).
-fn check_pinned_cell(
-    pinned: &crate::experiments::Cell,
-    file: &std::path::Path,
-    overrides: &SweepOverrides,
-    out: &std::path::Path,
-) -> Result<()> {
-    let sweep = Sweep::load(file, overrides)?;
-    let now = sweep.cells.iter().find(|c| c.index == pinned.index);
-    if now.is_some_and(|c| c.name == pinned.name && c.config == pinned.config) {
-        return Ok(());
-    }
-    let now = now.map_or("no cell".to_string(), |c| format!("'{}'", c.name));
-    anyhow::bail!(
-        "cell {} pinned in {}/{} is '{}', but {} now makes it {now}: the file changed since the cells were pinned. \
-         Run `adanoise sweep {}` (which re-pins the file's cells), or pass --pinned to run the pinned cell",
-        pinned.index,
-        out.display(),
-        crate::experiments::sweep::CELLS_FILE,
-        pinned.name,
-        file.display(),
-        file.display()
-    )
-}
-
-/// Says what `--slurm` did.
-fn submitted(what: &Submitted, sweep: &Sweep, args: &SweepArgs) {
-    match what {
-        Submitted::NothingToDo => println!(
-            "every cell of {} is done; nothing to submit",
-            sweep.out.display()
-        ),
-        Submitted::DryRun {
-            script,
-            script_file,
-            tasks_file,
-            tasks,
-        } => {
-            print!("{script}");
-            eprintln!(
-                "(dry run: {tasks} array tasks; script {} and task list {} written, nothing submitted)",
-                script_file.display(),
-                tasks_file.display()
-            );
-        }
-        Submitted::Submitted(sub) => {
-            println!(
-                "submitted job array {} ({} tasks) from {}",
-                sub.job_id,
-                sub.cells.len(),
-                sub.script.display()
-            );
-            println!("watch it:  adanoise sweep {} --list", args.file.display());
-            println!("report:    adanoise report {}", sweep.out.display());
-        }
-    }
-}
-
-/// `--list`: every cell with its state, epochs, final val accuracy and, for a submitted
-/// sweep, its Slurm task and state.
-fn print_cells(sweep: &Sweep) {
-    let jobs = slurm::cell_jobs(&sweep.out);
-    let slurm_header = if jobs.is_empty() {
-        String::new()
-    } else {
-        format!("{:<14} {:<11} ", "slurm task", "slurm state")
-    };
-    println!(
-        "{:>5}  {:<8} {:>9}  {:>7}  {slurm_header}cell",
-        "index", "state", "epochs", "val acc"
-    );
-    for cell in &sweep.cells {
-        let s = cell_status(&sweep.cell_dir(cell), cell.config.epochs);
-        let acc = s
-            .final_val_acc
-            .map_or("-".to_string(), |a| format!("{a:.4}"));
-        let job = if jobs.is_empty() {
-            String::new()
-        } else {
-            let (task, state) = jobs
-                .get(&cell.index)
-                .cloned()
-                .unwrap_or(("-".into(), "-".into()));
-            format!("{task:<14} {state:<11} ")
-        };
-        let epochs = format!("{}/{}", s.epochs_done, s.epochs);
-        let error = s.error.map_or(String::new(), |e| format!("  ({e})"));
-        println!(
-            "{:>5}  {:<8} {epochs:>9}  {acc:>7}  {job}{}{error}",
-            cell.index, s.state, cell.name
-        );
-    }
 }
 
 fn report_command(args: &ReportArgs) -> Result<()> {

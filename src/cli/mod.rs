@@ -2,6 +2,7 @@
 
 mod commands;
 mod console;
+mod sweep;
 
 use crate::data::placement::DataPlacement;
 use crate::device::DeviceKind;

@@ -15,7 +15,9 @@ pub const CROP_PADDING: usize = 4;
 /// Per-channel mean and standard deviation applied to pixels scaled to [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalization {
+    /// Per-channel mean of pixels in [0, 1].
     pub mean: [f32; 3],
+    /// Per-channel standard deviation.
     pub std: [f32; 3],
 }
 
@@ -41,15 +43,19 @@ impl Normalization {
 /// One batch of normalised images (`len x 3 x 32 x 32`, row-major) and their labels.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// Pixels, `len x 3 x 32 x 32`, normalised.
     pub images: Vec<f32>,
+    /// Labels.
     pub labels: Vec<i64>,
 }
 
 impl Batch {
+    /// Images in the batch.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

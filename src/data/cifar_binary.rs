@@ -12,6 +12,7 @@ pub const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
 pub const RECORDS_PER_FILE: usize = 10_000;
 /// Folder name of the extracted release.
 pub const BATCHES_DIR: &str = "cifar-10-batches-bin";
+/// The five training batch files of the release.
 pub const TRAIN_FILES: [&str; 5] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
@@ -19,6 +20,7 @@ pub const TRAIN_FILES: [&str; 5] = [
     "data_batch_4.bin",
     "data_batch_5.bin",
 ];
+/// The test batch file of the release.
 pub const TEST_FILE: &str = "test_batch.bin";
 
 /// Parses one batch file's bytes; `name` is only used in error messages.

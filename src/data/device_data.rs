@@ -64,10 +64,12 @@ impl DeviceSplit {
         }
     }
 
+    /// Images in the split.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the split is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

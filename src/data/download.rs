@@ -13,6 +13,7 @@ use std::path::{Component, Path};
 pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
 /// The published MD5 of `cifar-10-binary.tar.gz`.
 pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
+/// The release archive's file name.
 pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
 
 /// What to tell a user who has no internet, for a given data folder.
@@ -50,17 +51,17 @@ pub fn fetch_and_extract(
     } else {
         None
     };
-    if local_md5.as_deref() != Some(md5_hex) {
-        if let Err(e) = download(url, md5_hex, &archive, observer) {
-            return Err(match local_md5 {
-                // The archive is there, so asking for it would mislead: say what is wrong.
-                Some(got) => e.context(format!(
-                    "{} is there, but its MD5 is {got}, not the published {md5_hex}: it is damaged or not CIFAR-10's binary release, and no good copy could be downloaded; replace it with a good copy (or delete it and run again with internet)",
-                    archive.display()
-                )),
-                None => e.context(offline_help(data_dir)),
-            });
-        }
+    if local_md5.as_deref() != Some(md5_hex)
+        && let Err(e) = download(url, md5_hex, &archive, observer)
+    {
+        return Err(match local_md5 {
+            // The archive is there, so asking for it would mislead: say what is wrong.
+            Some(got) => e.context(format!(
+                "{} is there, but its MD5 is {got}, not the published {md5_hex}: it is damaged or not CIFAR-10's binary release, and no good copy could be downloaded; replace it with a good copy (or delete it and run again with internet)",
+                archive.display()
+            )),
+            None => e.context(offline_help(data_dir)),
+        });
     }
     extract_tar_gz(&archive, data_dir)?;
     if !cifar_binary::is_present(data_dir) {

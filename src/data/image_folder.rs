@@ -411,7 +411,10 @@ mod tests {
         std::fs::write(&cache, bytes).unwrap();
         let mut notices = crate::events::Notices::default();
         let again = load(dir.path(), &mut notices).unwrap();
-        assert_eq!(again.train, fresh.train, "the flipped pixel must not reach training");
+        assert_eq!(
+            again.train, fresh.train,
+            "the flipped pixel must not reach training"
+        );
         assert!(
             notices.0.iter().any(|n| n.contains("is damaged")),
             "{:?}",

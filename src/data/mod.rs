@@ -40,15 +40,19 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
 /// Images and labels of one split, held as raw bytes (`N x 3 x 32 x 32`, channel-major).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
+    /// Pixels, `N x 3 x 32 x 32` bytes, channel-major.
     pub images: Vec<u8>,
+    /// Labels, one byte each.
     pub labels: Vec<u8>,
 }
 
 impl Split {
+    /// Images in the split.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the split is empty.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

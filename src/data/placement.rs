@@ -62,7 +62,9 @@ pub fn batch_tensors(batch: Batch, device: &Device) -> BatchTensors {
 
 /// A training or test split, placed for a run.
 pub enum PlacedSplit {
+    /// Augmented on the host by a background thread, then uploaded.
     Host(Arc<Split>),
+    /// Uploaded once; batches are cut out on the device.
     Device(Arc<DeviceSplit>),
 }
 
@@ -82,6 +84,7 @@ impl PlacedSplit {
         }
     }
 
+    /// Images in the split.
     pub fn len(&self) -> usize {
         match self {
             Self::Host(split) => split.len(),
@@ -89,6 +92,7 @@ impl PlacedSplit {
         }
     }
 
+    /// Whether the split is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -137,11 +141,14 @@ impl PlacedSplit {
 
 /// A split's evaluation batches.
 pub enum EvalSplit {
+    /// Prepared host batches, uploaded one by one.
     Host(Vec<Batch>),
+    /// The split on the device, and the batch size.
     Device(Arc<DeviceSplit>, usize),
 }
 
 impl EvalSplit {
+    /// The evaluation batches, in order, on `device`.
     pub fn batches(&self, device: &Device) -> Box<dyn Iterator<Item = BatchTensors> + '_> {
         match self {
             Self::Host(batches) => {

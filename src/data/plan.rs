@@ -11,9 +11,13 @@ use rand::seq::SliceRandom;
 /// `0..=8`, 4 = centred) and whether it is mirrored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SamplePlan {
+    /// The image's index in its split.
     pub index: usize,
+    /// Vertical crop offset in the padded image.
     pub dy: usize,
+    /// Horizontal crop offset in the padded image.
     pub dx: usize,
+    /// Whether the image is mirrored.
     pub flip: bool,
 }
 

@@ -15,7 +15,9 @@ pub const SUBSET_SEED: u64 = 0x5eed_c1fa;
 /// The on-disk layout found in a data folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataFormat {
+    /// CIFAR-10's binary release (`cifar-10-batches-bin/`).
     CifarBinary,
+    /// A folder of images (`train/<class>/`, `test/<class>/`).
     ImageFolder,
 }
 

@@ -3,8 +3,8 @@
 //! an OS file lock that dies with the process holding it.
 
 use crate::fsio::write_atomic;
-use crate::train::run_dir::{RunDir, read_metrics_file};
 use crate::train::lock::is_locked;
+use crate::train::run_dir::{RunDir, read_metrics_file};
 use crate::train::{RunStatus, Summary};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -33,20 +33,28 @@ pub enum CellState {
 /// Why a cell failed, as recorded in its `failed.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Failure {
+    /// The error, as the cell's process printed it.
     pub error: String,
+    /// When it failed (seconds since the Unix epoch).
     pub unix_time: u64,
 }
 
 /// What `--list` shows of a cell.
 #[derive(Debug, Clone)]
 pub struct CellStatus {
+    /// Where the cell stands.
     pub state: CellState,
+    /// Epochs recorded.
     pub epochs_done: u64,
+    /// Epochs the cell trains.
     pub epochs: u64,
+    /// The last recorded validation accuracy.
     pub final_val_acc: Option<f64>,
+    /// Why it failed, for a failed cell.
     pub error: Option<String>,
 }
 
+/// Records why a cell failed in its `failed.json`.
 pub fn record_failure(cell_dir: &Path, error: &anyhow::Error) -> Result<()> {
     let failure = Failure {
         error: format!("{error:#}"),
@@ -60,6 +68,7 @@ pub fn record_failure(cell_dir: &Path, error: &anyhow::Error) -> Result<()> {
     )
 }
 
+/// Forgets a cell's earlier failure (it is being run again).
 pub fn clear_failure(cell_dir: &Path) {
     let _ = std::fs::remove_file(cell_dir.join(FAILED_FILE));
 }

@@ -219,6 +219,7 @@ fn cell_outcome(
 /// How a cell process ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CellRun {
+    /// All its epochs are recorded.
     Finished,
     /// Another process holds the cell.
     Busy,

@@ -13,14 +13,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The folder of a sweep's Slurm scripts, task lists and task output.
 pub const SLURM_DIR: &str = "slurm";
+/// The record of a sweep's submitted job arrays.
 pub const SUBMISSIONS_FILE: &str = "submissions.json";
 
 /// What `--slurm` asks of Slurm.
 #[derive(Debug, Clone, Default)]
 pub struct SlurmOptions {
+    /// The partition (`--partition`).
     pub partition: Option<String>,
+    /// GPUs per array task.
     pub gpus_per_task: Option<u32>,
+    /// CPUs per array task, also the cell's thread count.
     pub cpus_per_task: Option<u32>,
     /// `HH:MM:SS` (or any time format sbatch takes).
     pub time: Option<String>,
@@ -37,11 +42,15 @@ pub struct SlurmOptions {
 /// One submitted job array.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Submission {
+    /// Slurm's job id.
     pub job_id: String,
+    /// The sbatch script submitted.
     pub script: PathBuf,
+    /// The task list (array task i runs the cell on line i+1).
     pub tasks_file: PathBuf,
     /// Cell index of each array task, in task order.
     pub cells: Vec<usize>,
+    /// When it was submitted (seconds since the Unix epoch).
     pub unix_time: u64,
 }
 
@@ -234,6 +243,7 @@ pub fn submit(sweep: &Sweep, options: &SlurmOptions) -> Result<Submitted> {
     Ok(Submitted::Submitted(submission))
 }
 
+/// Every job array submitted for the sweep in `out`.
 pub fn read_submissions(out: &Path) -> Vec<Submission> {
     std::fs::read_to_string(out.join(SLURM_DIR).join(SUBMISSIONS_FILE))
         .ok()

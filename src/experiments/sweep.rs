@@ -17,18 +17,24 @@ pub const CELLS_FILE: &str = "cells.json";
 /// One cell of a sweep: its index, directory name, grid values and resolved config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
+    /// Its index in the full grid (stable under `--only`).
     pub index: usize,
+    /// Its directory name, made of its grid values.
     pub name: String,
     /// The grid values of this cell, as `key = value` in grid order.
     pub values: Vec<(String, String)>,
+    /// Its training configuration.
     pub config: TrainConfig,
 }
 
 /// A resolved sweep: its output directory and every cell.
 #[derive(Debug, Clone)]
 pub struct Sweep {
+    /// The sweep file.
     pub file: PathBuf,
+    /// The output directory.
     pub out: PathBuf,
+    /// The cells, in grid order.
     pub cells: Vec<Cell>,
 }
 
@@ -39,7 +45,9 @@ pub struct SweepOverrides {
     pub set: Vec<String>,
     /// `KEY=VALUE` filters: only the cells whose grid (or base) value matches.
     pub only: Vec<String>,
+    /// Points every cell at this data folder.
     pub data_dir: Option<PathBuf>,
+    /// The output directory, instead of the file's.
     pub out: Option<PathBuf>,
 }
 
@@ -252,6 +260,7 @@ impl Sweep {
         })
     }
 
+    /// The run directory of `cell`.
     pub fn cell_dir(&self, cell: &Cell) -> PathBuf {
         self.out.join(&cell.name)
     }
@@ -300,6 +309,7 @@ fn cell_value(values: &[(String, String)], table: &toml::Table, key: &str) -> Op
     None
 }
 
+/// `key=value, ...` of a cell's grid values.
 pub fn describe(values: &[(String, String)]) -> String {
     values
         .iter()

@@ -19,6 +19,7 @@ use burn::tensor::module::batch_norm_train;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
+/// Training-mode batch normalisation (then ReLU) as a backend operation.
 #[backend_extension(Flex, Autodiff)]
 pub trait BatchNormKernel: Backend {
     /// `x [n, c, h, w]` normalised with its batch statistics per channel, scaled by `gamma`,

@@ -17,6 +17,7 @@ use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 use std::sync::Arc;
 
+/// Square max pooling as a backend operation.
 #[backend_extension(Flex, Autodiff)]
 pub trait MaxPoolKernel: Backend {
     /// `[n, c, h, w]` pooled over `kernel x kernel` windows `stride` apart, with `padding`

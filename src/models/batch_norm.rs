@@ -11,12 +11,17 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::batch_norm;
 use burn::tensor::{DType, Device, FloatDType};
 
+/// PyTorch's momentum convention: `running = 0.9 running + 0.1 batch`.
 pub const MOMENTUM: f64 = 0.1;
+/// Added to the variance before the square root.
 pub const EPSILON: f64 = 1e-5;
 
+/// Batch normalisation with PyTorch's semantics (unbiased running variance).
 #[derive(Module, Debug)]
 pub struct BatchNorm2d {
+    /// Per-channel scale.
     pub gamma: Param<Tensor<1>>,
+    /// Per-channel shift.
     pub beta: Param<Tensor<1>>,
     training: Param<Flag>,
     running_mean: RunningState<Tensor<1>>,
@@ -35,6 +40,7 @@ impl BatchNorm2d {
         }
     }
 
+    /// Normalises `input` `[n, c, h, w]` (batch statistics when training, running ones otherwise).
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         self.normalize(input, false)
     }

@@ -80,7 +80,9 @@ impl ModelKind {
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
+    /// baby-cnn, tiny-cnn or simple-cnn.
     Plain(PlainCnn),
+    /// The CIFAR ResNet-18.
     Resnet(ResNet18),
 }
 

@@ -35,6 +35,7 @@ impl PlainCnn {
         Self { convs, linears }
     }
 
+    /// The logits of `x` `[n, 3, 32, 32]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = x;
         for conv in &self.convs {
@@ -52,14 +53,17 @@ impl PlainCnn {
     }
 }
 
+/// baby-cnn: conv 3->8, ReLU, pool; linear 2048->classes.
 pub fn baby_cnn(classes: usize, device: &Device) -> PlainCnn {
     PlainCnn::new(&[3, 8], &[classes], device)
 }
 
+/// tiny-cnn: conv 3->32->64 with ReLU and pools; linear 4096->128->classes.
 pub fn tiny_cnn(classes: usize, device: &Device) -> PlainCnn {
     PlainCnn::new(&[3, 32, 64], &[128, classes], device)
 }
 
+/// simple-cnn: conv 3->256->512->512 with ReLU and pools; linear 8192->2048->1024->512->classes.
 pub fn simple_cnn(classes: usize, device: &Device) -> PlainCnn {
     PlainCnn::new(&[3, 256, 512, 512], &[2048, 1024, 512, classes], device)
 }

@@ -12,12 +12,14 @@ use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+/// The 1x1 convolution and BatchNorm of a block's shortcut that changes shape.
 #[derive(Module, Debug)]
 pub struct Downsample {
     conv: Conv2d,
     bn: BatchNorm2d,
 }
 
+/// Two 3x3 convolutions with BatchNorm and ReLU, plus the shortcut.
 #[derive(Module, Debug)]
 pub struct BasicBlock {
     conv1: Conv2d,
@@ -56,6 +58,7 @@ impl BasicBlock {
 /// The stem's max pool: kernel, stride, padding.
 const STEM_POOL: (usize, usize, usize) = (3, 2, 1);
 
+/// The CIFAR ResNet-18 of the PyTorch_CIFAR10 repository.
 #[derive(Module, Debug)]
 pub struct ResNet18 {
     stem: Conv2d,
@@ -69,6 +72,7 @@ pub struct ResNet18 {
 }
 
 impl ResNet18 {
+    /// The network, initialised as PyTorch does (Kaiming-normal fan-out convolutions).
     pub fn new(classes: usize, device: &Device) -> Self {
         let mut blocks = Vec::new();
         let mut input = 64;
@@ -96,6 +100,7 @@ impl ResNet18 {
         }
     }
 
+    /// The logits of `x` `[n, 3, 32, 32]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let (kernel, stride, padding) = STEM_POOL;
         let stem = self.stem_bn.forward_relu(conv2d(&self.stem, x));

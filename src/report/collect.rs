@@ -10,13 +10,18 @@ use std::path::{Path, PathBuf};
 /// One run directory, read.
 #[derive(Debug, Clone)]
 pub struct RunRecord {
+    /// The run directory.
     pub dir: PathBuf,
+    /// Its configuration.
     pub config: TrainConfig,
+    /// Its summary, when written.
     pub summary: Option<Summary>,
+    /// Every recorded epoch.
     pub history: Vec<EpochMetrics>,
 }
 
 impl RunRecord {
+    /// Reads the run in `dir`.
     pub fn read(dir: &Path) -> Result<RunRecord> {
         let config = TrainConfig::from_table(TrainConfig::read_table(&dir.join(CONFIG_FILE))?)?;
         let summary = RunDir {
@@ -56,10 +61,12 @@ impl RunRecord {
             .is_some_and(|s| s.status == RunStatus::Finished)
     }
 
+    /// The last recorded epoch, from the summary.
     pub fn final_epoch(&self) -> Option<&EpochMetrics> {
         self.summary.as_ref().and_then(|s| s.final_epoch.as_ref())
     }
 
+    /// The run directory's name.
     pub fn name(&self) -> String {
         self.dir.file_name().map_or_else(
             || self.dir.display().to_string(),

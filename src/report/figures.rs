@@ -24,7 +24,9 @@ fn register_font() {
 
 /// Something that can draw itself on any plotters backend.
 pub trait Figure {
+    /// Width and height in pixels.
     fn size(&self) -> (u32, u32);
+    /// Draws the figure on `root`.
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
 }
 
@@ -93,12 +95,17 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// Small filled circles at every point, so that a series of one epoch is visible.
+/// A small filled circle at the point of a one-epoch series, which a line cannot show.
 fn dots(
     points: impl Iterator<Item = (f64, f64)>,
     color: RGBColor,
 ) -> impl Iterator<Item = Circle<(f64, f64), i32>> {
-    points.map(move |p| Circle::new(p, 3, color.filled()))
+    let points: Vec<(f64, f64)> = points.collect();
+    let single = points.len() == 1;
+    points
+        .into_iter()
+        .filter(move |_| single)
+        .map(move |p| Circle::new(p, 3, color.filled()))
 }
 
 const GRAD_COLOR: RGBColor = RGBColor(200, 60, 40);
@@ -170,10 +177,16 @@ impl Figure for Figure1<'_> {
                 Rectangle::new([(x, y - 5), (x + 16, y + 5)], SHADE.mix(0.4).filled())
             });
         chart
-            .draw_series(dots(h.iter().map(|m| (m.epoch as f64, m.grad_norm)), GRAD_COLOR))
+            .draw_series(dots(
+                h.iter().map(|m| (m.epoch as f64, m.grad_norm)),
+                GRAD_COLOR,
+            ))
             .map_err(err)?;
         chart
-            .draw_secondary_series(dots(h.iter().map(|m| (m.epoch as f64, m.val_loss)), VAL_COLOR))
+            .draw_secondary_series(dots(
+                h.iter().map(|m| (m.epoch as f64, m.val_loss)),
+                VAL_COLOR,
+            ))
             .map_err(err)?;
         chart
             .draw_series(LineSeries::new(

@@ -31,6 +31,7 @@ impl CosineRestarts {
         self.step = step;
     }
 
+    /// The schedule's parameters.
     pub fn config(&self) -> &CosineRestartsConfig {
         &self.config
     }

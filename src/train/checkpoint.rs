@@ -9,6 +9,7 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The checkpoint's file name in a run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
 const MAGIC: &[u8; 16] = b"ADANOISE-CKPT-2\n";
 
@@ -28,9 +29,13 @@ pub struct CheckpointState {
 /// for a checkpoint written in the middle of an epoch, the model at that epoch's start.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
+    /// Epoch, step and the other components' state.
     pub state: CheckpointState,
+    /// The model's record (weights and BatchNorm statistics).
     pub model: Vec<u8>,
+    /// The optimiser's record.
     pub optimizer: Vec<u8>,
+    /// The model at the start of a stopped epoch.
     pub epoch_start_model: Option<Vec<u8>>,
 }
 
@@ -39,6 +44,7 @@ fn section(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Writes `ckpt` to `path` atomically, with a checksum.
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
     let mut body = Vec::with_capacity(ckpt.model.len() + ckpt.optimizer.len() + 256);
     section(&mut body, &serde_json::to_vec(&ckpt.state)?);

@@ -18,21 +18,28 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// The architecture.
     pub model: ModelKind,
+    /// The optimiser.
     pub optimizer: OptimizerKind,
     /// Initial peak learning rate (`eta_max`).
     pub lr: f64,
+    /// Epochs to train.
     #[serde(default = "defaults::epochs")]
     pub epochs: u64,
     /// Length of the LR schedule (`E_max`); defaults to `epochs`.
     #[serde(default)]
     pub schedule_epochs: Option<u64>,
+    /// Images per batch.
     #[serde(default = "defaults::batch_size")]
     pub batch_size: usize,
+    /// Seeds initialisation, data order, augmentation and noise.
     #[serde(default)]
     pub seed: u64,
+    /// The backend.
     #[serde(default)]
     pub device: DeviceKind,
+    /// The data folder (binary release or image folder).
     #[serde(default = "defaults::data_dir")]
     pub data_dir: PathBuf,
     /// Train on the first N images of a fixed seeded shuffle of the training set.
@@ -45,14 +52,19 @@ pub struct TrainConfig {
     /// Seed of the validation split: the same held-out images for every run seed.
     #[serde(default = "defaults::split_seed")]
     pub split_seed: u64,
+    /// Peak learning rate at the schedule's last restart.
     #[serde(default = "defaults::lr_final_max")]
     pub lr_final_max: f64,
+    /// Floor of every cosine cycle.
     #[serde(default = "defaults::lr_min")]
     pub lr_min: f64,
+    /// Length of the first cosine cycle, in epochs.
     #[serde(default = "defaults::restart_epochs")]
     pub restart_epochs: u64,
+    /// Growth factor of the cycle length.
     #[serde(default = "defaults::t_mult")]
     pub t_mult: f64,
+    /// L2 weight decay added to the gradient.
     #[serde(default = "defaults::weight_decay")]
     pub weight_decay: f32,
     /// CPU threads for the CPU backend (all cores when absent).
@@ -188,6 +200,7 @@ impl TrainConfig {
             .with_context(|| format!("{} is not valid TOML", path.display()))
     }
 
+    /// The config as TOML (a run's `config.toml`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a TrainConfig always serialises")
     }

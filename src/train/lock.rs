@@ -65,7 +65,11 @@ impl RunLock {
                 let pid = pid.trim();
                 return Err(RunBusy {
                     dir: dir.to_path_buf(),
-                    pid: if pid.is_empty() { "?".into() } else { pid.into() },
+                    pid: if pid.is_empty() {
+                        "?".into()
+                    } else {
+                        pid.into()
+                    },
                 }
                 .into());
             }

@@ -56,6 +56,7 @@ impl ModuleVisitor for Snapshot {
 }
 
 impl WeightSnapshot {
+    /// The trainable parameters of `model` now.
     pub fn take<M: Module>(model: &M) -> Self {
         let mut visitor = Snapshot(Vec::new());
         model.visit(&mut visitor);

@@ -134,6 +134,7 @@ const GROWTH_INTERVAL: u64 = 2000;
 /// The state of dynamic loss scaling, saved in checkpoints so a resumed run goes on with it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LossScale {
+    /// The factor the loss is multiplied by before backward.
     pub scale: f64,
     /// Finite steps since the scale last changed.
     pub good_steps: u64,
@@ -168,11 +169,14 @@ impl LossScale {
 /// How a training step computes: its precision and, for f16, the loss scale.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepPrecision {
+    /// The precision.
     pub precision: Precision,
+    /// The f16 loss scale (f16 only).
     pub loss_scale: Option<LossScale>,
 }
 
 impl StepPrecision {
+    /// A step precision with a fresh loss scale (for f16).
     pub fn new(precision: Precision) -> Self {
         Self {
             precision,

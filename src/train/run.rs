@@ -15,14 +15,14 @@ use super::epoch::{
     EpochContext, EpochEnd, NoisePlan, Optimization, PartialEpoch, READ_EVERY, run_epoch,
 };
 use super::interrupt;
+use super::lock::RunLock;
 use super::metrics::{EpochMetrics, RunStatus, Summary};
 use super::precision::StepPrecision;
 use super::record::{self, ExtraState, NoiseState, load_model, optimizer_record};
-use super::lock::RunLock;
 use super::run_dir::{Opened, RunDir};
-use crate::data::fingerprint::DataFingerprint;
 use crate::data::Split;
 use crate::data::augment::batches_per_epoch;
+use crate::data::fingerprint::DataFingerprint;
 use crate::data::placement::{EvalSplit, PlacedSplit};
 use crate::data::split::hold_out;
 use crate::data::{Dataset, load_cifar10, source::train_subset};
@@ -31,10 +31,10 @@ use crate::models::{Model, trainable_params};
 use crate::noise::{Decision, NoiseScheduler, Observation};
 use crate::rng::{Purpose, derived_seed, with_seeded_device};
 use crate::schedule::CosineRestarts;
+use crate::tensorboard::TensorBoardObserver;
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use crate::tensorboard::TensorBoardObserver;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -331,8 +331,7 @@ impl<'a> Run<'a> {
         setup: &Setup,
         lock: Option<RunLock>,
     ) -> Result<Opening<'a>> {
-        let (opened, lock) =
-            RunDir::open(out, config, &setup.fingerprint, options.resume, lock)?;
+        let (opened, lock) = RunDir::open(out, config, &setup.fingerprint, options.resume, lock)?;
         if let Opened::AlreadyFinished(dir, summary) = opened {
             let history = dir.read_metrics()?;
             let summary = *summary;

@@ -11,13 +11,17 @@ use crate::fsio::{append_line, write_atomic};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
+/// The run's resolved configuration (and data fingerprint).
 pub const CONFIG_FILE: &str = "config.toml";
+/// One JSON line per recorded epoch.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The run's status and its final and best epochs.
 pub const SUMMARY_FILE: &str = "summary.json";
 
 /// An open run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
+    /// Its path.
     pub path: PathBuf,
 }
 
@@ -98,7 +102,10 @@ pub fn read_config(path: &Path) -> Result<(TrainConfig, Option<DataFingerprint>)
     let mut table = TrainConfig::read_table(path)?;
     let fingerprint = match table.remove(DATA_FINGERPRINT_KEY) {
         Some(value) => Some(value.try_into().with_context(|| {
-            format!("{} holds an unreadable {DATA_FINGERPRINT_KEY}", path.display())
+            format!(
+                "{} holds an unreadable {DATA_FINGERPRINT_KEY}",
+                path.display()
+            )
         })?),
         None => None,
     };
@@ -206,10 +213,12 @@ impl RunDir {
         Ok(())
     }
 
+    /// Where the checkpoint is.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.path.join(checkpoint::CHECKPOINT_FILE)
     }
 
+    /// Where the metrics are.
     pub fn metrics_path(&self) -> PathBuf {
         self.path.join(METRICS_FILE)
     }
@@ -255,15 +264,18 @@ impl RunDir {
         read_metrics_file(&self.metrics_path())
     }
 
+    /// Appends one epoch's metrics line and syncs it.
     pub fn append_metrics(&self, metrics: &EpochMetrics) -> Result<()> {
         append_line(&self.metrics_path(), &serde_json::to_string(metrics)?)
     }
 
+    /// Replaces `summary.json` atomically.
     pub fn write_summary(&self, summary: &Summary) -> Result<()> {
         let text = serde_json::to_string_pretty(summary)?;
         write_atomic(&self.path.join(SUMMARY_FILE), text.as_bytes())
     }
 
+    /// Reads `summary.json`, when there is one.
     pub fn read_summary(&self) -> Result<Option<Summary>> {
         let path = self.path.join(SUMMARY_FILE);
         if !path.exists() {
