@@ -1,5 +1,5 @@
 //! Training and evaluation batches: per-channel normalisation, and the train-time
-//! augmentation of `method.md` (random 32x32 crop of the image zero-padded by 4,
+//! augmentation of `docs/method.md` (section 1: random 32x32 crop of the image zero-padded by 4,
 //! then a horizontal flip with probability 0.5), prepared on a background thread
 //! so the model never waits for data.
 
@@ -22,7 +22,7 @@ pub struct Normalization {
 }
 
 impl Normalization {
-    /// CIFAR-10's statistics, as in `method.md`.
+    /// CIFAR-10's statistics (`docs/method.md`, section 1).
     pub const CIFAR10: Normalization = Normalization {
         mean: [0.4914, 0.4822, 0.4465],
         std: [0.2471, 0.2435, 0.2616],

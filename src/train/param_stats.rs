@@ -1,4 +1,4 @@
-//! Statistics over all trainable parameters, as `method.md` defines them: the
+//! Statistics over all trainable parameters, as `docs/method.md` (section 5) defines them: the
 //! global L2 norm of the loss gradient, and snapshots of the parameter vector for
 //! the relative weight update of an epoch. Computed on the device; nothing here
 //! reads a value back to the host.
