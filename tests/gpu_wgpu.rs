@@ -4,6 +4,8 @@
 //! message, unless ADANOISE_REQUIRE_GPU=1 makes that a failure.
 #![cfg(feature = "wgpu")]
 
+mod common;
+
 use adanoise::data::device_data::{DeviceSplit, byte_storage};
 use adanoise::data::plan::{epoch_plan, eval_plan};
 use adanoise::data::synthetic::write_binary_release;
@@ -11,10 +13,10 @@ use adanoise::data::{IMAGE_BYTES, Normalization, Split, augment::materialize};
 use adanoise::device::DeviceKind;
 use adanoise::models::ModelKind;
 use adanoise::noise::{NoiseKind, add_weight_noise};
-use adanoise::train::{Precision, RunOptions, RunStatus, TrainConfig, train};
+use adanoise::train::{Precision, RunOptions, RunStatus, train};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use std::path::Path;
+use common::{close, firing_config};
 
 /// The wgpu device, or `None` (with the reason printed) where there is none.
 fn gpu() -> Option<Device> {
@@ -37,23 +39,6 @@ fn quiet() -> RunOptions {
     }
 }
 
-/// Small enough for a software GPU; thresholds that make the scheduler fire by epoch 2.
-fn config(data: &Path, device: DeviceKind) -> TrainConfig {
-    let text = format!(
-        "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 3\nbatch_size = 16\nseed = 7\n\
-         data_dir = '{}'\ndevice = '{}'\nnoise = 'gaussian'\n\
-         [noise_scheduler]\nmin_epochs_before_flag = 1\nflag_window = 1\noverfit_epochs = 1\ngrad_plateau = 0.9\n\
-         low_weight_update = 0.5\nval_plateau_delta = 0.9\nconsecutive_trigger = 1\ncooldown_min = 1\ncooldown_max = 1\n",
-        data.display(),
-        device.name()
-    );
-    TrainConfig::from_table(text.parse().unwrap()).unwrap()
-}
-
-fn close(a: f64, b: f64, rel: f64) -> bool {
-    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
-}
-
 /// A whole noisy run on the GPU with the dataset on the device: it finishes, noise fires,
 /// and its first (noise-free) epoch matches the CPU's, since weights are initialised on the
 /// host and batches follow the same plan.
@@ -66,13 +51,13 @@ fn a_noisy_run_on_the_gpu_matches_the_cpu_until_noise_starts() {
     let data = tmp.path().join("data");
     write_binary_release(&data, 64, 32, 3).unwrap();
     let on_gpu = train(
-        &config(&data, DeviceKind::Wgpu),
+        &firing_config(&data, DeviceKind::Wgpu),
         &tmp.path().join("gpu"),
         &quiet(),
     )
     .unwrap();
     let on_cpu = train(
-        &config(&data, DeviceKind::Cpu),
+        &firing_config(&data, DeviceKind::Cpu),
         &tmp.path().join("cpu"),
         &quiet(),
     )
@@ -108,11 +93,11 @@ fn an_f16_run_on_the_gpu_tracks_the_f32_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_binary_release(&data, 64, 32, 3).unwrap();
-    let mut half = config(&data, DeviceKind::Wgpu);
+    let mut half = firing_config(&data, DeviceKind::Wgpu);
     half.precision = Precision::F16;
     half.noise = NoiseKind::None;
     let on_gpu = train(&half, &tmp.path().join("f16"), &quiet()).unwrap();
-    let mut full = config(&data, DeviceKind::Cpu);
+    let mut full = firing_config(&data, DeviceKind::Cpu);
     full.noise = NoiseKind::None;
     let on_cpu = train(&full, &tmp.path().join("f32"), &quiet()).unwrap();
     assert_eq!(on_gpu.summary.status, RunStatus::Finished);

@@ -4,10 +4,12 @@
 //! LibTorch has none is refused with a sentence.
 #![cfg(feature = "tch")]
 
+mod common;
+
 use adanoise::data::synthetic::write_binary_release;
 use adanoise::device::DeviceKind;
-use adanoise::train::{RunOptions, RunStatus, TrainConfig, train};
-use std::path::Path;
+use adanoise::train::{RunOptions, RunStatus, train};
+use common::{close, firing_config};
 
 fn quiet() -> RunOptions {
     RunOptions {
@@ -16,32 +18,15 @@ fn quiet() -> RunOptions {
     }
 }
 
-/// Small; thresholds that make the scheduler fire by epoch 2 (as the wgpu tests do).
-fn config(data: &Path, device: DeviceKind) -> TrainConfig {
-    let text = format!(
-        "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 3\nbatch_size = 16\nseed = 7\n\
-         data_dir = '{}'\ndevice = '{}'\nnoise = 'gaussian'\nthreads = 2\n\
-         [noise_scheduler]\nmin_epochs_before_flag = 1\nflag_window = 1\noverfit_epochs = 1\ngrad_plateau = 0.9\n\
-         low_weight_update = 0.5\nval_plateau_delta = 0.9\nconsecutive_trigger = 1\ncooldown_min = 1\ncooldown_max = 1\n",
-        data.display(),
-        device
-    );
-    TrainConfig::from_table(text.parse().unwrap()).unwrap()
-}
-
-fn close(a: f64, b: f64, rel: f64) -> bool {
-    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
-}
-
 #[test]
 fn a_noisy_libtorch_run_matches_the_cpu_until_noise_starts_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_binary_release(&data, 64, 32, 3).unwrap();
-    let torch = config(&data, DeviceKind::LibtorchCpu);
+    let torch = firing_config(&data, DeviceKind::LibtorchCpu);
     let whole = train(&torch, &tmp.path().join("torch"), &quiet()).unwrap();
     let flex = train(
-        &config(&data, DeviceKind::Cpu),
+        &firing_config(&data, DeviceKind::Cpu),
         &tmp.path().join("flex"),
         &quiet(),
     )

@@ -71,3 +71,25 @@ pub fn deterministic(history: &[EpochMetrics]) -> Vec<Deterministic> {
         })
         .collect()
 }
+
+/// A small noisy run on `device` whose thresholds make the scheduler fire by epoch 2 (for
+/// the backend tests: small enough for a software GPU or LibTorch on the CPU).
+pub fn firing_config(
+    data: &Path,
+    device: adanoise::device::DeviceKind,
+) -> adanoise::train::TrainConfig {
+    let text = format!(
+        "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 3\nbatch_size = 16\nseed = 7\n\
+         data_dir = '{}'\ndevice = '{}'\nnoise = 'gaussian'\n\
+         [noise_scheduler]\nmin_epochs_before_flag = 1\nflag_window = 1\noverfit_epochs = 1\ngrad_plateau = 0.9\n\
+         low_weight_update = 0.5\nval_plateau_delta = 0.9\nconsecutive_trigger = 1\ncooldown_min = 1\ncooldown_max = 1\n",
+        data.display(),
+        device
+    );
+    adanoise::train::TrainConfig::from_table(text.parse().unwrap()).unwrap()
+}
+
+/// Whether `a` and `b` agree to `rel` relative to the larger (or to 1e-3 absolute).
+pub fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
+}
