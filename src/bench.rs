@@ -5,9 +5,9 @@
 //! and their ratio stays meaningful.
 
 use crate::data::device_data::{DeviceSplit, byte_storage};
-use crate::data::placement::batch_tensors;
-use crate::data::plan::epoch_plan;
-use crate::data::{BatchStream, IMAGE_BYTES, Normalization, Split};
+use crate::data::placement::{BatchTensors, batch_tensors};
+use crate::data::plan::{SamplePlan, epoch_plan};
+use crate::data::{Batch, BatchStream, IMAGE_BYTES, Normalization, Split};
 use crate::device::{DeviceKind, set_cpu_threads};
 use crate::models::ModelKind;
 use crate::noise::NoiseKind;
@@ -16,7 +16,7 @@ use crate::train::precision::{Precision, StepPrecision};
 use crate::train::step::{GradNoise, StepInput, train_step};
 use anyhow::{Result, bail};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use std::sync::Arc;
@@ -151,6 +151,85 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The batches the timed steps train on: one fixed host batch uploaded every step, or
+/// (with `device_data`) batches cut on the device from a synthetic split by endless epoch
+/// plans, as training does.
+struct StepBatches {
+    host: Batch,
+    on_device: Option<(DeviceSplit, Plans)>,
+}
+
+/// The sample plans of full batches, epoch after epoch, without end.
+type Plans = Box<dyn Iterator<Item = Vec<SamplePlan>>>;
+
+impl StepBatches {
+    fn new(options: &BenchOptions, split: &Split, rng: &mut impl RngExt, plain: &Device) -> Self {
+        let n = options.batch_size;
+        let host = Batch {
+            images: (0..n * IMAGE_BYTES)
+                .map(|_| rng.random_range(-2.0f32..2.0))
+                .collect(),
+            labels: (0..n).map(|_| rng.random_range(0..10i64)).collect(),
+        };
+        let on_device = options.device_data.then(|| {
+            let split =
+                DeviceSplit::upload(split, Normalization::CIFAR10, plain, byte_storage(plain));
+            let plans = (1..)
+                .flat_map(move |epoch| epoch_plan(DATA_IMAGES, n, 0, epoch))
+                .filter(move |samples| samples.len() == n);
+            let plans: Plans = Box::new(plans);
+            (split, plans)
+        });
+        StepBatches { host, on_device }
+    }
+
+    fn next(&mut self, device: &Device) -> BatchTensors {
+        match &mut self.on_device {
+            Some((split, plans)) => {
+                let samples = plans.next().expect("the plan never ends");
+                let (images, labels) = split.batch(&samples);
+                (Tensor::from_inner(images), Tensor::from_inner(labels))
+            }
+            None => batch_tensors(self.host.clone(), device),
+        }
+    }
+}
+
+/// The gradient noise a step of `variant` adds, each with its own seed.
+fn grad_noise(variant: StepKind, seed: &mut u64) -> Option<GradNoise> {
+    let StepKind::GradNoise(sigma) = variant else {
+        return None;
+    };
+    *seed += 1;
+    Some(GradNoise {
+        kind: NoiseKind::Gaussian,
+        sigma,
+        seed: *seed,
+    })
+}
+
+/// Each variant's step times summarised, with ratios to the first variant's same step.
+fn variant_results(variants: &[StepKind], times: &[Vec<f64>], n: usize) -> Vec<VariantResult> {
+    let reference = &times[0];
+    variants
+        .iter()
+        .zip(times)
+        .map(|(variant, t)| {
+            let mut ratios: Vec<f64> = t.iter().zip(reference).map(|(a, b)| a / b).collect();
+            let mut sorted = t.clone();
+            let med = median(&mut sorted);
+            VariantResult {
+                variant: variant.name(),
+                images_per_s: n as f64 / med,
+                median_step_ms: med * 1e3,
+                min_step_ms: sorted[0] * 1e3,
+                max_step_ms: sorted[sorted.len() - 1] * 1e3,
+                ratio_to_first: median(&mut ratios),
+            }
+        })
+        .collect()
+}
+
 /// Times training steps as `options` say (variants interleaved step by step).
 pub fn run(options: &BenchOptions) -> Result<BenchResult> {
     if options.steps == 0 || options.batch_size == 0 {
@@ -168,72 +247,32 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
         .check_device(&device, options.device.name())?;
     let device = device.autodiff();
     let mut precision = StepPrecision::new(options.precision);
-    let mut skipped_steps = 0;
     let mut model = options.model.build(10, &device);
     let mut optim = options
         .optimizer
         .build(adanoise_core::defaults::WEIGHT_DECAY);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let n = options.batch_size;
-    let batch = crate::data::Batch {
-        images: (0..n * IMAGE_BYTES)
-            .map(|_| rng.random_range(-2.0f32..2.0))
-            .collect(),
-        labels: (0..n).map(|_| rng.random_range(0..10i64)).collect(),
-    };
     let split = Arc::new(synthetic_split(&mut rng));
-    let host_data_images_per_s = host_data_rate(split.clone(), n);
+    let host_data_images_per_s = host_data_rate(split.clone(), options.batch_size);
     let plain = device.clone().inner();
-    let on_device = options
-        .device_data
-        .then(|| DeviceSplit::upload(&split, Normalization::CIFAR10, &plain, byte_storage(&plain)));
-    let mut plans = std::iter::from_fn({
-        let mut epoch = 0;
-        move || {
-            epoch += 1;
-            Some(epoch_plan(DATA_IMAGES, n, 0, epoch))
-        }
-    })
-    .flatten()
-    .filter(|samples| samples.len() == n);
+    let mut batches = StepBatches::new(options, &split, &mut rng, &plain);
     let mut norm_sum = Tensor::<1>::zeros([1], &plain);
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(options.steps); variants.len()];
-    let mut seed = 0u64;
+    let (mut seed, mut skipped_steps) = (0u64, 0);
     for step in 0..options.warmup + options.steps {
         for (v, variant) in variants.iter().enumerate() {
             let started = Instant::now();
-            let (images, labels) = match &on_device {
-                Some(split) => {
-                    let samples = plans.next().expect("the plan never ends");
-                    let (images, labels) = split.batch(&samples);
-                    (Tensor::from_inner(images), Tensor::from_inner(labels))
-                }
-                None => batch_tensors(batch.clone(), &device),
-            };
-            let grad_noise = match *variant {
-                StepKind::GradNoise(sigma) => {
-                    seed += 1;
-                    Some(GradNoise {
-                        kind: NoiseKind::Gaussian,
-                        sigma,
-                        seed,
-                    })
-                }
-                _ => None,
-            };
+            let (images, labels) = batches.next(&device);
             let input = StepInput {
                 images,
                 labels,
                 lr: 1e-3,
                 measure_norm: *variant != StepKind::Plain,
-                grad_noise,
+                grad_noise: grad_noise(*variant, &mut seed),
             };
             let out = train_step(model, &mut optim, &loss_fn, input, &mut precision);
             model = out.model;
-            if step >= options.warmup && out.skipped {
-                skipped_steps += 1;
-            }
             if let Some(norm) = out.grad_norm {
                 // Kept on the device, as in training: read back once at the end.
                 norm_sum = norm_sum + norm;
@@ -243,32 +282,16 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
                 .map_err(|e| anyhow::anyhow!("the device failed: {e:?}"))?;
             if step >= options.warmup {
                 times[v].push(started.elapsed().as_secs_f64());
+                skipped_steps += usize::from(out.skipped);
             }
         }
     }
     let _ = norm_sum.into_scalar::<f64>();
-    let reference = times[0].clone();
-    let results: Vec<VariantResult> = variants
-        .iter()
-        .zip(&times)
-        .map(|(variant, t)| {
-            let mut ratios: Vec<f64> = t.iter().zip(&reference).map(|(a, b)| a / b).collect();
-            let mut sorted = t.clone();
-            let med = median(&mut sorted);
-            VariantResult {
-                variant: variant.name(),
-                images_per_s: n as f64 / med,
-                median_step_ms: med * 1e3,
-                min_step_ms: sorted[0] * 1e3,
-                max_step_ms: sorted[sorted.len() - 1] * 1e3,
-                ratio_to_first: median(&mut ratios),
-            }
-        })
-        .collect();
+    let results = variant_results(&variants, &times, options.batch_size);
     Ok(BenchResult {
         model: options.model.name().into(),
         optimizer: options.optimizer.name().into(),
-        batch_size: n,
+        batch_size: options.batch_size,
         device: options.device.name().into(),
         threads: rayon::current_num_threads(),
         steps: options.steps,

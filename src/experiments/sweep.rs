@@ -118,15 +118,24 @@ fn name_part(key: &str, value: &toml::Value) -> String {
         .collect()
 }
 
-impl Sweep {
-    /// Reads a sweep file and resolves every cell (each config validated) with the overrides.
-    pub fn load(path: &Path, overrides: &SweepOverrides) -> Result<Sweep> {
+/// The grid's axes: each key with its list of values, in file order.
+type Axes = Vec<(String, Vec<toml::Value>)>;
+
+/// A sweep file split into its three parts, before any cell is made.
+struct SweepFile {
+    base: toml::Table,
+    axes: Axes,
+    out: Option<toml::Value>,
+}
+
+impl SweepFile {
+    fn read(path: &Path) -> Result<SweepFile> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("could not read the sweep file {}", path.display()))?;
         let mut file: toml::Table = text
             .parse()
             .with_context(|| format!("{} is not valid TOML", path.display()))?;
-        let mut base = match file.remove("base") {
+        let base = match file.remove("base") {
             Some(toml::Value::Table(t)) => t,
             None => toml::Table::new(),
             Some(_) => bail!(
@@ -139,24 +148,14 @@ impl Sweep {
             None => toml::Table::new(),
             Some(_) => bail!("{}: [grid] must be a table of value lists", path.display()),
         };
-        let out_key = file.remove("out");
+        let out = file.remove("out");
         if let Some(key) = file.keys().next() {
             bail!(
                 "{}: unknown top-level key '{key}' (a sweep file has `out`, [base] and [grid])",
                 path.display()
             );
         }
-        for assignment in &overrides.set {
-            let (key, value) = parse_assignment(assignment)?;
-            set_dotted(&mut base, &key, value);
-        }
-        if let Some(dir) = &overrides.data_dir {
-            base.insert(
-                "data_dir".into(),
-                toml::Value::String(dir.display().to_string()),
-            );
-        }
-        let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
+        let mut axes = Axes::new();
         for (key, values) in grid {
             let values = match values {
                 toml::Value::Array(v) if !v.is_empty() => v,
@@ -165,7 +164,27 @@ impl Sweep {
             };
             axes.push((key, values));
         }
-        let out = match (&overrides.out, out_key) {
+        Ok(SweepFile { base, axes, out })
+    }
+
+    /// Applies `--set` and `--data-dir` to the base table.
+    fn override_base(&mut self, overrides: &SweepOverrides) -> Result<()> {
+        for assignment in &overrides.set {
+            let (key, value) = parse_assignment(assignment)?;
+            set_dotted(&mut self.base, &key, value);
+        }
+        if let Some(dir) = &overrides.data_dir {
+            self.base.insert(
+                "data_dir".into(),
+                toml::Value::String(dir.display().to_string()),
+            );
+        }
+        Ok(())
+    }
+
+    /// The output directory: `--out`, else the file's `out`, else `sweeps/<file stem>`.
+    fn out_dir(&self, path: &Path, overrides: &SweepOverrides) -> Result<PathBuf> {
+        Ok(match (&overrides.out, &self.out) {
             (Some(out), _) => out.clone(),
             (None, Some(toml::Value::String(s))) => PathBuf::from(s),
             (None, Some(_)) => bail!("{}: `out` must be a path string", path.display()),
@@ -175,43 +194,55 @@ impl Sweep {
                     .map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
                 PathBuf::from("sweeps").join(stem)
             }
+        })
+    }
+
+    fn cell_count(&self) -> usize {
+        self.axes.iter().map(|(_, v)| v.len()).product()
+    }
+
+    /// The full table, grid values and name parts of cell `flat`. The last axis varies
+    /// fastest, like nested loops written in file order.
+    fn cell_table(&self, flat: usize) -> (toml::Table, Vec<(String, String)>, Vec<String>) {
+        let mut picks = vec![0; self.axes.len()];
+        let mut rest = flat;
+        for (i, (_, vals)) in self.axes.iter().enumerate().rev() {
+            picks[i] = rest % vals.len();
+            rest /= vals.len();
+        }
+        let mut table = self.base.clone();
+        let mut values = Vec::new();
+        let mut names = Vec::new();
+        let mut assign = |key: &String, value: &toml::Value| {
+            set_dotted(&mut table, key, value.clone());
+            values.push((key.clone(), show_value(value)));
+            names.push(name_part(key, value));
         };
+        for ((key, vals), pick) in self.axes.iter().zip(&picks) {
+            match &vals[*pick] {
+                // A table sets several options together: `{optimizer = "adam", lr = 1e-3}`.
+                toml::Value::Table(linked) => linked.iter().for_each(|(k, v)| assign(k, v)),
+                value => assign(key, value),
+            }
+        }
+        (table, values, names)
+    }
+}
+
+impl Sweep {
+    /// Reads a sweep file and resolves every cell (each config validated) with the overrides.
+    pub fn load(path: &Path, overrides: &SweepOverrides) -> Result<Sweep> {
+        let mut file = SweepFile::read(path)?;
+        file.override_base(overrides)?;
+        let out = file.out_dir(path, overrides)?;
         let filters: Vec<(String, String)> = overrides
             .only
             .iter()
             .map(|f| parse_assignment(f).map(|(k, v)| (k, show_value(&v))))
             .collect::<Result<_>>()?;
-
         let mut cells = Vec::new();
-        let total: usize = axes.iter().map(|(_, v)| v.len()).product();
-        for flat in 0..total {
-            let mut table = base.clone();
-            let mut values = Vec::new();
-            let mut names = Vec::new();
-            let mut rest = flat;
-            // The last axis varies fastest, like nested loops written in file order.
-            let mut picks = vec![0; axes.len()];
-            for (i, (_, vals)) in axes.iter().enumerate().rev() {
-                picks[i] = rest % vals.len();
-                rest /= vals.len();
-            }
-            for ((key, vals), pick) in axes.iter().zip(&picks) {
-                match &vals[*pick] {
-                    // A table sets several options together: `{optimizer = "adam", lr = 1e-3}`.
-                    toml::Value::Table(linked) => {
-                        for (k, v) in linked {
-                            set_dotted(&mut table, k, v.clone());
-                            values.push((k.clone(), show_value(v)));
-                            names.push(name_part(k, v));
-                        }
-                    }
-                    value => {
-                        set_dotted(&mut table, key, value.clone());
-                        values.push((key.clone(), show_value(value)));
-                        names.push(name_part(key, value));
-                    }
-                }
-            }
+        for flat in 0..file.cell_count() {
+            let (table, values, names) = file.cell_table(flat);
             let config = TrainConfig::from_table(table.clone()).with_context(|| {
                 format!(
                     "{}: the cell {} has an invalid configuration",
@@ -222,37 +253,21 @@ impl Sweep {
             let keep = filters
                 .iter()
                 .all(|(k, v)| cell_value(&values, &table, k).as_deref() == Some(v.as_str()));
-            if !keep {
-                continue;
-            }
-            let name = if names.is_empty() {
-                "run".to_string()
-            } else {
-                names.join("-")
-            };
-            cells.push(Cell {
-                index: flat,
-                name,
-                values,
-                config,
-            });
-        }
-        let mut seen = std::collections::HashSet::new();
-        for cell in &cells {
-            if !seen.insert(&cell.name) {
-                bail!(
-                    "{}: two cells are both named '{}'; make the grid values distinct",
-                    path.display(),
-                    cell.name
-                );
+            if keep {
+                let name = if names.is_empty() {
+                    "run".to_string()
+                } else {
+                    names.join("-")
+                };
+                cells.push(Cell {
+                    index: flat,
+                    name,
+                    values,
+                    config,
+                });
             }
         }
-        if cells.is_empty() {
-            bail!(
-                "{}: no cell left (the --only filters match nothing)",
-                path.display()
-            );
-        }
+        check_cells(path, &cells)?;
         Ok(Sweep {
             file: path.to_path_buf(),
             out,
@@ -291,6 +306,25 @@ pub fn read_cells(out: &Path) -> Result<Vec<Cell>> {
         .with_context(|| format!("could not read {}", path.display()))?;
     serde_json::from_str(&text)
         .with_context(|| format!("{} is not a cell list written by adanoise", path.display()))
+}
+
+/// Refuses a cell list that is empty or names two cells alike.
+fn check_cells(path: &Path, cells: &[Cell]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(cell) = cells.iter().find(|cell| !seen.insert(&cell.name)) {
+        bail!(
+            "{}: two cells are both named '{}'; make the grid values distinct",
+            path.display(),
+            cell.name
+        );
+    }
+    if cells.is_empty() {
+        bail!(
+            "{}: no cell left (the --only filters match nothing)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn cell_value(values: &[(String, String)], table: &toml::Table, key: &str) -> Option<String> {

@@ -6,8 +6,11 @@
 use super::collect::RunRecord;
 use crate::noise::NoiseKind;
 use crate::schedule::CosineRestartsConfig;
+use crate::train::EpochMetrics;
 use anyhow::{Result, anyhow};
+use plotters::chart::DualCoordChartContext;
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -115,6 +118,11 @@ const SHADE: RGBColor = RGBColor(150, 150, 150);
 /// Figure 1: gradient norm and validation loss per epoch, with the noise marked.
 pub struct Figure1<'a>(pub &'a RunRecord);
 
+/// Epoch (x) against value (y), both continuous.
+type Coords = Cartesian2d<RangedCoordf64, RangedCoordf64>;
+/// Figure 1's chart: gradient norm on the left axis, validation loss on the right.
+type DualChart<'a, DB> = DualCoordChartContext<'a, DB, Coords, Coords>;
+
 impl Figure for Figure1<'_> {
     fn size(&self) -> (u32, u32) {
         (1000, 560)
@@ -158,83 +166,9 @@ impl Figure for Figure1<'_> {
             .y_desc("validation loss")
             .draw()
             .map_err(err)?;
-        // Epochs suppressed by a cooldown: the decision after epoch e sets epoch e + 1.
-        let cooldown: Vec<f64> = h
-            .iter()
-            .filter(|m| m.decision.as_ref().is_some_and(|d| d.cooldown > 0))
-            .map(|m| m.epoch as f64 + 1.0)
-            .filter(|e| *e <= n)
-            .collect();
-        chart
-            .draw_series(
-                cooldown.iter().map(|e| {
-                    Rectangle::new([(e - 0.5, g0), (e + 0.5, g1)], SHADE.mix(0.25).filled())
-                }),
-            )
-            .map_err(err)?
-            .label("cooldown")
-            .legend(|(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 16, y + 5)], SHADE.mix(0.4).filled())
-            });
-        chart
-            .draw_series(dots(
-                h.iter().map(|m| (m.epoch as f64, m.grad_norm)),
-                GRAD_COLOR,
-            ))
-            .map_err(err)?;
-        chart
-            .draw_secondary_series(dots(
-                h.iter().map(|m| (m.epoch as f64, m.val_loss)),
-                VAL_COLOR,
-            ))
-            .map_err(err)?;
-        chart
-            .draw_series(LineSeries::new(
-                h.iter().map(|m| (m.epoch as f64, m.grad_norm)),
-                GRAD_COLOR.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label("gradient norm")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], GRAD_COLOR.stroke_width(2))
-            });
-        chart
-            .draw_secondary_series(LineSeries::new(
-                h.iter().map(|m| (m.epoch as f64, m.val_loss)),
-                VAL_COLOR.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label("validation loss")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], VAL_COLOR.stroke_width(2))
-            });
-        // The noise each epoch got (or, for `none`, would have got).
-        let sigmas = |m: &crate::train::EpochMetrics| -> (f64, f64) {
-            if would {
-                let prev = h
-                    .iter()
-                    .find(|p| p.epoch + 1 == m.epoch)
-                    .and_then(|p| p.decision.as_ref());
-                prev.map_or((0.0, 0.0), |d| (d.grad_sigma, d.weight_sigma))
-            } else {
-                (m.noise_applied.grad_sigma, m.noise_applied.weight_sigma)
-            }
-        };
-        chart
-            .draw_series(h.iter().filter(|m| sigmas(m).0 > 0.0).map(|m| {
-                TriangleMarker::new((m.epoch as f64, m.grad_norm), 6, GRAD_COLOR.filled())
-            }))
-            .map_err(err)?
-            .label("gradient noise")
-            .legend(|(x, y)| TriangleMarker::new((x + 8, y), 6, GRAD_COLOR.filled()));
-        chart
-            .draw_secondary_series(h.iter().filter(|m| sigmas(m).1 > 0.0).map(|m| {
-                EmptyElement::at((m.epoch as f64, m.val_loss))
-                    + Rectangle::new([(-4, -4), (4, 4)], VAL_COLOR.filled())
-            }))
-            .map_err(err)?
-            .label("weight noise")
-            .legend(|(x, y)| Rectangle::new([(x + 3, y - 4), (x + 11, y + 4)], VAL_COLOR.filled()));
+        draw_cooldowns(&mut chart, h, n, (g0, g1))?;
+        draw_curves(&mut chart, h)?;
+        draw_noise_markers(&mut chart, h, &epoch_noise(h, would))?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -245,6 +179,105 @@ impl Figure for Figure1<'_> {
             .map_err(err)?;
         Ok(())
     }
+}
+
+/// Shades the epochs a cooldown suppressed: the decision after epoch e sets epoch e + 1.
+fn draw_cooldowns<DB: DrawingBackend>(
+    chart: &mut DualChart<'_, DB>,
+    h: &[EpochMetrics],
+    n: f64,
+    (g0, g1): (f64, f64),
+) -> Result<()> {
+    let cooldown: Vec<f64> = h
+        .iter()
+        .filter(|m| m.decision.as_ref().is_some_and(|d| d.cooldown > 0))
+        .map(|m| m.epoch as f64 + 1.0)
+        .filter(|e| *e <= n)
+        .collect();
+    chart
+        .draw_series(
+            cooldown
+                .iter()
+                .map(|e| Rectangle::new([(e - 0.5, g0), (e + 0.5, g1)], SHADE.mix(0.25).filled())),
+        )
+        .map_err(err)?
+        .label("cooldown")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], SHADE.mix(0.4).filled()));
+    Ok(())
+}
+
+/// The gradient norm (left axis) and validation loss (right axis) per epoch.
+fn draw_curves<DB: DrawingBackend>(
+    chart: &mut DualChart<'_, DB>,
+    h: &[EpochMetrics],
+) -> Result<()> {
+    let grad = || h.iter().map(|m| (m.epoch as f64, m.grad_norm));
+    let val = || h.iter().map(|m| (m.epoch as f64, m.val_loss));
+    chart.draw_series(dots(grad(), GRAD_COLOR)).map_err(err)?;
+    chart
+        .draw_secondary_series(dots(val(), VAL_COLOR))
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(grad(), GRAD_COLOR.stroke_width(2)))
+        .map_err(err)?
+        .label("gradient norm")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], GRAD_COLOR.stroke_width(2)));
+    chart
+        .draw_secondary_series(LineSeries::new(val(), VAL_COLOR.stroke_width(2)))
+        .map_err(err)?
+        .label("validation loss")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], VAL_COLOR.stroke_width(2)));
+    Ok(())
+}
+
+/// The gradient and weight sigma each epoch got or, for a run without noise (`would`),
+/// would have got from the decision after the epoch before.
+fn epoch_noise(h: &[EpochMetrics], would: bool) -> Vec<(f64, f64)> {
+    h.iter()
+        .map(|m| {
+            if would {
+                h.iter()
+                    .find(|p| p.epoch + 1 == m.epoch)
+                    .and_then(|p| p.decision.as_ref())
+                    .map_or((0.0, 0.0), |d| (d.grad_sigma, d.weight_sigma))
+            } else {
+                (m.noise_applied.grad_sigma, m.noise_applied.weight_sigma)
+            }
+        })
+        .collect()
+}
+
+/// Triangles on the gradient-norm curve at gradient noise, squares on the validation-loss
+/// curve at weight noise.
+fn draw_noise_markers<DB: DrawingBackend>(
+    chart: &mut DualChart<'_, DB>,
+    h: &[EpochMetrics],
+    noise: &[(f64, f64)],
+) -> Result<()> {
+    let noisy = |pick: fn(&(f64, f64)) -> f64| {
+        h.iter()
+            .zip(noise)
+            .filter(move |(_, sigmas)| pick(sigmas) > 0.0)
+            .map(|(m, _)| m)
+    };
+    chart
+        .draw_series(
+            noisy(|s| s.0).map(|m| {
+                TriangleMarker::new((m.epoch as f64, m.grad_norm), 6, GRAD_COLOR.filled())
+            }),
+        )
+        .map_err(err)?
+        .label("gradient noise")
+        .legend(|(x, y)| TriangleMarker::new((x + 8, y), 6, GRAD_COLOR.filled()));
+    chart
+        .draw_secondary_series(noisy(|s| s.1).map(|m| {
+            EmptyElement::at((m.epoch as f64, m.val_loss))
+                + Rectangle::new([(-4, -4), (4, 4)], VAL_COLOR.filled())
+        }))
+        .map_err(err)?
+        .label("weight noise")
+        .legend(|(x, y)| Rectangle::new([(x + 3, y - 4), (x + 11, y + 4)], VAL_COLOR.filled()));
+    Ok(())
 }
 
 /// The learning rate of every step of a run (sampled to at most 4,000 points).
