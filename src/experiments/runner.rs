@@ -66,15 +66,11 @@ pub fn run_sweep(
     let exe =
         std::env::current_exe().context("could not find the adanoise executable to run cells")?;
     let mut outcome = SweepOutcome::default();
-    let mut queue: Vec<&Cell> = Vec::new();
-    for cell in &sweep.cells {
-        let status = cell_status(&sweep.cell_dir(cell), cell.config.epochs);
-        match status.state {
-            CellState::Done => outcome.done_before += 1,
-            CellState::Running => outcome.busy += 1,
-            CellState::Pending | CellState::Failed => queue.push(cell),
-        }
-    }
+    let mut queue: Vec<&Cell> = sweep
+        .cells
+        .iter()
+        .filter(|cell| still_to_run(sweep, cell, &mut outcome))
+        .collect();
     let total = queue.len();
     observer.on(&Event::Notice(&format!(
         "sweep {}: {} cells, {} done, {} running elsewhere, {} to run with {workers} worker(s) x {} thread(s)",
@@ -96,18 +92,9 @@ pub fn run_sweep(
         }
         while running.len() < workers && !queue.is_empty() {
             let cell = queue.remove(0);
-            let dir = sweep.cell_dir(cell);
             // Another sweep process may have taken or finished it meanwhile.
-            match cell_status(&dir, cell.config.epochs).state {
-                CellState::Done => {
-                    outcome.done_before += 1;
-                    continue;
-                }
-                CellState::Running => {
-                    outcome.busy += 1;
-                    continue;
-                }
-                CellState::Pending | CellState::Failed => {}
+            if !still_to_run(sweep, cell, &mut outcome) {
+                continue;
             }
             // Threads: the command line's, else the sweep file's, else a share of the cores.
             let cell_threads = threads.or(cell.config.threads).unwrap_or(threads_each);
@@ -122,30 +109,49 @@ pub fn run_sweep(
             running.push((cell, child, Instant::now()));
         }
         std::thread::sleep(Duration::from_millis(100));
-        let mut i = 0;
-        while i < running.len() {
-            let status = running[i].1.try_wait()?;
-            let Some(status) = status else {
-                i += 1;
-                continue;
-            };
-            let (cell, _, since) = running.remove(i);
-            let ended = cell_outcome(sweep, cell, status, since.elapsed().as_secs_f64());
-            match &ended {
-                CellOutcome::Done { .. } => outcome.finished += 1,
-                CellOutcome::Interrupted => outcome.interrupted += 1,
-                CellOutcome::Busy => outcome.busy += 1,
-                CellOutcome::Failed(error) => {
-                    outcome.failed.push((cell.name.clone(), error.clone()))
-                }
-            }
-            observer.on(&Event::CellEnded {
-                name: &cell.name,
-                outcome: &ended,
-            });
-        }
+        reap_ended(sweep, &mut running, &mut outcome, observer)?;
     }
     Ok(outcome)
+}
+
+/// Counts `cell` if it is done or held by another process; true when it still has to run.
+fn still_to_run(sweep: &Sweep, cell: &Cell, outcome: &mut SweepOutcome) -> bool {
+    match cell_status(&sweep.cell_dir(cell), cell.config.epochs).state {
+        CellState::Done => outcome.done_before += 1,
+        CellState::Running => outcome.busy += 1,
+        CellState::Pending | CellState::Failed => return true,
+    }
+    false
+}
+
+/// Removes the cells whose process has exited from `running`, counting and reporting how
+/// each ended.
+fn reap_ended(
+    sweep: &Sweep,
+    running: &mut Vec<(&Cell, Child, Instant)>,
+    outcome: &mut SweepOutcome,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let mut i = 0;
+    while i < running.len() {
+        let Some(status) = running[i].1.try_wait()? else {
+            i += 1;
+            continue;
+        };
+        let (cell, _, since) = running.remove(i);
+        let ended = cell_outcome(sweep, cell, status, since.elapsed().as_secs_f64());
+        match &ended {
+            CellOutcome::Done { .. } => outcome.finished += 1,
+            CellOutcome::Interrupted => outcome.interrupted += 1,
+            CellOutcome::Busy => outcome.busy += 1,
+            CellOutcome::Failed(error) => outcome.failed.push((cell.name.clone(), error.clone())),
+        }
+        observer.on(&Event::CellEnded {
+            name: &cell.name,
+            outcome: &ended,
+        });
+    }
+    Ok(())
 }
 
 /// Starts `adanoise sweep FILE --cell INDEX` for `cell`, its output going to the cell's
