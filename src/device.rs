@@ -78,7 +78,16 @@ impl DeviceKind {
             #[cfg(feature = "vulkan")]
             Self::Vulkan => Some(Device::vulkan(Default::default())),
             #[cfg(feature = "cuda")]
-            Self::Cuda => Some(Device::cuda(0)),
+            Self::Cuda => {
+                // CubeCL loads the driver on a runtime thread, and a missing one surfaces
+                // there as an unrelated channel error: the loader's own answer names it.
+                if let Some(why) = library_load_error("libcuda.so.1") {
+                    bail!(
+                        "no usable cuda device was found: the NVIDIA driver could not be loaded ({why}); check that an NVIDIA GPU and its driver are present (`nvidia-smi`), or train with --device cpu"
+                    );
+                }
+                Some(Device::cuda(0))
+            }
             // burn-tch is deprecated upstream in favour of CubeCL's backends; it stays here as
             // the route to cuDNN, against which the CubeCL ones are measured.
             #[cfg(feature = "tch")]
@@ -173,6 +182,29 @@ pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// Why the dynamic loader cannot load the shared library `name`, or `None` when it can.
+#[cfg(any(feature = "cuda", test))]
+fn library_load_error(name: &str) -> Option<String> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid C string to dlopen; the handle is closed at once, and the error string
+    // is copied before any other loader call.
+    unsafe {
+        let handle = libc::dlopen(c_name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            let error = libc::dlerror();
+            return Some(if error.is_null() {
+                format!("{name} could not be loaded")
+            } else {
+                std::ffi::CStr::from_ptr(error)
+                    .to_string_lossy()
+                    .into_owned()
+            });
+        }
+        libc::dlclose(handle);
+    }
+    None
+}
+
 /// Sets the number of CPU threads of the rayon pool the CPU backend computes on.
 /// Only the first call in a process takes effect.
 pub fn set_cpu_threads(threads: Option<usize>) {
@@ -223,5 +255,17 @@ mod libtorch {
             ),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loader_names_a_missing_library_and_loads_a_present_one() {
+        let why = library_load_error("libadanoise-no-such-library.so.1").unwrap();
+        assert!(why.contains("libadanoise-no-such-library.so.1"), "{why}");
+        assert_eq!(library_load_error("libc.so.6"), None);
     }
 }
