@@ -13,10 +13,10 @@ use adanoise::data::{IMAGE_BYTES, Normalization, Split, augment::materialize};
 use adanoise::device::DeviceKind;
 use adanoise::models::ModelKind;
 use adanoise::noise::{NoiseKind, add_weight_noise};
-use adanoise::train::{Precision, RunOptions, RunStatus, train};
+use adanoise::train::{Precision, RunStatus, train};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
-use common::{close, firing_config};
+use common::{close, firing_config, offline};
 
 /// The wgpu device, or `None` (with the reason printed) where there is none.
 fn gpu() -> Option<Device> {
@@ -29,13 +29,6 @@ fn gpu() -> Option<Device> {
             eprintln!("skipped: {e:#}");
             None
         }
-    }
-}
-
-fn quiet() -> RunOptions {
-    RunOptions {
-        offline: true,
-        ..Default::default()
     }
 }
 
@@ -53,13 +46,13 @@ fn a_noisy_run_on_the_gpu_matches_the_cpu_until_noise_starts() {
     let on_gpu = train(
         &firing_config(&data, DeviceKind::Wgpu),
         &tmp.path().join("gpu"),
-        &quiet(),
+        &offline(),
     )
     .unwrap();
     let on_cpu = train(
         &firing_config(&data, DeviceKind::Cpu),
         &tmp.path().join("cpu"),
-        &quiet(),
+        &offline(),
     )
     .unwrap();
     assert_eq!(on_gpu.summary.status, RunStatus::Finished);
@@ -96,10 +89,10 @@ fn an_f16_run_on_the_gpu_tracks_the_f32_run() {
     let mut half = firing_config(&data, DeviceKind::Wgpu);
     half.precision = Precision::F16;
     half.noise = NoiseKind::None;
-    let on_gpu = train(&half, &tmp.path().join("f16"), &quiet()).unwrap();
+    let on_gpu = train(&half, &tmp.path().join("f16"), &offline()).unwrap();
     let mut full = firing_config(&data, DeviceKind::Cpu);
     full.noise = NoiseKind::None;
-    let on_cpu = train(&full, &tmp.path().join("f32"), &quiet()).unwrap();
+    let on_cpu = train(&full, &tmp.path().join("f32"), &offline()).unwrap();
     assert_eq!(on_gpu.summary.status, RunStatus::Finished);
     let (g, c) = (&on_gpu.history[0], &on_cpu.history[0]);
     assert!(g.loss_scale.is_some(), "{g:?}");
@@ -107,7 +100,7 @@ fn an_f16_run_on_the_gpu_tracks_the_f32_run() {
     assert!(close(g.val_loss, c.val_loss, 2e-2), "{g:?}\n{c:?}");
     let mut bf16 = half.clone();
     bf16.precision = Precision::Bf16;
-    let err = train(&bf16, &tmp.path().join("bf16"), &quiet())
+    let err = train(&bf16, &tmp.path().join("bf16"), &offline())
         .err()
         .map(|e| format!("{e:#}"));
     // Some Vulkan devices may gain bf16; where WGSL lacks it the refusal names the fix.

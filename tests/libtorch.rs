@@ -9,14 +9,7 @@ mod common;
 use adanoise::data::synthetic::write_binary_release;
 use adanoise::device::DeviceKind;
 use adanoise::train::{RunOptions, RunStatus, train};
-use common::{close, firing_config};
-
-fn quiet() -> RunOptions {
-    RunOptions {
-        offline: true,
-        ..Default::default()
-    }
-}
+use common::{close, firing_config, offline};
 
 #[test]
 fn a_noisy_libtorch_run_matches_the_cpu_until_noise_starts_and_resumes_exactly() {
@@ -24,11 +17,11 @@ fn a_noisy_libtorch_run_matches_the_cpu_until_noise_starts_and_resumes_exactly()
     let data = tmp.path().join("data");
     write_binary_release(&data, 64, 32, 3).unwrap();
     let torch = firing_config(&data, DeviceKind::LibtorchCpu);
-    let whole = train(&torch, &tmp.path().join("torch"), &quiet()).unwrap();
+    let whole = train(&torch, &tmp.path().join("torch"), &offline()).unwrap();
     let flex = train(
         &firing_config(&data, DeviceKind::Cpu),
         &tmp.path().join("flex"),
-        &quiet(),
+        &offline(),
     )
     .unwrap();
     assert_eq!(whole.summary.status, RunStatus::Finished);
@@ -49,7 +42,7 @@ fn a_noisy_libtorch_run_matches_the_cpu_until_noise_starts_and_resumes_exactly()
         &out,
         &RunOptions {
             stop_at_step: Some(6),
-            ..quiet()
+            ..offline()
         },
     )
     .unwrap();
@@ -59,7 +52,7 @@ fn a_noisy_libtorch_run_matches_the_cpu_until_noise_starts_and_resumes_exactly()
         &out,
         &RunOptions {
             resume: true,
-            ..quiet()
+            ..offline()
         },
     )
     .unwrap();

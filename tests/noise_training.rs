@@ -2,10 +2,13 @@
 //! injected in the next epoch, unchanged by an interruption, and reproduced by
 //! replaying the run's own metrics with its settings.
 
+mod common;
+
 use adanoise::data::synthetic::write_binary_release;
 use adanoise::noise::replay::{read_observations, replay};
 use adanoise::noise::{Decision, NoiseKind};
 use adanoise::train::{EpochMetrics, RunOptions, TrainConfig, train};
+use common::offline;
 use std::path::Path;
 
 /// Aggressive thresholds so that every rule fires within a few epochs.
@@ -18,13 +21,6 @@ fn config(data: &Path, noise: NoiseKind) -> TrainConfig {
         noise.name()
     );
     TrainConfig::from_table(text.parse().unwrap()).unwrap()
-}
-
-fn quiet() -> RunOptions {
-    RunOptions {
-        offline: true,
-        ..Default::default()
-    }
 }
 
 fn decisions(history: &[EpochMetrics]) -> Vec<Decision> {
@@ -42,7 +38,7 @@ fn noisy_runs_inject_what_was_decided_and_resume_identically() {
     for kind in [NoiseKind::Gaussian, NoiseKind::Uniform, NoiseKind::None] {
         let cfg = config(&data, kind);
         let out = tmp.path().join(format!("{kind}-a"));
-        let straight = train(&cfg, &out, &quiet()).unwrap();
+        let straight = train(&cfg, &out, &offline()).unwrap();
         let ds = decisions(&straight.history);
         assert!(
             ds.iter().any(Decision::injects),
@@ -102,7 +98,7 @@ fn noisy_runs_inject_what_was_decided_and_resume_identically() {
             &out_b,
             &RunOptions {
                 stop_after: Some(3),
-                ..quiet()
+                ..offline()
             },
         )
         .unwrap();
@@ -111,7 +107,7 @@ fn noisy_runs_inject_what_was_decided_and_resume_identically() {
             &out_b,
             &RunOptions {
                 resume: true,
-                ..quiet()
+                ..offline()
             },
         )
         .unwrap();
@@ -135,7 +131,7 @@ fn noise_changes_training_and_none_does_not() {
     let data = tmp.path().join("data");
     write_binary_release(&data, 160, 40, 2).unwrap();
     let run = |kind: NoiseKind, name: &str| {
-        train(&config(&data, kind), &tmp.path().join(name), &quiet())
+        train(&config(&data, kind), &tmp.path().join(name), &offline())
             .unwrap()
             .history
     };

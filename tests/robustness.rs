@@ -20,14 +20,11 @@ fn data(root: &Path, name: &str, train: usize, seed: u64) -> PathBuf {
 }
 
 fn config(data: &Path, extra: &str) -> TrainConfig {
-    let mut table: toml::Table = format!(
-        "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.01\nepochs = 3\nbatch_size = 50\nseed = 1\ndata_dir = '{}'",
-        data.display()
+    common::config_from(
+        "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.01\nepochs = 3\nbatch_size = 50\nseed = 1",
+        data,
+        extra,
     )
-    .parse()
-    .unwrap();
-    TrainConfig::merge_tables(&mut table, extra.parse().unwrap());
-    TrainConfig::from_table(table).unwrap()
 }
 
 fn first_epoch_only() -> RunOptions {

@@ -4,10 +4,13 @@
 //! differences and intervals against values worked out by hand, the shared
 //! learning rate, diverged runs counted).
 
+mod common;
+
 use adanoise::data::synthetic::write_binary_release;
 use adanoise::report::collect::RunRecord;
 use adanoise::report::tables::{self, LrSelection};
-use adanoise::train::{EpochMetrics, RunOptions, RunStatus, Summary, TrainConfig, train};
+use adanoise::train::{EpochMetrics, RunStatus, Summary, TrainConfig, train};
+use common::{config_from, offline};
 use std::path::{Path, PathBuf};
 
 fn data_dir(root: &Path) -> PathBuf {
@@ -18,21 +21,11 @@ fn data_dir(root: &Path) -> PathBuf {
 
 /// A quick baby-cnn run; `extra` keys override the defaults here.
 fn config(data: &Path, extra: &str) -> TrainConfig {
-    let mut table: toml::Table = format!(
-        "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 3\nbatch_size = 40\nseed = 3\ndata_dir = '{}'",
-        data.display()
+    config_from(
+        "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 3\nbatch_size = 40\nseed = 3",
+        data,
+        extra,
     )
-    .parse()
-    .unwrap();
-    TrainConfig::merge_tables(&mut table, extra.parse().unwrap());
-    TrainConfig::from_table(table).unwrap()
-}
-
-fn quiet() -> RunOptions {
-    RunOptions {
-        offline: true,
-        ..Default::default()
-    }
 }
 
 #[test]
@@ -42,10 +35,10 @@ fn a_validation_split_is_validated_on_and_the_test_set_reported_apart() {
     let split = train(
         &config(&data, "val_split = 40"),
         &tmp.path().join("split"),
-        &quiet(),
+        &offline(),
     )
     .unwrap();
-    let plain = train(&config(&data, ""), &tmp.path().join("plain"), &quiet()).unwrap();
+    let plain = train(&config(&data, ""), &tmp.path().join("plain"), &offline()).unwrap();
     // 200 images trained on: 5 steps of 40 per epoch instead of 6.
     assert_eq!(split.history[0].steps, 5);
     assert_eq!(plain.history[0].steps, 6);
@@ -94,7 +87,7 @@ fn the_baseline_policies_inject_their_sigma_at_every_step() {
             "noise = 'gaussian'\nnoise_policy = 'constant'\nnoise_sigma = 0.004",
         ),
         &tmp.path().join("constant"),
-        &quiet(),
+        &offline(),
     )
     .unwrap();
     for m in &constant.history {
@@ -108,7 +101,7 @@ fn the_baseline_policies_inject_their_sigma_at_every_step() {
             "noise = 'uniform'\nnoise_policy = 'annealed'\nanneal_eta = 0.02\nanneal_gamma = 0.5",
         ),
         &tmp.path().join("annealed"),
-        &quiet(),
+        &offline(),
     )
     .unwrap();
     // 6 steps per epoch: epoch e runs steps 6(e-1) .. 6e-1, sigma_t = sqrt(0.02 / (1+t)^0.5).
@@ -123,7 +116,7 @@ fn the_baseline_policies_inject_their_sigma_at_every_step() {
     // The adaptive scheduler still decides and records under a baseline policy.
     assert!(annealed.history.iter().all(|m| m.decision.is_some()));
     // And the noise reaches the training: the losses differ from a run without it.
-    let none = train(&config(&data, ""), &tmp.path().join("none"), &quiet()).unwrap();
+    let none = train(&config(&data, ""), &tmp.path().join("none"), &offline()).unwrap();
     assert_ne!(none.history[0].train_loss, constant.history[0].train_loss);
     assert_ne!(none.history[0].train_loss, annealed.history[0].train_loss);
 }

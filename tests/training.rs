@@ -8,6 +8,7 @@ use adanoise::models::ModelKind;
 use adanoise::optim::OptimizerKind;
 use adanoise::train::run_dir::METRICS_FILE;
 use adanoise::train::{RunOptions, RunStatus, TrainConfig, train};
+use common::offline;
 use std::path::Path;
 use std::process::Command;
 
@@ -18,18 +19,11 @@ fn data_dir(root: &Path) -> std::path::PathBuf {
 }
 
 fn config(data: &Path, extra: &str) -> TrainConfig {
-    let text = format!(
-        "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 3\nbatch_size = 32\nseed = 3\ndata_dir = '{}'\n{extra}",
-        data.display()
-    );
-    TrainConfig::from_table(text.parse().unwrap()).unwrap()
-}
-
-fn quiet() -> RunOptions {
-    RunOptions {
-        offline: true,
-        ..Default::default()
-    }
+    common::config_from(
+        "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 3\nbatch_size = 32\nseed = 3",
+        data,
+        extra,
+    )
 }
 
 #[test]
@@ -37,7 +31,7 @@ fn run_directory_holds_config_metrics_summary_and_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data_dir(tmp.path());
     let out = tmp.path().join("run");
-    let outcome = train(&config(&data, ""), &out, &quiet()).unwrap();
+    let outcome = train(&config(&data, ""), &out, &offline()).unwrap();
     assert_eq!(outcome.summary.status, RunStatus::Finished);
     assert_eq!(outcome.history.len(), 3);
     for file in [
@@ -76,7 +70,7 @@ fn run_directory_holds_config_metrics_summary_and_checkpoint() {
     assert!(last.val_acc > 0.3, "val acc {}", last.val_acc);
     assert!(last.train_loss < outcome.history[0].train_loss);
     // A finished run is never overwritten, with or without --resume under another config.
-    let err = train(&config(&data, ""), &out, &quiet())
+    let err = train(&config(&data, ""), &out, &offline())
         .unwrap_err()
         .to_string();
     assert!(err.contains("finished"), "{err}");
@@ -85,7 +79,7 @@ fn run_directory_holds_config_metrics_summary_and_checkpoint() {
         &out,
         &RunOptions {
             resume: true,
-            ..quiet()
+            ..offline()
         },
     )
     .unwrap();
@@ -108,7 +102,7 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
             c.lr = 1e-3;
             c
         };
-        let straight = train(&cfg(""), &tmp.path().join(format!("{model}-a")), &quiet()).unwrap();
+        let straight = train(&cfg(""), &tmp.path().join(format!("{model}-a")), &offline()).unwrap();
 
         let out = tmp.path().join(format!("{model}-b"));
         let first = train(
@@ -116,7 +110,7 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
             &out,
             &RunOptions {
                 stop_after: Some(1),
-                ..quiet()
+                ..offline()
             },
         )
         .unwrap();
@@ -134,14 +128,14 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
         text.push_str("\n{\"epoch\":3,\"train_lo");
         std::fs::write(&metrics, text).unwrap();
 
-        let err = train(&cfg(""), &out, &quiet()).unwrap_err().to_string();
+        let err = train(&cfg(""), &out, &offline()).unwrap_err().to_string();
         assert!(err.contains("--resume"), "{err}");
         let resumed = train(
             &cfg(""),
             &out,
             &RunOptions {
                 resume: true,
-                ..quiet()
+                ..offline()
             },
         )
         .unwrap();
@@ -167,7 +161,7 @@ fn f16_run_records_and_resumes_its_loss_scale() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data_dir(tmp.path());
     let cfg = config(&data, "precision = 'f16'");
-    let straight = train(&cfg, &tmp.path().join("a"), &quiet()).unwrap();
+    let straight = train(&cfg, &tmp.path().join("a"), &offline()).unwrap();
     assert_eq!(straight.summary.status, RunStatus::Finished);
     for m in &straight.history {
         assert!(m.loss_scale.is_some_and(|s| s > 0.0), "{m:?}");
@@ -177,12 +171,12 @@ fn f16_run_records_and_resumes_its_loss_scale() {
     let out = tmp.path().join("b");
     let stopped = RunOptions {
         stop_after: Some(1),
-        ..quiet()
+        ..offline()
     };
     train(&cfg, &out, &stopped).unwrap();
     let resume = RunOptions {
         resume: true,
-        ..quiet()
+        ..offline()
     };
     let resumed = train(&cfg, &out, &resume).unwrap();
     assert_eq!(
@@ -196,7 +190,7 @@ fn f16_run_records_and_resumes_its_loss_scale() {
     };
     assert_eq!(scales(&resumed.history), scales(&straight.history));
     // f32 runs record neither.
-    let plain = train(&config(&data, ""), &tmp.path().join("c"), &quiet()).unwrap();
+    let plain = train(&config(&data, ""), &tmp.path().join("c"), &offline()).unwrap();
     assert!(
         plain
             .history
@@ -215,7 +209,7 @@ fn resume_refuses_a_different_config() {
         &out,
         &RunOptions {
             stop_after: Some(1),
-            ..quiet()
+            ..offline()
         },
     )
     .unwrap();
@@ -226,7 +220,7 @@ fn resume_refuses_a_different_config() {
         &out,
         &RunOptions {
             resume: true,
-            ..quiet()
+            ..offline()
         },
     )
     .unwrap_err()
@@ -243,7 +237,7 @@ fn divergence_stops_with_a_message_and_keeps_what_was_recorded() {
     cfg.optimizer = adanoise::optim::OptimizerKind::Sgd;
     cfg.lr = 1e12;
     cfg.lr_final_max = 1e-5;
-    let err = train(&cfg, &out, &quiet()).unwrap_err().to_string();
+    let err = train(&cfg, &out, &offline()).unwrap_err().to_string();
     assert!(err.contains("diverged"), "{err}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -388,7 +382,7 @@ fn stopping_in_the_middle_of_an_epoch_resumes_exactly() {
         cfg.model = model;
         cfg.optimizer = optimizer;
         cfg.lr = 1e-3;
-        let straight = train(&cfg, &tmp.path().join(format!("{model}-a")), &quiet()).unwrap();
+        let straight = train(&cfg, &tmp.path().join(format!("{model}-a")), &offline()).unwrap();
         assert!(
             straight.history[2].noise_applied.grad_sigma > 0.0,
             "epoch 3 should be noisy"
@@ -400,7 +394,7 @@ fn stopping_in_the_middle_of_an_epoch_resumes_exactly() {
             &out,
             &RunOptions {
                 stop_at_step: Some(17),
-                ..quiet()
+                ..offline()
             },
         )
         .unwrap();
@@ -411,7 +405,7 @@ fn stopping_in_the_middle_of_an_epoch_resumes_exactly() {
             &out,
             &RunOptions {
                 resume: true,
-                ..quiet()
+                ..offline()
             },
         )
         .unwrap();
@@ -516,13 +510,13 @@ fn device_resident_data_trains_the_same_run_as_host_batches() {
     let host = train(
         &config(&data, "data_placement = 'host'"),
         &tmp.path().join("host"),
-        &quiet(),
+        &offline(),
     )
     .unwrap();
     let device = train(
         &config(&data, "data_placement = 'device'"),
         &tmp.path().join("device"),
-        &quiet(),
+        &offline(),
     )
     .unwrap();
     assert_eq!(host.history.len(), 3);
@@ -540,12 +534,12 @@ fn device_resident_data_trains_the_same_run_as_host_batches() {
     let out = tmp.path().join("mixed");
     let stop = RunOptions {
         stop_after: Some(1),
-        ..quiet()
+        ..offline()
     };
     train(&config(&data, "data_placement = 'host'"), &out, &stop).unwrap();
     let resume = RunOptions {
         resume: true,
-        ..quiet()
+        ..offline()
     };
     let mixed = train(&config(&data, "data_placement = 'device'"), &out, &resume).unwrap();
     assert_eq!(mixed.summary.status, RunStatus::Finished);

@@ -19,14 +19,21 @@ pub struct SplitFingerprint {
 impl SplitFingerprint {
     /// The fingerprint of `split`.
     pub fn of(split: &Split) -> Self {
-        let mut hasher = Md5::new();
-        hasher.update(&split.labels);
-        hasher.update(&split.images);
+        let digest = contents_md5(&split.labels, &split.images);
         Self {
             images: split.len(),
-            md5: format!("{:x}", hasher.finalize()),
+            md5: format!("{digest:x}"),
         }
     }
+}
+
+/// MD5 of a split's labels, then its pixels: the digest of its decoded contents (also the
+/// image cache's checksum).
+pub fn contents_md5(labels: &[u8], images: &[u8]) -> md5::digest::Output<Md5> {
+    let mut hasher = Md5::new();
+    hasher.update(labels);
+    hasher.update(images);
+    hasher.finalize()
 }
 
 /// The fingerprint of a dataset as loaded (before any validation split or subset, which

@@ -3,6 +3,7 @@
 //! are decoded once, in parallel, and the decoded arrays are cached beside the data
 //! in `.adanoise-cache/`, rebuilt whenever a file is added, removed or changed.
 
+use super::fingerprint::contents_md5;
 use super::{CHANNELS, CIFAR10_CLASSES, Dataset, IMAGE_BYTES, IMAGE_SIZE, Split};
 use crate::events::{Event, Observer};
 use anyhow::{Context, Result, bail};
@@ -118,7 +119,7 @@ fn list_images(split_dir: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u8)
 }
 
 /// A digest of the file list with sizes and modification times: changes when the folder does.
-fn fingerprint(files: &[(PathBuf, u8)], classes: &[String]) -> Result<[u8; 16]> {
+fn folder_key(files: &[(PathBuf, u8)], classes: &[String]) -> Result<[u8; 16]> {
     let mut hasher = Md5::new();
     for class in classes {
         hasher.update(class.as_bytes());
@@ -207,13 +208,6 @@ enum Cached {
 /// Magic, folder key, image count, MD5 of the payload: the header of a cache file.
 const CACHE_HEADER: usize = 12 + 16 + 8 + 16;
 
-fn payload_md5(labels: &[u8], images: &[u8]) -> [u8; 16] {
-    let mut hasher = Md5::new();
-    hasher.update(labels);
-    hasher.update(images);
-    hasher.finalize().into()
-}
-
 fn read_cache(path: &Path, key: &[u8; 16], count: usize) -> Cached {
     let Ok(bytes) = std::fs::read(path) else {
         return Cached::Stale;
@@ -226,7 +220,7 @@ fn read_cache(path: &Path, key: &[u8; 16], count: usize) -> Cached {
         return Cached::Damaged;
     }
     let (labels, images) = bytes[CACHE_HEADER..].split_at(count);
-    if payload_md5(labels, images) != bytes[36..52] {
+    if contents_md5(labels, images).as_slice() != &bytes[36..52] {
         return Cached::Damaged;
     }
     Cached::Valid(Split {
@@ -242,7 +236,7 @@ fn write_cache(path: &Path, key: &[u8; 16], split: &Split) -> Result<()> {
     tmp.write_all(CACHE_MAGIC)?;
     tmp.write_all(key)?;
     tmp.write_all(&(split.len() as u64).to_le_bytes())?;
-    tmp.write_all(&payload_md5(&split.labels, &split.images))?;
+    tmp.write_all(&contents_md5(&split.labels, &split.images))?;
     tmp.write_all(&split.labels)?;
     tmp.write_all(&split.images)?;
     tmp.persist(path)?;
@@ -256,7 +250,7 @@ fn load_split(
     observer: &mut dyn Observer,
 ) -> Result<Split> {
     let files = list_images(&root.join(name), classes)?;
-    let key = fingerprint(&files, classes)?;
+    let key = folder_key(&files, classes)?;
     let cache = root.join(CACHE_DIR).join(format!("{name}.bin"));
     match read_cache(&cache, &key, files.len()) {
         Cached::Valid(split) => return Ok(split),

@@ -2,9 +2,27 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use adanoise::noise::Decision;
-use adanoise::train::EpochMetrics;
+use adanoise::train::{EpochMetrics, RunOptions, TrainConfig};
 use std::path::Path;
 use std::process::{Command, Output};
+
+/// Options for a run that never touches the network.
+pub fn offline() -> RunOptions {
+    RunOptions {
+        offline: true,
+        ..Default::default()
+    }
+}
+
+/// A config of the `base` TOML keys and the data folder, with the keys of `extra` (which
+/// may hold tables such as `[noise_scheduler]`) set over them.
+pub fn config_from(base: &str, data: &Path, extra: &str) -> TrainConfig {
+    let mut table: toml::Table = format!("{base}\ndata_dir = '{}'", data.display())
+        .parse()
+        .unwrap();
+    TrainConfig::merge_tables(&mut table, extra.parse().unwrap());
+    TrainConfig::from_table(table).unwrap()
+}
 
 /// Runs the `adanoise` binary.
 pub fn adanoise<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
