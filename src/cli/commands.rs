@@ -78,35 +78,10 @@ pub(crate) fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         (None, Some(path)) => TrainConfig::read_table(&path)?,
         (None, None) => toml::Table::new(),
     };
-    check_integer_ranges(args)?;
     let overrides =
         toml::Table::try_from(args).context("could not read the command-line options")?;
     TrainConfig::merge_tables(&mut table, overrides);
     TrainConfig::from_table(table)
-}
-
-/// TOML, which configs are written in, holds integers up to 2^63 - 1: a larger option is
-/// refused by name rather than by the TOML writer's "u64 value was too large".
-fn check_integer_ranges(args: &TrainArgs) -> Result<()> {
-    fn walk(value: &serde_json::Value) -> Option<(String, u64)> {
-        let map = value.as_object()?;
-        map.iter().find_map(|(key, v)| match v {
-            serde_json::Value::Number(n) if n.as_u64().is_some_and(|x| x > i64::MAX as u64) => {
-                Some((key.clone(), n.as_u64()?))
-            }
-            serde_json::Value::Object(_) => walk(v),
-            _ => None,
-        })
-    }
-    let value = serde_json::to_value(args).context("could not read the command-line options")?;
-    if let Some((key, v)) = walk(&value) {
-        anyhow::bail!(
-            "--{} {v} is out of range: it must be at most {}",
-            key.replace('_', "-"),
-            i64::MAX
-        );
-    }
-    Ok(())
 }
 
 fn train_command(args: TrainArgs) -> Result<ExitCode> {

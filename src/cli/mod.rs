@@ -115,18 +115,18 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
-    #[arg(long, help = with_default("Epochs to train", defaults::EPOCHS))]
+    #[arg(long, value_parser = toml_integer::<u64>, help = with_default("Epochs to train", defaults::EPOCHS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u64>,
     /// Length of the LR schedule in epochs (default: --epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = toml_integer::<u64>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_epochs: Option<u64>,
-    #[arg(long, help = with_default("Images per batch", defaults::BATCH_SIZE))]
+    #[arg(long, value_parser = toml_integer::<usize>, help = with_default("Images per batch", defaults::BATCH_SIZE))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
     /// Seeds initialisation, data order, augmentation and noise [default: 0].
-    #[arg(long)]
+    #[arg(long, value_parser = toml_integer::<u64>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     #[arg(long, value_enum)]
@@ -137,17 +137,17 @@ pub(crate) struct TrainArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// Train on the first N images of a fixed seeded shuffle of the training set.
-    #[arg(long)]
+    #[arg(long, value_parser = toml_integer::<usize>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_subset: Option<usize>,
     /// Hold out N training images (stratified by class) as the validation set the scheduler
     /// and the report read; the test set is then evaluated too [default: 0: the test set
     /// validates, as in the study].
-    #[arg(long)]
+    #[arg(long, value_parser = toml_integer::<usize>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_split: Option<usize>,
     /// Seed of the validation split (the same held-out images for every --seed).
-    #[arg(long)]
+    #[arg(long, value_parser = toml_integer::<u64>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split_seed: Option<u64>,
     #[arg(long, help = with_default("Peak learning rate at the schedule's last restart", defaults::LR_FINAL_MAX))]
@@ -156,7 +156,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, help = with_default("Floor of every cosine cycle", defaults::LR_MIN))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr_min: Option<f64>,
-    #[arg(long, help = with_default("Length of the first cosine cycle, in epochs", defaults::RESTART_EPOCHS))]
+    #[arg(long, value_parser = toml_integer::<u64>, help = with_default("Length of the first cosine cycle, in epochs", defaults::RESTART_EPOCHS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_epochs: Option<u64>,
     #[arg(long, help = with_default("Growth factor of the cycle length", defaults::T_MULT))]
@@ -166,7 +166,7 @@ pub(crate) struct TrainArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f32>,
     /// CPU threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = toml_integer::<usize>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// Where batches are assembled: auto (on the device for GPUs, on the host for the CPU),
@@ -202,19 +202,31 @@ pub(crate) struct TrainArgs {
     pub noise_scheduler: NoiseArgs,
 }
 
+/// Parses an integer option of a run's config. TOML holds integers up to 2^63 - 1, so a
+/// larger one is refused here, where clap names the option, rather than by the TOML writer.
+fn toml_integer<T: TryFrom<u64>>(text: &str) -> Result<T, String> {
+    let value: u64 = text
+        .parse()
+        .map_err(|e| format!("not a whole number from 0 to {} ({e})", i64::MAX))?;
+    if value > i64::MAX as u64 {
+        return Err(format!("out of range: it must be at most {}", i64::MAX));
+    }
+    T::try_from(value).map_err(|_| format!("out of range on this machine: {value}"))
+}
+
 /// Thresholds of the noise scheduler (defaults: the study's Table V).
 #[derive(Args, Debug, Serialize, Default, Clone)]
 pub(crate) struct NoiseArgs {
-    #[arg(long, help = with_default("Epochs before the flag checks start", defaults::MIN_EPOCHS_BEFORE_FLAG))]
+    #[arg(long, value_parser = toml_integer::<u64>, help = with_default("Epochs before the flag checks start", defaults::MIN_EPOCHS_BEFORE_FLAG))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_epochs_before_flag: Option<u64>,
-    #[arg(long, help = with_default("Window, in epochs, of the trend checks", defaults::FLAG_WINDOW))]
+    #[arg(long, value_parser = toml_integer::<u64>, help = with_default("Window, in epochs, of the trend checks", defaults::FLAG_WINDOW))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flag_window: Option<u64>,
     #[arg(long, help = with_default("Minimum relative val-loss improvement over the window", defaults::VAL_PLATEAU_DELTA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_plateau_delta: Option<f64>,
-    #[arg(long, help = with_default("Epochs of rising val loss (train loss not rising) for the overfit flag", defaults::OVERFIT_EPOCHS))]
+    #[arg(long, value_parser = toml_integer::<u64>, help = with_default("Epochs of rising val loss (train loss not rising) for the overfit flag", defaults::OVERFIT_EPOCHS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overfit_epochs: Option<u64>,
     #[arg(long, help = with_default("Minimum relative grad-norm improvement over the window", defaults::GRAD_PLATEAU))]
@@ -229,7 +241,7 @@ pub(crate) struct NoiseArgs {
     #[arg(long, help = with_default("Largest noise standard deviation", defaults::SIGMA_MAX))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sigma_max: Option<f64>,
-    #[arg(long, help = with_default("Consecutive noisy decisions that trigger a cooldown", defaults::CONSECUTIVE_TRIGGER))]
+    #[arg(long, value_parser = toml_integer::<u64>, help = with_default("Consecutive noisy decisions that trigger a cooldown", defaults::CONSECUTIVE_TRIGGER))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consecutive_trigger: Option<u64>,
     #[arg(long, help = with_default("Shortest cooldown, in epochs", defaults::COOLDOWN_MIN))]
