@@ -62,16 +62,19 @@ pub(super) fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
 /// `--cell INDEX`: one cell of the list pinned in the output directory (a job array's
 /// task, or a sweep's own worker process).
 fn one_cell(args: &SweepArgs, overrides: &SweepOverrides, index: usize) -> Result<ExitCode> {
+    // The sweep file, read at most once and only when needed: a job array's task (with
+    // `--out` and `--pinned`, its cells pinned) never reads it.
+    let mut file_sweep = None;
     let out = match &args.out {
         Some(out) => out.clone(),
-        None => Sweep::load(&args.file, overrides)?.out,
+        None => loaded(&mut file_sweep, args, overrides)?.out.clone(),
     };
     let cells = match read_cells(&out) {
         Ok(cells) => cells,
         Err(_) => {
-            let sweep = Sweep::load(&args.file, overrides)?;
+            let sweep = loaded(&mut file_sweep, args, overrides)?;
             sweep.write_cells()?;
-            sweep.cells
+            sweep.cells.clone()
         }
     };
     let Some(cell) = cells.iter().find(|c| c.index == index) else {
@@ -82,7 +85,8 @@ fn one_cell(args: &SweepArgs, overrides: &SweepOverrides, index: usize) -> Resul
         );
     };
     if !args.pinned {
-        check_pinned_cell(cell, &args.file, overrides, &out)?;
+        let now = loaded(&mut file_sweep, args, overrides)?;
+        check_pinned_cell(cell, now, &args.file, &out)?;
     }
     crate::train::interrupt::install()?;
     Ok(
@@ -98,6 +102,18 @@ fn one_cell(args: &SweepArgs, overrides: &SweepOverrides, index: usize) -> Resul
             CellRun::Interrupted => exit_code(EXIT_INTERRUPTED),
         },
     )
+}
+
+/// The sweep file as `slot` holds it, read into it first if it is not there yet.
+fn loaded<'a>(
+    slot: &'a mut Option<Sweep>,
+    args: &SweepArgs,
+    overrides: &SweepOverrides,
+) -> Result<&'a Sweep> {
+    if slot.is_none() {
+        *slot = Some(Sweep::load(&args.file, overrides)?);
+    }
+    Ok(slot.as_ref().expect("loaded just above"))
 }
 
 /// Runs every cell not done, `--workers` at a time, and says how it went.
@@ -147,11 +163,10 @@ fn all_cells(args: &SweepArgs, sweep: &Sweep) -> Result<ExitCode> {
 /// pinned in the output directory (the file was edited since the cells were pinned).
 fn check_pinned_cell(
     pinned: &crate::experiments::Cell,
+    sweep: &Sweep,
     file: &std::path::Path,
-    overrides: &SweepOverrides,
     out: &std::path::Path,
 ) -> Result<()> {
-    let sweep = Sweep::load(file, overrides)?;
     let now = sweep.cells.iter().find(|c| c.index == pinned.index);
     if now.is_some_and(|c| c.name == pinned.name && c.config == pinned.config) {
         return Ok(());
