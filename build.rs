@@ -17,6 +17,9 @@ fn main() {
         println!(
             "cargo:warning=LIBTORCH is not set: the binaries will need LD_LIBRARY_PATH to find libtorch (see docs/gpu.md)"
         );
+        // No version recorded: the run-time check then has nothing to compare with.
+        println!("cargo:rustc-env=ADANOISE_LIBTORCH_VERSION=");
+        println!("cargo:rustc-env=ADANOISE_LIBTORCH_LIB=");
         return;
     };
     let lib = root.join("lib");
