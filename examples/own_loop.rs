@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             if decision.flags.is_empty() {
                 "no flags".to_string()
             } else {
-                decision.describe(NoiseKind::Gaussian)
+                decision.describe(NoiseKind::Gaussian, &adanoise_core::PolicyConfig::default())
             }
         );
         (grad_sigma, weight_sigma) = (decision.grad_sigma, decision.weight_sigma);

@@ -4,7 +4,7 @@
 //! terminal, log lines in files), tests and embedding programs may ignore them.
 
 use crate::train::metrics::{EpochMetrics, NoiseApplied};
-use adanoise_core::NoiseKind;
+use adanoise_core::{NoiseKind, PolicyConfig};
 use std::path::Path;
 
 /// What a run, a data load or a sweep reports as it goes.
@@ -54,6 +54,8 @@ pub enum Event<'a> {
         epochs: u64,
         /// The run's noise distribution (`none`: decisions are only recorded).
         noise: NoiseKind,
+        /// The run's noise policy (a baseline one follows no decision).
+        policy: PolicyConfig,
     },
     /// The run stopped on request after writing a checkpoint; `--resume` continues it.
     Stopped {
@@ -79,6 +81,8 @@ pub enum Event<'a> {
         name: &'a str,
         /// How it ended.
         outcome: &'a CellOutcome,
+        /// Where the whole sweep stands now.
+        sweep: SweepProgress,
     },
 }
 
@@ -100,6 +104,20 @@ pub enum CellOutcome {
     Failed(String),
 }
 
+/// Where a sweep stands: cells done of all, and an estimate of the time left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SweepProgress {
+    /// Cells done (before this invocation or by it).
+    pub done: usize,
+    /// Cells of the sweep (after `--only`).
+    pub total: usize,
+    /// Seconds this invocation has run.
+    pub elapsed_s: f64,
+    /// Estimated seconds until the cells still to run are done, from the cells this
+    /// invocation finished (none before the first).
+    pub left_s: Option<f64>,
+}
+
 /// What a run says when it starts or resumes.
 #[derive(Debug)]
 pub struct RunStart<'a> {
@@ -114,6 +132,10 @@ pub struct RunStart<'a> {
     pub steps_per_epoch: u64,
     /// Where a resumed run continues: after epoch `.0`, at step `.1` of the next one.
     pub resumed: Option<(u64, Option<u64>)>,
+    /// Epochs the run trains.
+    pub epochs: u64,
+    /// Seconds spent on it by earlier processes (a resumed run).
+    pub earlier_seconds: f64,
 }
 
 /// The running figures of the current epoch.

@@ -11,7 +11,7 @@
 
 use crate::events::{Event, Observer, Progress};
 use crate::train::EpochMetrics;
-use adanoise_core::NoiseKind;
+use adanoise_core::{NoiseKind, PolicyConfig};
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -147,6 +147,23 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Makes sure `dir` can hold event files (creating it), so that a bad `--tensorboard` is
+/// refused before a run directory is touched.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "--tensorboard {} is a file, not a directory: give a directory for the event files",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "could not create the TensorBoard directory {}: give another --tensorboard",
+            dir.display()
+        )
+    })
+}
+
 /// An open event file in a TensorBoard log directory.
 pub struct EventWriter {
     file: BufWriter<File>,
@@ -250,7 +267,12 @@ impl<'a> TensorBoardObserver<'a> {
         })
     }
 
-    fn log_epoch(&mut self, m: &EpochMetrics, noise: NoiseKind) -> Result<()> {
+    fn log_epoch(
+        &mut self,
+        m: &EpochMetrics,
+        noise: NoiseKind,
+        policy: &PolicyConfig,
+    ) -> Result<()> {
         let step = m.steps;
         let w = &mut self.writer;
         for (tag, value) in [
@@ -275,7 +297,7 @@ impl<'a> TensorBoardObserver<'a> {
             let text = if d.flags.is_empty() {
                 format!("after epoch {}: no flags", m.epoch)
             } else {
-                format!("after epoch {}: {}", m.epoch, d.describe(noise))
+                format!("after epoch {}: {}", m.epoch, d.describe(noise, policy))
             };
             w.text("noise/decision", step, &text)?;
         }
@@ -298,7 +320,12 @@ impl<'a> TensorBoardObserver<'a> {
 
     fn log(&mut self, event: &Event) -> Result<()> {
         match event {
-            Event::EpochEnded { metrics, noise, .. } => self.log_epoch(metrics, *noise),
+            Event::EpochEnded {
+                metrics,
+                noise,
+                policy,
+                ..
+            } => self.log_epoch(metrics, *noise, policy),
             Event::Progress(p) => self.log_progress(p),
             Event::Stopped { .. } => self.writer.flush(),
             _ => Ok(()),

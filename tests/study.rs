@@ -123,9 +123,22 @@ fn the_baseline_policies_inject_their_sigma_at_every_step() {
 
 /// A run record as a report reads it, with a chosen final epoch.
 fn record(noise: &str, lr: f64, seed: u64, val_acc: f64, gap: f64, status: RunStatus) -> RunRecord {
+    record_with(noise, lr, seed, val_acc, gap, status, "")
+}
+
+/// [`record`] with more config keys (`extra`, TOML lines), in its own directory.
+fn record_with(
+    noise: &str,
+    lr: f64,
+    seed: u64,
+    val_acc: f64,
+    gap: f64,
+    status: RunStatus,
+    extra: &str,
+) -> RunRecord {
     let config = TrainConfig::from_table(
         format!(
-            "model = 'tiny-cnn'\noptimizer = 'sgd'\nlr = {lr}\nseed = {seed}\nnoise = '{noise}'\nepochs = 2"
+            "model = 'tiny-cnn'\noptimizer = 'sgd'\nlr = {lr}\nseed = {seed}\nnoise = '{noise}'\nepochs = 2\n{extra}"
         )
         .parse()
         .unwrap(),
@@ -142,8 +155,12 @@ fn record(noise: &str, lr: f64, seed: u64, val_acc: f64, gap: f64, status: RunSt
         RunStatus::Finished => vec![first, last],
         _ => vec![first],
     };
+    let tag: String = extra
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     RunRecord {
-        dir: PathBuf::from(format!("runs/{noise}-lr{lr}-s{seed}")),
+        dir: PathBuf::from(format!("runs/{noise}{tag}-lr{lr}-s{seed}")),
         summary: Some(Summary::from_history(&history, 2, status, None)),
         config,
         history,
@@ -172,22 +189,28 @@ fn the_report_pairs_seeds_and_counts_what_did_not_finish() {
     let rows = &per_noise.by_optimizer[0].1;
     let (base, noisy) = (&rows[0], &rows[1]);
     assert_eq!(base.lr, 0.1);
-    assert_eq!(
-        noisy.lr, 0.01,
-        "its own best rate, by the mean of its finished seeds"
-    );
+    // At 0.01 the finished seed has 0.70 but the diverged one counts as 0: (0.70 + 0) / 2
+    // = 0.35 loses to 0.1's 0.6233.
+    assert_eq!(noisy.lr, 0.1, "a diverged seed counts against its rate");
+    let tried = noisy.lrs_tried.iter().find(|t| t.lr == 0.01).unwrap();
+    assert_eq!(tried.mean_val_acc, Some(0.70));
+    assert!((tried.score.unwrap() - 0.35).abs() < 1e-12, "{tried:?}");
     assert_eq!(
         (
-            noisy.at_lr.finished,
-            noisy.at_lr.diverged,
-            noisy.at_lr.unfinished
+            tried.counts.finished,
+            tried.counts.diverged,
+            tried.counts.unfinished
         ),
         (1, 1, 1)
     );
     assert_eq!(per_noise.unfinished.len(), 2);
+    assert_eq!(
+        noisy.not_finished.len(),
+        2,
+        "the row names its group's unfinished runs"
+    );
     let md = adanoise::report::render::markdown(&per_noise);
-    assert!(md.contains("1 of 3 (1 diverged, 1 unfinished)"), "{md}");
-    assert!(md.contains("a seed diverged at this rate"), "{md}");
+    assert!(md.contains("(3 pairs)"), "{md}");
 
     let shared = tables::build(&runs, LrSelection::Shared);
     let noisy = &shared.by_optimizer[0].1[1];
@@ -208,4 +231,112 @@ fn the_report_pairs_seeds_and_counts_what_did_not_finish() {
     let csv = adanoise::report::render::csv(&shared).unwrap();
     assert_eq!(csv.lines().count(), 3);
     assert!(csv.lines().next().unwrap().contains("delta_val_acc_ci95"));
+    // The CSV names the runs that did not finish, as the Markdown does.
+    assert!(csv.contains("diverged after 1/2 epochs"), "{csv}");
+}
+
+#[test]
+fn a_rate_where_most_seeds_diverged_does_not_win_on_its_survivor() {
+    use RunStatus::*;
+    let mut runs = vec![record("none", 0.1, 0, 0.90, 0.1, Finished)];
+    for seed in 1..5 {
+        runs.push(record("none", 0.1, seed, 0.0, 0.0, Diverged));
+    }
+    for seed in 0..5 {
+        runs.push(record("none", 0.01, seed, 0.60, 0.1, Finished));
+    }
+    let t = tables::build(&runs, LrSelection::PerNoise);
+    let row = &t.by_optimizer[0].1[0];
+    assert_eq!(row.lr, 0.01, "{:?}", row.lrs_tried);
+    assert_eq!(row.val_acc.n, 5);
+}
+
+#[test]
+fn one_seed_has_no_std_no_interval_and_no_significance_mark() {
+    use RunStatus::*;
+    let runs = vec![
+        record("none", 0.1, 0, 0.60, 0.1, Finished),
+        record("gaussian", 0.1, 0, 0.40, 0.1, Finished),
+    ];
+    let t = tables::build(&runs, LrSelection::PerNoise);
+    let html = adanoise::report::render::html(&t, &runs).unwrap();
+    assert!(html.contains("-0.2000 (1 pair)"), "the Δ is shown");
+    assert!(
+        !html.contains("class=\"neg\"") && !html.contains("class=\"pos\""),
+        "a single pair has no interval: no colour"
+    );
+    let csv = adanoise::report::render::csv(&t).unwrap();
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let column = headers.iter().position(|h| h == "val_acc_std").unwrap();
+    for record in reader.records() {
+        assert_eq!(&record.unwrap()[column], "", "no std for one seed");
+    }
+}
+
+#[test]
+fn a_baseline_made_twice_by_the_grid_counts_each_seed_once() {
+    use RunStatus::*;
+    // `noise = none` crossed with two policies: the same run twice per seed.
+    let runs = vec![
+        record_with("none", 0.1, 0, 0.60, 0.1, Finished, ""),
+        record_with("none", 0.1, 1, 0.62, 0.1, Finished, ""),
+        record_with("none", 0.1, 0, 0.60, 0.1, Finished, "noise_sigma = 0.05"),
+        record_with("none", 0.1, 1, 0.62, 0.1, Finished, "noise_sigma = 0.05"),
+        record("gaussian", 0.1, 0, 0.61, 0.1, Finished),
+        record("gaussian", 0.1, 1, 0.64, 0.1, Finished),
+    ];
+    let t = tables::build(&runs, LrSelection::PerNoise);
+    let rows = &t.by_optimizer[0].1;
+    assert_eq!(rows.len(), 2, "one baseline row");
+    assert_eq!(rows[0].val_acc.n, 2, "each seed once");
+    assert_eq!(rows[0].duplicates, 2);
+    assert_eq!(rows[1].delta_val_acc.unwrap().n, 2);
+    let md = adanoise::report::render::markdown(&t);
+    assert!(md.contains("2 duplicate run(s)"), "{md}");
+}
+
+#[test]
+fn every_format_names_what_did_not_finish_and_mixed_validation_is_said() {
+    use RunStatus::*;
+    let runs = vec![
+        record("none", 0.1, 0, 0.60, 0.1, Finished),
+        record_with("none", 0.1, 0, 0.60, 0.1, Finished, "val_split = 10"),
+        record("uniform", 0.1, 0, 0.0, 0.0, Diverged),
+        record_with(
+            "gaussian",
+            0.1,
+            0,
+            0.5,
+            0.1,
+            Finished,
+            "noise_policy = 'constant'",
+        ),
+    ];
+    let t = tables::build(&runs, LrSelection::PerNoise);
+    let md = adanoise::report::render::markdown(&t);
+    assert!(
+        md.contains("No finished run for sgd / tiny-cnn / uniform"),
+        "{md}"
+    );
+    assert!(
+        md.contains("val_split=0 are validated on the test set"),
+        "{md}"
+    );
+    let csv = adanoise::report::render::csv(&t).unwrap();
+    assert!(csv.contains("no finished run at any rate"), "{csv}");
+    assert!(csv.contains("diverged after 1/2 epochs"), "{csv}");
+    let latex = adanoise::report::render::latex(&t);
+    assert!(
+        latex.contains("no finished run for sgd / tiny-cnn / uniform"),
+        "{latex}"
+    );
+    assert!(latex.contains("diverged after 1/2 epochs"), "{latex}");
+    // The constant policy follows no decision: no cooldown count for it.
+    let constant = t.by_optimizer[0]
+        .1
+        .iter()
+        .find(|r| r.policy.starts_with("constant"))
+        .unwrap();
+    assert_eq!(constant.cooldown_epochs, None);
 }

@@ -56,6 +56,16 @@ pub fn annealed_sigma(eta: f64, gamma: f64, step: u64) -> f64 {
     (eta / (1.0 + step as f64).powf(gamma)).sqrt()
 }
 
+/// `v` as a person reads it: plain for everyday magnitudes, in exponent form for very
+/// large or very small ones (`1e300`, not 301 digits).
+pub fn compact(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,11 +103,14 @@ impl PolicyConfig {
     /// Rejects parameters the policy cannot use.
     pub fn validate(&self) -> Result<(), PolicyError> {
         let check = |name: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
+            // The noise is drawn and added in f32: a sigma beyond f32's range is infinite there.
+            if v.is_finite() && v >= 0.0 && v <= f32::MAX as f64 {
                 Ok(())
             } else {
                 Err(PolicyError(format!(
-                    "--{name} must be a finite number >= 0 (got {v})"
+                    "--{name} must be a number from 0 to {:e} (f32's largest; got {})",
+                    f32::MAX,
+                    crate::formulas::compact(v)
                 )))
             }
         };
@@ -139,13 +142,45 @@ impl PolicyConfig {
 
     /// A short label for reports: `adaptive`, `constant 0.01`, `annealed eta 0.01 gamma 0.55`.
     pub fn label(&self) -> String {
+        use crate::formulas::compact;
         match self.policy {
             NoisePolicy::Adaptive => "adaptive".into(),
-            NoisePolicy::Constant => format!("constant {}", self.noise_sigma),
+            NoisePolicy::Constant => format!("constant {}", compact(self.noise_sigma)),
             NoisePolicy::Annealed => format!(
                 "annealed eta {} gamma {}",
-                self.anneal_eta, self.anneal_gamma
+                compact(self.anneal_eta),
+                compact(self.anneal_gamma)
             ),
+        }
+    }
+
+    /// Why this policy with noise `kind` would inject nothing, naming the option to change;
+    /// `None` when it injects (or, being adaptive, may inject or only record).
+    pub fn injects_nothing(&self, kind: NoiseKind) -> Option<String> {
+        use crate::formulas::compact;
+        match self.policy {
+            NoisePolicy::Adaptive => None,
+            _ if kind == NoiseKind::None => Some(format!(
+                "--noise-policy {} injects noise at every step, but --noise is none, so it would inject nothing: pass --noise gaussian or --noise uniform, or leave --noise-policy at adaptive (with --noise none the adaptive scheduler only decides and records)",
+                self.policy
+            )),
+            NoisePolicy::Constant if self.noise_sigma == 0.0 => Some(
+                "--noise-policy constant with --noise-sigma 0 injects nothing: give a sigma above 0, or --noise none for a run without noise".into(),
+            ),
+            NoisePolicy::Annealed if self.anneal_eta == 0.0 => Some(format!(
+                "--noise-policy annealed with --anneal-eta 0 injects nothing (sigma_t^2 = eta / (1 + t)^{}): give an eta above 0, or --noise none for a run without noise",
+                compact(self.anneal_gamma)
+            )),
+            _ => None,
+        }
+    }
+
+    /// The option that lowers this policy's noise, for advice after a divergence.
+    pub fn sigma_option(&self) -> &'static str {
+        match self.policy {
+            NoisePolicy::Adaptive => "--sigma-max",
+            NoisePolicy::Constant => "--noise-sigma",
+            NoisePolicy::Annealed => "--anneal-eta",
         }
     }
 }

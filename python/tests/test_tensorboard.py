@@ -40,7 +40,8 @@ def train(tmp_path, *extra):
         "--tensorboard", str(tb), "--tensorboard-every", "3", *extra,
     )
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0, "tensors": 0})
+    # Each run logs into a folder of its own, named as its run directory.
+    acc = EventAccumulator(str(tb / run.name), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return metrics, acc
 
@@ -107,7 +108,7 @@ def test_a_killed_and_resumed_run_continues_the_same_curves(tmp_path):
     subprocess.run([*args, "--resume"], check=True, capture_output=True)
     metrics = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == list(range(1, 31))
-    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(tb / run.name), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     events = acc.Scalars("epoch/val_loss")
     assert [e.step for e in events] == [m["steps"] for m in metrics]

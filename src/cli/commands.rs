@@ -90,10 +90,15 @@ fn train_command(args: TrainArgs) -> Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(config.default_run_name()));
+    // One folder per run under a shared --tensorboard DIR (as a sweep gives each cell), so
+    // that two runs logging there stay two runs in TensorBoard.
+    let run_name = out
+        .file_name()
+        .map_or_else(|| PathBuf::from("run"), PathBuf::from);
     let options = RunOptions {
         resume: args.resume,
         offline: args.offline,
-        tensorboard: args.tensorboard.clone(),
+        tensorboard: args.tensorboard.as_ref().map(|dir| dir.join(&run_name)),
         tensorboard_every: args.tensorboard_every,
         ..Default::default()
     };

@@ -3,16 +3,18 @@
 //! pipe (sweep cells, Slurm tasks), one line per recorded epoch and per noise
 //! decision, and a byte counter for downloads.
 
-use crate::events::{CellOutcome, Event, Observer, Progress, RunStart};
+use crate::events::{CellOutcome, Event, Observer, Progress, RunStart, SweepProgress};
 use crate::train::metrics::{EpochMetrics, NoiseApplied};
-use adanoise_core::NoiseKind;
+use adanoise_core::{NoiseKind, PolicyConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::time::Instant;
 
 /// The command line's [`Observer`].
 pub(crate) struct Console {
     epoch: Option<EpochBar>,
     download: Option<ProgressBar>,
+    run: Option<RunClock>,
 }
 
 impl Console {
@@ -20,7 +22,52 @@ impl Console {
         Self {
             epoch: None,
             download: None,
+            run: None,
         }
+    }
+}
+
+/// The whole run's time: what it has taken so far (earlier processes included) and an
+/// estimate of what is left, from this process's pace (evaluation included).
+struct RunClock {
+    started: Instant,
+    earlier_seconds: f64,
+    first_step: u64,
+    total_steps: u64,
+}
+
+impl RunClock {
+    fn new(start: &RunStart) -> Self {
+        let (done, step) = start.resumed.unwrap_or((0, None));
+        Self {
+            started: Instant::now(),
+            earlier_seconds: start.earlier_seconds,
+            first_step: done * start.steps_per_epoch + step.unwrap_or(0),
+            total_steps: start.epochs * start.steps_per_epoch,
+        }
+    }
+
+    /// `run 1h02m, about 2h13m left` at global step `step`.
+    fn describe(&self, step: u64) -> String {
+        let here = self.started.elapsed().as_secs_f64();
+        let elapsed = duration(self.earlier_seconds + here);
+        let done_here = step.saturating_sub(self.first_step);
+        if done_here == 0 {
+            return format!("run {elapsed}");
+        }
+        let left = self.total_steps.saturating_sub(step) as f64 * here / done_here as f64;
+        format!("run {elapsed}, about {} left", duration(left))
+    }
+}
+
+/// `45s`, `12m05s`, `2h13m`, `3d04h`.
+pub(crate) fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
 }
 
@@ -36,7 +83,10 @@ impl Observer for Console {
                     bar.finish_and_clear();
                 }
             }
-            Event::RunStarted(start) => run_started(start),
+            Event::RunStarted(start) => {
+                self.run = Some(RunClock::new(start));
+                run_started(start)
+            }
             Event::AlreadyFinished { dir, epochs } => {
                 println!(
                     "{} already finished {epochs} epochs; nothing to do",
@@ -50,17 +100,20 @@ impl Observer for Console {
                 noise,
             } => self.epoch = Some(EpochBar::new(*epoch, *epochs, *steps, noise_note(noise))),
             Event::Progress(progress) => {
+                let clock = self.run.as_ref().map(|c| c.describe(progress.global_step));
                 if let Some(bar) = self.epoch.as_mut() {
-                    bar.update(progress);
+                    bar.update(progress, clock.as_deref().unwrap_or_default());
                 }
             }
             Event::EpochEnded {
                 metrics,
                 epochs,
                 noise,
+                policy,
             } => {
                 self.finish_epoch();
-                epoch_ended(metrics, *epochs, *noise);
+                let clock = self.run.as_ref().map(|c| c.describe(metrics.steps));
+                epoch_ended(metrics, *epochs, *noise, policy, clock.as_deref());
             }
             Event::Stopped { epoch, step } => {
                 self.finish_epoch();
@@ -79,7 +132,11 @@ impl Observer for Console {
                 name,
                 values,
             } => println!("[{started}/{total}] start {name} ({values})"),
-            Event::CellEnded { name, outcome } => cell_ended(name, outcome),
+            Event::CellEnded {
+                name,
+                outcome,
+                sweep,
+            } => cell_ended(name, outcome, sweep),
         }
     }
 }
@@ -116,13 +173,19 @@ fn run_started(start: &RunStart) {
     );
 }
 
-fn epoch_ended(m: &EpochMetrics, epochs: u64, noise: NoiseKind) {
+fn epoch_ended(
+    m: &EpochMetrics,
+    epochs: u64,
+    noise: NoiseKind,
+    policy: &PolicyConfig,
+    clock: Option<&str>,
+) {
     let test = match (m.test_loss, m.test_acc) {
         (Some(loss), Some(acc)) => format!(" | test loss {loss:.4} acc {acc:.4}"),
         _ => String::new(),
     };
     println!(
-        "epoch {}/{epochs}{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4}{test} | grad norm {:.4} update {:.3e} | lr {:.3e} | {:.1}s {:.0} img/s",
+        "epoch {}/{epochs}{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4}{test} | grad norm {:.4} update {:.3e} | lr {:.3e} | {:.1}s {:.0} img/s{}",
         m.epoch,
         noise_note(&m.noise_applied),
         m.train_loss,
@@ -133,18 +196,33 @@ fn epoch_ended(m: &EpochMetrics, epochs: u64, noise: NoiseKind) {
         m.weight_update,
         m.lr,
         m.seconds,
-        m.images_per_s
+        m.images_per_s,
+        clock.map_or(String::new(), |c| format!(" | {c}"))
     );
     if let Some(d) = m.decision.as_ref().filter(|d| !d.flags.is_empty()) {
         println!(
             "  noise scheduler after epoch {}: {}",
             m.epoch,
-            d.describe(noise)
+            d.describe(noise, policy)
         );
     }
 }
 
-fn cell_ended(name: &str, outcome: &CellOutcome) {
+fn cell_ended(name: &str, outcome: &CellOutcome, sweep: &SweepProgress) {
+    let left = sweep
+        .left_s
+        .map_or(String::new(), |s| format!(", about {} left", duration(s)));
+    let stand = format!(
+        "  [sweep: {}/{} cells done, {}{left}]",
+        sweep.done,
+        sweep.total,
+        duration(sweep.elapsed_s)
+    );
+    cell_outcome(name, outcome);
+    println!("{stand}");
+}
+
+fn cell_outcome(name: &str, outcome: &CellOutcome) {
     match outcome {
         CellOutcome::Done { seconds, val_acc } => println!(
             "        done  {name} in {seconds:.0}s: val acc {:.4}",
@@ -207,9 +285,9 @@ impl EpochBar {
         }
     }
 
-    fn update(&mut self, p: &Progress) {
+    fn update(&mut self, p: &Progress, clock: &str) {
         let msg = format!(
-            "loss {:.4} acc {:.4} lr {:.3e} {:.0} img/s{}",
+            "loss {:.4} acc {:.4} lr {:.3e} {:.0} img/s{} | {clock}",
             p.loss, p.acc, p.lr, p.images_per_s, self.note
         );
         match &self.bar {
@@ -246,4 +324,36 @@ fn bytes_bar(total: Option<u64>) -> ProgressBar {
             .expect("valid template"),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(duration(44.6), "45s");
+        assert_eq!(duration(725.0), "12m05s");
+        assert_eq!(duration(2.0 * 3600.0 + 13.0 * 60.0 + 7.0), "2h13m");
+        assert_eq!(duration(3.0 * 86400.0 + 4.5 * 3600.0), "3d04h");
+    }
+
+    #[test]
+    fn the_run_clock_projects_this_process_pace_onto_the_steps_left() {
+        let start = RunStart {
+            dir: std::path::Path::new("r"),
+            what: String::new(),
+            images: (0, 0, None),
+            steps_per_epoch: 10,
+            resumed: Some((2, Some(5))),
+            epochs: 10,
+            earlier_seconds: 100.0,
+        };
+        let mut clock = RunClock::new(&start);
+        assert_eq!(clock.first_step, 25);
+        assert_eq!(clock.describe(25), "run 1m40s");
+        // 5 steps in 10 s: the 70 steps left take 140 s.
+        clock.started -= std::time::Duration::from_secs(10);
+        assert_eq!(clock.describe(30), "run 1m50s, about 2m20s left");
+    }
 }

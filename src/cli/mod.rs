@@ -97,12 +97,12 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub offline: bool,
-    /// Also write TensorBoard event files into this directory (`tensorboard --logdir DIR`).
+    /// Also write TensorBoard event files into DIR/<run name> (`tensorboard --logdir DIR`).
     #[arg(long, value_name = "DIR")]
     #[serde(skip)]
     pub tensorboard: Option<PathBuf>,
     /// Steps between two TensorBoard points of the running training loss and the LR [50].
-    #[arg(long, value_name = "STEPS", requires = "tensorboard")]
+    #[arg(long, value_name = "STEPS", requires = "tensorboard", value_parser = clap::value_parser!(u64).range(1..))]
     #[serde(skip)]
     pub tensorboard_every: Option<u64>,
     #[arg(long, value_enum)]
@@ -293,8 +293,12 @@ pub(crate) struct SweepArgs {
     /// The sweep's output directory [the file's `out`, else sweeps/<file name>].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Points every cell at this data folder (as `--set data_dir=DIR`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Trains every cell on this backend (as `--set device=DEVICE`).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceKind>,
     /// Threads per cell [cores / workers].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -336,7 +340,7 @@ pub(crate) struct SweepArgs {
     #[arg(long, value_name = "DIR")]
     pub tensorboard: Option<PathBuf>,
     /// Steps between two TensorBoard points of the running training loss and the LR [50].
-    #[arg(long, value_name = "STEPS", requires = "tensorboard")]
+    #[arg(long, value_name = "STEPS", requires = "tensorboard", value_parser = clap::value_parser!(u64).range(1..))]
     pub tensorboard_every: Option<u64>,
 }
 

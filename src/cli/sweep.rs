@@ -7,7 +7,8 @@ use super::console::Console;
 use crate::experiments::runner::{CellLogging, CellOptions};
 use crate::experiments::slurm::{self, SlurmOptions, Submitted};
 use crate::experiments::{
-    CellRun, Sweep, SweepOverrides, cell_status, read_cells, run_cell, run_sweep,
+    BaseOverrides, Cell, CellRun, Sweep, SweepFile, SweepOverrides, cell_status, read_cells,
+    run_cell, run_sweep,
 };
 use crate::train::interrupt::EXIT_INTERRUPTED;
 use anyhow::Result;
@@ -24,14 +25,17 @@ fn cell_options(args: &SweepArgs, cell: &crate::experiments::Cell) -> CellOption
 
 pub(super) fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
     let overrides = SweepOverrides {
-        set: args.set.clone(),
+        base: BaseOverrides {
+            set: args.set.clone(),
+            data_dir: args.data_dir.clone(),
+            device: args.device,
+        },
         // One cell of the pinned list: filters would only hide it.
         only: if args.cell.is_some() {
             Vec::new()
         } else {
             args.only.clone()
         },
-        data_dir: args.data_dir.clone(),
         out: args.out.clone(),
     };
     if let Some(index) = args.cell {
@@ -52,6 +56,11 @@ pub(super) fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
             sbatch_args: args.sbatch_arg.clone(),
             signal_grace_s: args.signal_grace,
             dry_run: args.dry_run,
+            threads: args.threads,
+            logging: CellLogging {
+                tensorboard: args.tensorboard.clone(),
+                tensorboard_every: args.tensorboard_every,
+            },
         };
         submitted(&slurm::submit(&sweep, &options)?, &sweep, args);
         return Ok(ExitCode::SUCCESS);
@@ -60,37 +69,39 @@ pub(super) fn sweep_command(args: &SweepArgs) -> Result<ExitCode> {
 }
 
 /// `--cell INDEX`: one cell of the list pinned in the output directory (a job array's
-/// task, or a sweep's own worker process).
+/// task, or a sweep's own worker process, both with `--pinned`; or a user's command).
 fn one_cell(args: &SweepArgs, overrides: &SweepOverrides, index: usize) -> Result<ExitCode> {
     // The sweep file, read at most once and only when needed: a job array's task (with
     // `--out` and `--pinned`, its cells pinned) never reads it.
-    let mut file_sweep = None;
+    let mut file = None;
     let out = match &args.out {
         Some(out) => out.clone(),
-        None => loaded(&mut file_sweep, args, overrides)?.out.clone(),
+        None => read_once(&mut file, args)?.out_dir(None)?,
     };
     let cells = match read_cells(&out) {
         Ok(cells) => cells,
         Err(_) => {
-            let sweep = loaded(&mut file_sweep, args, overrides)?;
+            let sweep = read_once(&mut file, args)?.resolve(overrides)?;
             sweep.write_cells()?;
-            sweep.cells.clone()
+            sweep.cells
         }
     };
-    let Some(cell) = cells.iter().find(|c| c.index == index) else {
+    let Some(pinned) = cells.into_iter().find(|c| c.index == index) else {
         anyhow::bail!(
             "the sweep in {} has no cell with index {index}; `adanoise sweep {} --list` shows them",
             out.display(),
             args.file.display()
         );
     };
-    if !args.pinned {
-        let now = loaded(&mut file_sweep, args, overrides)?;
-        check_pinned_cell(cell, now, &args.file, &out)?;
-    }
+    let cell = if args.pinned {
+        as_pinned(pinned, &overrides.base)?
+    } else {
+        let file = read_once(&mut file, args)?;
+        checked_against_file(pinned, file, overrides, &out)?
+    };
     crate::train::interrupt::install()?;
     Ok(
-        match run_cell(&out, cell, &cell_options(args, cell), &mut Console::new())? {
+        match run_cell(&out, &cell, &cell_options(args, &cell), &mut Console::new())? {
             CellRun::Finished => ExitCode::SUCCESS,
             CellRun::Busy => {
                 println!(
@@ -105,15 +116,80 @@ fn one_cell(args: &SweepArgs, overrides: &SweepOverrides, index: usize) -> Resul
 }
 
 /// The sweep file as `slot` holds it, read into it first if it is not there yet.
-fn loaded<'a>(
-    slot: &'a mut Option<Sweep>,
-    args: &SweepArgs,
-    overrides: &SweepOverrides,
-) -> Result<&'a Sweep> {
+fn read_once<'a>(slot: &'a mut Option<SweepFile>, args: &SweepArgs) -> Result<&'a SweepFile> {
     if slot.is_none() {
-        *slot = Some(Sweep::load(&args.file, overrides)?);
+        *slot = Some(SweepFile::read(&args.file)?);
     }
-    Ok(slot.as_ref().expect("loaded just above"))
+    Ok(slot.as_ref().expect("read just above"))
+}
+
+/// `--pinned`: the cell exactly as pinned. Only where its data lives may change (`--data-dir`,
+/// a folder that moved); an option that would change what it computes is refused.
+fn as_pinned(mut cell: Cell, overrides: &BaseOverrides) -> Result<Cell> {
+    if !overrides.set.is_empty() || overrides.device.is_some() {
+        anyhow::bail!(
+            "--pinned runs cell {} ({}) exactly as pinned, but {} would change it: drop those options, or leave out --pinned to resolve the cell from the sweep file again",
+            cell.index,
+            cell.name,
+            BaseOverrides {
+                data_dir: None,
+                ..overrides.clone()
+            }
+            .describe()
+        );
+    }
+    if let Some(dir) = &overrides.data_dir {
+        cell.config.data_dir = dir.clone();
+    }
+    Ok(cell)
+}
+
+/// The cell the sweep file makes at the pinned cell's index, resolved with the options given
+/// now or, for those not given, the ones the cell was pinned with; refused when it is another
+/// cell than the pinned one (the file was edited since). Options that only say where the run
+/// executes (`data_dir`, `threads`) may differ, and are taken from the file.
+fn checked_against_file(
+    pinned: Cell,
+    file: &SweepFile,
+    overrides: &SweepOverrides,
+    out: &std::path::Path,
+) -> Result<Cell> {
+    let base = overrides.base.or(&pinned.pinned_with);
+    let resolved = file.resolve(&SweepOverrides {
+        base: base.clone(),
+        ..overrides.clone()
+    })?;
+    let now = resolved.cells.into_iter().find(|c| c.index == pinned.index);
+    let differences = now
+        .as_ref()
+        .map(|c| pinned.config.differences(&c.config))
+        .unwrap_or_default();
+    let now_name = now
+        .as_ref()
+        .map_or("no cell".to_string(), |c| format!("'{}'", c.name));
+    if let Some(now) = now.filter(|c| c.name == pinned.name && differences.is_empty()) {
+        return Ok(now);
+    }
+    let with = if base.is_empty() {
+        String::new()
+    } else {
+        format!(" (with {})", base.describe())
+    };
+    let what = if differences.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", differences.join(", "))
+    };
+    anyhow::bail!(
+        "cell {} pinned in {}/{} is '{}', but {}{with} now makes it {now_name}{what}: the file changed since the cells were pinned. \
+         Run `adanoise sweep {}` (which re-pins the file's cells), or pass --pinned to run the pinned cell",
+        pinned.index,
+        out.display(),
+        crate::experiments::sweep::CELLS_FILE,
+        pinned.name,
+        file.path().display(),
+        file.path().display()
+    )
 }
 
 /// Runs every cell not done, `--workers` at a time, and says how it went.
@@ -157,31 +233,6 @@ fn all_cells(args: &SweepArgs, sweep: &Sweep) -> Result<ExitCode> {
         return Ok(exit_code(EXIT_INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Refuses `--cell INDEX` when the sweep file now makes cell INDEX another cell than the one
-/// pinned in the output directory (the file was edited since the cells were pinned).
-fn check_pinned_cell(
-    pinned: &crate::experiments::Cell,
-    sweep: &Sweep,
-    file: &std::path::Path,
-    out: &std::path::Path,
-) -> Result<()> {
-    let now = sweep.cells.iter().find(|c| c.index == pinned.index);
-    if now.is_some_and(|c| c.name == pinned.name && c.config == pinned.config) {
-        return Ok(());
-    }
-    let now = now.map_or("no cell".to_string(), |c| format!("'{}'", c.name));
-    anyhow::bail!(
-        "cell {} pinned in {}/{} is '{}', but {} now makes it {now}: the file changed since the cells were pinned. \
-         Run `adanoise sweep {}` (which re-pins the file's cells), or pass --pinned to run the pinned cell",
-        pinned.index,
-        out.display(),
-        crate::experiments::sweep::CELLS_FILE,
-        pinned.name,
-        file.display(),
-        file.display()
-    )
 }
 
 /// Says what `--slurm` did.

@@ -48,6 +48,12 @@ pub fn hold_out(data: &mut Dataset, n: usize, seed: u64) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
+    let classes = data.classes.len();
+    if n < classes {
+        bail!(
+            "--val-split {n} is smaller than the number of classes ({classes}): a stratified split needs at least one held-out image per class; use --val-split {classes} or more (or 0 to validate on the test set)"
+        );
+    }
     if n >= data.train.len() {
         bail!(
             "--val-split {n} would hold out every training image (the training set has {}); use a smaller --val-split",
@@ -141,5 +147,10 @@ mod tests {
         assert!(err.contains("every training image"), "{err}");
         let err = hold_out(&mut data.clone(), 3, 1).unwrap_err().to_string();
         assert!(err.contains("class 'b'"), "{err}");
+        let err = hold_out(&mut data.clone(), 1, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("smaller than the number of classes (2)"),
+            "{err}"
+        );
     }
 }

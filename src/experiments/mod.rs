@@ -8,4 +8,4 @@ pub mod sweep;
 
 pub use cell_state::{CellState, CellStatus, cell_status};
 pub use runner::{CellRun, SweepOutcome, run_cell, run_sweep};
-pub use sweep::{Cell, Sweep, SweepOverrides, read_cells};
+pub use sweep::{BaseOverrides, Cell, Sweep, SweepFile, SweepOverrides, read_cells};

@@ -4,7 +4,7 @@
 
 use super::cell_state::{CellState, cell_status, clear_failure, record_failure};
 use super::sweep::{Cell, Sweep, describe};
-use crate::events::{CellOutcome, Event, Observer};
+use crate::events::{CellOutcome, Event, Observer, SweepProgress};
 use crate::train::lock::RunBusy;
 use crate::train::run_dir::create_and_lock;
 use crate::train::{RunOptions, train_holding};
@@ -35,6 +35,22 @@ pub struct CellLogging {
     pub tensorboard: Option<PathBuf>,
     /// Steps between two TensorBoard points of the running loss and the LR.
     pub tensorboard_every: Option<u64>,
+}
+
+impl CellLogging {
+    /// The `sweep --cell` options that give a cell process this logging.
+    pub fn arguments(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let Some(dir) = &self.tensorboard {
+            args.push("--tensorboard".into());
+            args.push(dir.clone().into_os_string());
+        }
+        if let Some(every) = self.tensorboard_every {
+            args.push("--tensorboard-every".into());
+            args.push(every.to_string().into());
+        }
+        args
+    }
 }
 
 /// How one cell runs in its process.
@@ -85,10 +101,22 @@ pub fn run_sweep(
     )));
     let mut running: Vec<(&Cell, Child, Instant)> = Vec::new();
     let mut started = 0;
+    let mut pace = Pace {
+        started: Instant::now(),
+        cell_seconds: Vec::new(),
+        workers,
+        total: sweep.cells.len(),
+    };
+    let mut forwarded = false;
     while !queue.is_empty() || !running.is_empty() {
         if crate::train::interrupt::requested() {
-            // Stop starting cells; the running ones checkpoint and exit on the same signal.
+            // Stop starting cells; the running ones checkpoint and exit. A Ctrl-C reaches
+            // them too, but a signal sent to this process alone (`kill PID`) must as well.
             queue.clear();
+            if !forwarded {
+                running.iter().for_each(|(_, child, _)| ask_to_stop(child));
+                forwarded = true;
+            }
         }
         while running.len() < workers && !queue.is_empty() {
             let cell = queue.remove(0);
@@ -109,9 +137,27 @@ pub fn run_sweep(
             running.push((cell, child, Instant::now()));
         }
         std::thread::sleep(Duration::from_millis(100));
-        reap_ended(sweep, &mut running, &mut outcome, observer)?;
+        reap_ended(
+            sweep,
+            &mut running,
+            queue.len(),
+            &mut pace,
+            &mut outcome,
+            observer,
+        )?;
     }
     Ok(outcome)
+}
+
+/// Asks a cell process to checkpoint and exit (SIGTERM, which it never takes as "exit at
+/// once").
+fn ask_to_stop(child: &Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: signalling a child process this process started and has not reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
 }
 
 /// Counts `cell` if it is done or held by another process; true when it still has to run.
@@ -124,11 +170,39 @@ fn still_to_run(sweep: &Sweep, cell: &Cell, outcome: &mut SweepOutcome) -> bool 
     false
 }
 
+/// How fast this invocation gets through the sweep, for its estimate of the time left.
+struct Pace {
+    started: Instant,
+    /// Wall time of each cell this invocation finished.
+    cell_seconds: Vec<f64>,
+    workers: usize,
+    total: usize,
+}
+
+impl Pace {
+    /// Seconds until the `queued` cells and those `running` are done: each takes the mean
+    /// time of the cells finished so far (a running one, what it has left of that), shared
+    /// among the workers. None before a cell finished.
+    fn left(&self, queued: usize, running: &[(&Cell, Child, Instant)]) -> Option<f64> {
+        if self.cell_seconds.is_empty() {
+            return None;
+        }
+        let mean = self.cell_seconds.iter().sum::<f64>() / self.cell_seconds.len() as f64;
+        let in_flight: f64 = running
+            .iter()
+            .map(|(_, _, since)| (mean - since.elapsed().as_secs_f64()).max(0.0))
+            .sum();
+        Some((queued as f64 * mean + in_flight) / self.workers as f64)
+    }
+}
+
 /// Removes the cells whose process has exited from `running`, counting and reporting how
-/// each ended.
+/// each ended, with where the sweep stands.
 fn reap_ended(
     sweep: &Sweep,
     running: &mut Vec<(&Cell, Child, Instant)>,
+    queued: usize,
+    pace: &mut Pace,
     outcome: &mut SweepOutcome,
     observer: &mut dyn Observer,
 ) -> Result<()> {
@@ -141,21 +215,32 @@ fn reap_ended(
         let (cell, _, since) = running.remove(i);
         let ended = cell_outcome(sweep, cell, status, since.elapsed().as_secs_f64());
         match &ended {
-            CellOutcome::Done { .. } => outcome.finished += 1,
+            CellOutcome::Done { seconds, .. } => {
+                outcome.finished += 1;
+                pace.cell_seconds.push(*seconds);
+            }
             CellOutcome::Interrupted => outcome.interrupted += 1,
             CellOutcome::Busy => outcome.busy += 1,
             CellOutcome::Failed(error) => outcome.failed.push((cell.name.clone(), error.clone())),
         }
+        let progress = SweepProgress {
+            done: outcome.done_before + outcome.finished,
+            total: pace.total,
+            elapsed_s: pace.started.elapsed().as_secs_f64(),
+            left_s: pace.left(queued, running),
+        };
         observer.on(&Event::CellEnded {
             name: &cell.name,
             outcome: &ended,
+            sweep: progress,
         });
     }
     Ok(())
 }
 
-/// Starts `adanoise sweep FILE --cell INDEX` for `cell`, its output going to the cell's
-/// `train.log`.
+/// Starts `adanoise sweep FILE --cell INDEX --pinned` for `cell`, its output going to the
+/// cell's `train.log`. The cell runs as this process resolved and pinned it (with every
+/// command-line override), so the child never resolves the file again.
 fn spawn_cell(
     sweep: &Sweep,
     cell: &Cell,
@@ -176,16 +261,12 @@ fn spawn_cell(
         .arg(&sweep.file)
         .arg("--cell")
         .arg(cell.index.to_string())
+        .arg("--pinned")
         .arg("--out")
         .arg(&sweep.out)
         .arg("--threads")
-        .arg(threads.to_string());
-    if let Some(dir) = &logging.tensorboard {
-        command.arg("--tensorboard").arg(dir);
-    }
-    if let Some(every) = logging.tensorboard_every {
-        command.arg("--tensorboard-every").arg(every.to_string());
-    }
+        .arg(threads.to_string())
+        .args(logging.arguments());
     command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -37,6 +37,10 @@ pub struct SlurmOptions {
     pub signal_grace_s: u32,
     /// Print the script instead of submitting it.
     pub dry_run: bool,
+    /// Threads per cell, instead of the task's CPUs.
+    pub threads: Option<usize>,
+    /// Each cell's TensorBoard logging.
+    pub logging: super::runner::CellLogging,
 }
 
 /// One submitted job array.
@@ -124,7 +128,7 @@ pub fn script(
 set -u
 cell=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {tasks})
 echo "[$(date -Is)] array task $SLURM_ARRAY_TASK_ID (job $SLURM_JOB_ID, restart ${{SLURM_RESTART_COUNT:-0}}): cell $cell"
-{exe} sweep {file} --cell "$cell" --pinned --out {out} --threads "${{SLURM_CPUS_PER_TASK:-1}}" &
+{exe} sweep {file} --cell "$cell" --pinned --out {out} --threads {threads}{logging} &
 child=$!
 # Before the time limit: the cell finishes its step, checkpoints and exits; then requeue this task.
 trap 'kill -USR1 "$child" 2>/dev/null; wait "$child"; scontrol requeue "$SLURM_JOB_ID"; exit 0' USR1
@@ -138,8 +142,25 @@ exit $?
         tasks = sh_quote(&absolute(tasks_file)?)?,
         exe = sh_quote(exe)?,
         out = sh_quote(&out)?,
+        threads = options
+            .threads
+            .map_or("\"${SLURM_CPUS_PER_TASK:-1}\"".to_string(), |n| n.to_string()),
+        logging = logging_options(&options.logging)?,
     ));
     Ok(s)
+}
+
+/// The cell's logging options as script words, paths made absolute (a task may start
+/// elsewhere).
+fn logging_options(logging: &super::runner::CellLogging) -> Result<String> {
+    let mut words = String::new();
+    if let Some(dir) = &logging.tensorboard {
+        words.push_str(&format!(" --tensorboard {}", sh_quote(&absolute(dir)?)?));
+    }
+    if let Some(every) = logging.tensorboard_every {
+        words.push_str(&format!(" --tensorboard-every {every}"));
+    }
+    Ok(words)
 }
 
 /// What `submit` did.
@@ -329,6 +350,11 @@ mod tests {
             sbatch_args: vec!["--account=lab".into()],
             signal_grace_s: 300,
             dry_run: true,
+            threads: None,
+            logging: crate::experiments::runner::CellLogging {
+                tensorboard: Some("/tb dir".into()),
+                tensorboard_every: Some(7),
+            },
         };
         let text = script(
             &sweep,
@@ -350,6 +376,8 @@ mod tests {
             "sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" /x/tasks.txt",
             "/bin/adanoise sweep",
             "--cell \"$cell\"",
+            "--threads \"${SLURM_CPUS_PER_TASK:-1}\"",
+            "--tensorboard '/tb dir' --tensorboard-every 7",
             "scontrol requeue",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");

@@ -5,6 +5,7 @@
 //! is an ordinary run directory under the sweep's output directory, named from
 //! its values.
 
+use crate::device::DeviceKind;
 use crate::fsio::write_atomic;
 use crate::train::TrainConfig;
 use anyhow::{Context, Result, bail};
@@ -25,6 +26,10 @@ pub struct Cell {
     pub values: Vec<(String, String)>,
     /// Its training configuration.
     pub config: TrainConfig,
+    /// The command-line changes its sweep file was resolved with when it was pinned, so
+    /// that `--cell INDEX` can resolve the file the same way to see whether it was edited.
+    #[serde(default)]
+    pub pinned_with: BaseOverrides,
 }
 
 /// A resolved sweep: its output directory and every cell.
@@ -38,15 +43,60 @@ pub struct Sweep {
     pub cells: Vec<Cell>,
 }
 
+/// Command-line changes to a sweep's `[base]` options (each cell's config is resolved
+/// with them, and they are pinned with it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaseOverrides {
+    /// `KEY=VALUE` assignments applied to the base configuration (dotted keys for nested tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
+    /// Points every cell at this data folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Trains every cell on this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKind>,
+}
+
+impl BaseOverrides {
+    /// Whether none is given.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// These overrides, each one that is not given taken from `pinned`.
+    pub fn or(&self, pinned: &BaseOverrides) -> BaseOverrides {
+        BaseOverrides {
+            set: if self.set.is_empty() {
+                pinned.set.clone()
+            } else {
+                self.set.clone()
+            },
+            data_dir: self.data_dir.clone().or_else(|| pinned.data_dir.clone()),
+            device: self.device.or(pinned.device),
+        }
+    }
+
+    /// The overrides as command-line options, for messages.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.set.iter().map(|s| format!("--set {s}")).collect();
+        if let Some(dir) = &self.data_dir {
+            parts.push(format!("--data-dir {}", dir.display()));
+        }
+        if let Some(device) = self.device {
+            parts.push(format!("--device {device}"));
+        }
+        parts.join(" ")
+    }
+}
+
 /// Command-line changes to a sweep.
 #[derive(Debug, Clone, Default)]
 pub struct SweepOverrides {
-    /// `KEY=VALUE` assignments applied to the base configuration (dotted keys for nested tables).
-    pub set: Vec<String>,
+    /// Changes to the base options.
+    pub base: BaseOverrides,
     /// `KEY=VALUE` filters: only the cells whose grid (or base) value matches.
     pub only: Vec<String>,
-    /// Points every cell at this data folder.
-    pub data_dir: Option<PathBuf>,
     /// The output directory, instead of the file's.
     pub out: Option<PathBuf>,
 }
@@ -122,14 +172,17 @@ fn name_part(key: &str, value: &toml::Value) -> String {
 type Axes = Vec<(String, Vec<toml::Value>)>;
 
 /// A sweep file split into its three parts, before any cell is made.
-struct SweepFile {
+#[derive(Debug, Clone)]
+pub struct SweepFile {
+    path: PathBuf,
     base: toml::Table,
     axes: Axes,
     out: Option<toml::Value>,
 }
 
 impl SweepFile {
-    fn read(path: &Path) -> Result<SweepFile> {
+    /// Reads and checks the shape of a sweep file (its cells are made by [`SweepFile::resolve`]).
+    pub fn read(path: &Path) -> Result<SweepFile> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("could not read the sweep file {}", path.display()))?;
         let mut file: toml::Table = text
@@ -164,28 +217,43 @@ impl SweepFile {
             };
             axes.push((key, values));
         }
-        Ok(SweepFile { base, axes, out })
+        Ok(SweepFile {
+            path: path.to_path_buf(),
+            base,
+            axes,
+            out,
+        })
     }
 
-    /// Applies `--set` and `--data-dir` to the base table.
-    fn override_base(&mut self, overrides: &SweepOverrides) -> Result<()> {
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The base table with `--set`, `--data-dir` and `--device` applied.
+    fn overridden_base(&self, overrides: &BaseOverrides) -> Result<toml::Table> {
+        let mut base = self.base.clone();
         for assignment in &overrides.set {
             let (key, value) = parse_assignment(assignment)?;
-            set_dotted(&mut self.base, &key, value);
+            set_dotted(&mut base, &key, value);
         }
         if let Some(dir) = &overrides.data_dir {
-            self.base.insert(
+            base.insert(
                 "data_dir".into(),
                 toml::Value::String(dir.display().to_string()),
             );
         }
-        Ok(())
+        if let Some(device) = overrides.device {
+            base.insert("device".into(), toml::Value::String(device.to_string()));
+        }
+        Ok(base)
     }
 
     /// The output directory: `--out`, else the file's `out`, else `sweeps/<file stem>`.
-    fn out_dir(&self, path: &Path, overrides: &SweepOverrides) -> Result<PathBuf> {
-        Ok(match (&overrides.out, &self.out) {
-            (Some(out), _) => out.clone(),
+    pub fn out_dir(&self, out: Option<&Path>) -> Result<PathBuf> {
+        let path = &self.path;
+        Ok(match (out, &self.out) {
+            (Some(out), _) => out.to_path_buf(),
             (None, Some(toml::Value::String(s))) => PathBuf::from(s),
             (None, Some(_)) => bail!("{}: `out` must be a path string", path.display()),
             (None, None) => {
@@ -201,16 +269,20 @@ impl SweepFile {
         self.axes.iter().map(|(_, v)| v.len()).product()
     }
 
-    /// The full table, grid values and name parts of cell `flat`. The last axis varies
-    /// fastest, like nested loops written in file order.
-    fn cell_table(&self, flat: usize) -> (toml::Table, Vec<(String, String)>, Vec<String>) {
+    /// The full table, grid values and name parts of cell `flat`, over `base`. The last
+    /// axis varies fastest, like nested loops written in file order.
+    fn cell_table(
+        &self,
+        base: &toml::Table,
+        flat: usize,
+    ) -> (toml::Table, Vec<(String, String)>, Vec<String>) {
         let mut picks = vec![0; self.axes.len()];
         let mut rest = flat;
         for (i, (_, vals)) in self.axes.iter().enumerate().rev() {
             picks[i] = rest % vals.len();
             rest /= vals.len();
         }
-        let mut table = self.base.clone();
+        let mut table = base.clone();
         let mut values = Vec::new();
         let mut names = Vec::new();
         let mut assign = |key: &String, value: &toml::Value| {
@@ -227,29 +299,35 @@ impl SweepFile {
         }
         (table, values, names)
     }
-}
 
-impl Sweep {
-    /// Reads a sweep file and resolves every cell (each config validated) with the overrides.
-    pub fn load(path: &Path, overrides: &SweepOverrides) -> Result<Sweep> {
-        let mut file = SweepFile::read(path)?;
-        file.override_base(overrides)?;
-        let out = file.out_dir(path, overrides)?;
+    /// Every cell (each config validated) with the overrides, and the output directory.
+    pub fn resolve(&self, overrides: &SweepOverrides) -> Result<Sweep> {
+        let path = &self.path;
+        let base = self.overridden_base(&overrides.base)?;
+        let out = self.out_dir(overrides.out.as_deref())?;
         let filters: Vec<(String, String)> = overrides
             .only
             .iter()
             .map(|f| parse_assignment(f).map(|(k, v)| (k, show_value(&v))))
             .collect::<Result<_>>()?;
         let mut cells = Vec::new();
-        for flat in 0..file.cell_count() {
-            let (table, values, names) = file.cell_table(flat);
-            let config = TrainConfig::from_table(table.clone()).with_context(|| {
+        for flat in 0..self.cell_count() {
+            let (table, values, names) = self.cell_table(&base, flat);
+            let invalid = || {
                 format!(
                     "{}: the cell {} has an invalid configuration",
                     path.display(),
                     describe(&values)
                 )
-            })?;
+            };
+            let config = TrainConfig::from_table(table.clone()).with_context(invalid)?;
+            if let Err(why) = config.check_injects() {
+                return Err(anyhow::anyhow!(
+                    "{why}. In a grid, set the policy together with the noise, e.g. \
+                     noise = [{{noise = 'none'}}, {{noise = 'gaussian', noise_policy = 'constant'}}]"
+                ))
+                .with_context(invalid);
+            }
             let keep = filters
                 .iter()
                 .all(|(k, v)| cell_value(&values, &table, k).as_deref() == Some(v.as_str()));
@@ -264,6 +342,7 @@ impl Sweep {
                     name,
                     values,
                     config,
+                    pinned_with: overrides.base.clone(),
                 });
             }
         }
@@ -273,6 +352,13 @@ impl Sweep {
             out,
             cells,
         })
+    }
+}
+
+impl Sweep {
+    /// Reads a sweep file and resolves every cell (each config validated) with the overrides.
+    pub fn load(path: &Path, overrides: &SweepOverrides) -> Result<Sweep> {
+        SweepFile::read(path)?.resolve(overrides)
     }
 
     /// The run directory of `cell`.
@@ -382,10 +468,12 @@ mod tests {
     fn overrides_and_filters() {
         let (_d, path) = write(SWEEP);
         let o = SweepOverrides {
-            set: vec!["epochs=7".into(), "noise_scheduler.sigma_max=0.1".into()],
+            base: BaseOverrides {
+                set: vec!["epochs=7".into(), "noise_scheduler.sigma_max=0.1".into()],
+                ..Default::default()
+            },
             only: vec!["optimizer=adam".into(), "lr=0.01".into()],
             out: Some("elsewhere".into()),
-            ..Default::default()
         };
         let sweep = Sweep::load(&path, &o).unwrap();
         assert_eq!(

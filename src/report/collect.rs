@@ -2,7 +2,7 @@
 
 use crate::events::{Event, Observer};
 use crate::noise::NoiseKind;
-use crate::train::run_dir::{CONFIG_FILE, METRICS_FILE, RunDir, read_metrics_file};
+use crate::train::run_dir::{CONFIG_FILE, METRICS_FILE, RunDir, read_complete_metrics};
 use crate::train::{EpochMetrics, RunStatus, Summary, TrainConfig};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -21,8 +21,9 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Reads the run in `dir`.
-    pub fn read(dir: &Path) -> Result<RunRecord> {
+    /// Reads the run in `dir`; a half-written last metrics line (a crashed run) is
+    /// reported to `observer` and left out, the complete epochs kept.
+    pub fn read(dir: &Path, observer: &mut dyn Observer) -> Result<RunRecord> {
         let config = TrainConfig::from_table(TrainConfig::read_table(&dir.join(CONFIG_FILE))?)?;
         let summary = RunDir {
             path: dir.to_path_buf(),
@@ -30,7 +31,11 @@ impl RunRecord {
         .read_summary()?;
         let metrics = dir.join(METRICS_FILE);
         let history = if metrics.exists() {
-            read_metrics_file(&metrics)?
+            let (history, note) = read_complete_metrics(&metrics)?;
+            if let Some(note) = note {
+                observer.on(&Event::Warning(&note));
+            }
+            history
         } else {
             Vec::new()
         };
@@ -119,7 +124,7 @@ pub fn find_runs(root: &Path, depth: usize, observer: &mut dyn Observer) -> Resu
     dirs.dedup();
     let mut runs = Vec::new();
     for dir in dirs {
-        match RunRecord::read(&dir) {
+        match RunRecord::read(&dir, observer) {
             Ok(run) => runs.push(run),
             Err(e) => observer.on(&Event::Warning(&format!(
                 "skipping {}: {e:#}",

@@ -4,7 +4,7 @@
 use super::collect::RunRecord;
 use super::figures::{Figure1, SweepFigure, svg_string};
 use super::stats::Stat;
-use super::tables::{LrSelection, Row, Tables};
+use super::tables::{EmptyGroup, LrSelection, Row, Tables, Validation};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::fmt::Write;
@@ -65,19 +65,27 @@ fn interval(s: &Stat) -> String {
         .map_or(String::new(), |(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
 }
 
-/// `+0.0100`, or `+0.0100 [-0.0050, +0.0250]` with the paired 95 % interval.
+/// `+0.0100 (1 pair)`, or `+0.0100 [-0.0050, +0.0250] (3 pairs)` with the paired 95 %
+/// interval: the count is of the seeds both rows finished.
 fn delta(d: Option<&Stat>) -> String {
     let Some(d) = d else {
         return String::new();
     };
+    let pairs = if d.n == 1 {
+        "1 pair".to_string()
+    } else {
+        format!("{} pairs", d.n)
+    };
     match d.interval() {
-        Some((lo, hi)) => format!("{:+.4} [{lo:+.4}, {hi:+.4}]", d.mean),
-        None => format!("{:+.4}", d.mean),
+        Some((lo, hi)) => format!("{:+.4} [{lo:+.4}, {hi:+.4}] ({pairs})", d.mean),
+        None => format!("{:+.4} ({pairs})", d.mean),
     }
 }
 
 fn epochs(v: f64) -> String {
-    if v.fract() == 0.0 {
+    if v.is_nan() {
+        "-".to_string()
+    } else if v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
@@ -121,6 +129,12 @@ fn note(row: &Row) -> String {
     if row.at_lr.diverged > 0 {
         parts.push("a seed diverged at this rate".to_string());
     }
+    if row.duplicates > 0 {
+        parts.push(format!(
+            "{} duplicate run(s) of a seed already counted left out",
+            row.duplicates
+        ));
+    }
     parts.extend(row.note.clone());
     parts.join("; ")
 }
@@ -144,7 +158,7 @@ fn cells(row: &Row, tables: &Tables) -> Vec<String> {
         delta(row.delta_gap.as_ref()),
         epochs(row.grad_noise_epochs),
         epochs(row.weight_noise_epochs),
-        epochs(row.cooldown_epochs),
+        epochs(row.cooldown_epochs.unwrap_or(f64::NAN)),
         seeds(row),
         note(row),
     ]);
@@ -164,21 +178,25 @@ fn title(optimizer: crate::optim::OptimizerKind) -> String {
 fn explanation(tables: &Tables) -> String {
     let selection = match tables.selection {
         LrSelection::PerNoise => {
-            "Each row is at its own best initial learning rate (highest mean final validation accuracy over finished seeds), as in the study."
+            "Each row is at its own best initial learning rate, as in the study: the highest mean final validation accuracy over the rate's finished and diverged seeds, a diverged seed counting as 0 (unfinished seeds do not count yet)."
         }
         LrSelection::Shared => {
-            "Every row of a model and optimiser is at the learning rate best for its no-noise row (--lr-selection shared), so noisy rows are compared with the baseline at the same rate."
+            "Every row of a model and optimiser is at the learning rate best for its no-noise row (--lr-selection shared; best as the highest mean final validation accuracy over finished and diverged seeds, a diverged seed counting as 0), so noisy rows are compared with the baseline at the same rate."
         }
     };
-    let validation = if tables.held_out {
-        " Validation metrics are on images held out of the training set (--val-split); the learning rate is chosen on them, and the test set is reported apart."
-    } else {
-        " The validation set is the test set, as in the study."
+    let validation = match tables.validation {
+        Validation::HeldOut => {
+            " Validation metrics are on images held out of the training set (--val-split); the learning rate is chosen on them, and the test set is reported apart."
+        }
+        Validation::TestSet => " The validation set is the test set, as in the study.",
+        Validation::Mixed => {
+            " Rows whose runs held out a validation split (val_split above 0) are validated on those held-out images, with the test set reported apart; rows with val_split=0 are validated on the test set, as in the study."
+        }
     };
     format!(
         "Final-epoch metrics over seeds (mean ± sample std; 95 % confidence interval of the mean, Student's t). {selection}{validation} \
-Δ columns: noisy row minus the no-noise row of the same model and optimiser, paired by seed (same initialisation and data order), with the 95 % interval of the paired difference; the loss gap is val loss - train loss. \
-Noise and cooldown epochs are per run (mean over seeds); for noise `none` only the cooldowns the scheduler would have imposed are counted. \
+Δ columns: noisy row minus the no-noise row of the same model and optimiser, paired by seed (same initialisation and data order) over the seeds both rows finished (their count in brackets), with the 95 % interval of the paired difference when there are two pairs or more; the loss gap is val loss - train loss. \
+Noise and cooldown epochs are per run (mean over seeds); for noise `none` only the cooldowns the scheduler would have imposed are counted, and for the constant and annealed policies, which follow no decision, none (-). \
 Seeds counts the finished runs at the row's rate; diverged and unfinished ones are named there and never silently dropped."
     )
 }
@@ -223,31 +241,51 @@ struct CsvRow<'a> {
     noise: &'a str,
     policy: &'a str,
     lr_selection: String,
-    lr: f64,
+    lr: Option<f64>,
+    validation: &'static str,
     seeds_finished: usize,
     seeds_diverged: usize,
     seeds_unfinished: usize,
-    train_acc: f64,
-    train_acc_std: f64,
-    val_acc: f64,
-    val_acc_std: f64,
+    train_acc: Option<f64>,
+    train_acc_std: Option<f64>,
+    val_acc: Option<f64>,
+    val_acc_std: Option<f64>,
     val_acc_ci95: Option<f64>,
-    train_loss: f64,
-    train_loss_std: f64,
-    val_loss: f64,
-    val_loss_std: f64,
+    train_loss: Option<f64>,
+    train_loss_std: Option<f64>,
+    val_loss: Option<f64>,
+    val_loss_std: Option<f64>,
     test_acc: Option<f64>,
     delta_val_acc: Option<f64>,
     delta_val_acc_ci95: Option<f64>,
     delta_loss_gap: Option<f64>,
     delta_loss_gap_ci95: Option<f64>,
-    grad_noise_epochs: f64,
-    weight_noise_epochs: f64,
-    cooldown_epochs: f64,
+    delta_pairs: Option<usize>,
+    grad_noise_epochs: Option<f64>,
+    weight_noise_epochs: Option<f64>,
+    cooldown_epochs: Option<f64>,
+    /// Runs of the row's group, at any rate, that did not finish: `dir (state)`, `; `-separated.
+    not_finished: String,
     note: String,
 }
 
+/// The mean, and the sample std only where there is one (two seeds or more).
+fn mean_std(s: &Stat) -> (Option<f64>, Option<f64>) {
+    (Some(s.mean), (s.n > 1).then_some(s.std))
+}
+
+fn listed(runs: &[(String, String)]) -> String {
+    runs.iter()
+        .map(|(dir, state)| format!("{dir} ({state})"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn csv_row<'a>(r: &'a Row, tables: &Tables) -> CsvRow<'a> {
+    let (train_acc, train_acc_std) = mean_std(&r.train_acc);
+    let (val_acc, val_acc_std) = mean_std(&r.val_acc);
+    let (train_loss, train_loss_std) = mean_std(&r.train_loss);
+    let (val_loss, val_loss_std) = mean_std(&r.val_loss);
     CsvRow {
         optimizer: r.optimizer.into(),
         model: r.model.into(),
@@ -255,38 +293,86 @@ fn csv_row<'a>(r: &'a Row, tables: &Tables) -> CsvRow<'a> {
         noise: r.noise.into(),
         policy: &r.policy,
         lr_selection: tables.selection.to_string(),
-        lr: r.lr,
+        lr: Some(r.lr),
+        validation: if r.test_acc.is_some() {
+            "held-out"
+        } else {
+            "test-set"
+        },
         seeds_finished: r.at_lr.finished,
         seeds_diverged: r.at_lr.diverged,
         seeds_unfinished: r.at_lr.unfinished,
-        train_acc: r.train_acc.mean,
-        train_acc_std: r.train_acc.std,
-        val_acc: r.val_acc.mean,
-        val_acc_std: r.val_acc.std,
+        train_acc,
+        train_acc_std,
+        val_acc,
+        val_acc_std,
         val_acc_ci95: r.val_acc.ci95,
-        train_loss: r.train_loss.mean,
-        train_loss_std: r.train_loss.std,
-        val_loss: r.val_loss.mean,
-        val_loss_std: r.val_loss.std,
+        train_loss,
+        train_loss_std,
+        val_loss,
+        val_loss_std,
         test_acc: r.test_acc.map(|s| s.mean),
         delta_val_acc: r.delta_val_acc.map(|s| s.mean),
         delta_val_acc_ci95: r.delta_val_acc.and_then(|s| s.ci95),
         delta_loss_gap: r.delta_gap.map(|s| s.mean),
         delta_loss_gap_ci95: r.delta_gap.and_then(|s| s.ci95),
-        grad_noise_epochs: r.grad_noise_epochs,
-        weight_noise_epochs: r.weight_noise_epochs,
+        delta_pairs: r.delta_val_acc.map(|s| s.n),
+        grad_noise_epochs: Some(r.grad_noise_epochs),
+        weight_noise_epochs: Some(r.weight_noise_epochs),
         cooldown_epochs: r.cooldown_epochs,
+        not_finished: listed(&r.not_finished),
         note: note(r),
     }
 }
 
-/// Every row of every table as CSV (`*_ci95`: half-width of the 95 % interval).
+/// The CSV record of a group with no finished run: its counts and its runs, no metrics.
+fn csv_empty_row<'a>(group: &'a EmptyGroup, tables: &Tables) -> CsvRow<'a> {
+    CsvRow {
+        optimizer: group.optimizer.into(),
+        model: group.model.into(),
+        variant: &group.variant,
+        noise: group.noise.into(),
+        policy: &group.policy,
+        lr_selection: tables.selection.to_string(),
+        lr: None,
+        validation: "",
+        seeds_finished: 0,
+        seeds_diverged: group.counts.diverged,
+        seeds_unfinished: group.counts.unfinished,
+        train_acc: None,
+        train_acc_std: None,
+        val_acc: None,
+        val_acc_std: None,
+        val_acc_ci95: None,
+        train_loss: None,
+        train_loss_std: None,
+        val_loss: None,
+        val_loss_std: None,
+        test_acc: None,
+        delta_val_acc: None,
+        delta_val_acc_ci95: None,
+        delta_loss_gap: None,
+        delta_loss_gap_ci95: None,
+        delta_pairs: None,
+        grad_noise_epochs: None,
+        weight_noise_epochs: None,
+        cooldown_epochs: None,
+        not_finished: listed(&group.runs),
+        note: "no finished run at any rate".into(),
+    }
+}
+
+/// Every row of every table as CSV (`*_ci95`: half-width of the 95 % interval; `*_std`
+/// empty for one seed), then a record per group with no finished run.
 pub fn csv(tables: &Tables) -> Result<String> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for (_, rows) in &tables.by_optimizer {
         for row in rows {
             writer.serialize(csv_row(row, tables))?;
         }
+    }
+    for group in &tables.empty {
+        writer.serialize(csv_empty_row(group, tables))?;
     }
     let bytes = writer
         .into_inner()
@@ -321,10 +407,10 @@ pub fn latex(tables: &Tables) -> String {
             "\\begin{{table}}[ht]\n\\centering\n\\caption{{{}}}",
             latex_escape(&title(*optimizer))
         );
-        let _ = writeln!(out, "\\begin{{tabular}}{{llr|rr|rr|rr}}\n\\hline");
+        let _ = writeln!(out, "\\begin{{tabular}}{{llr|rr|rr|rr|l}}\n\\hline");
         let _ = writeln!(
             out,
-            "Model & Noise & LR & Train acc & Val acc & Train loss & Val loss & $\\Delta$ val acc & $\\Delta$ gap \\\\\n\\hline"
+            "Model & Noise & LR & Train acc & Val acc & Train loss & Val loss & $\\Delta$ val acc & $\\Delta$ gap & Seeds \\\\\n\\hline"
         );
         for r in rows {
             let fields = [
@@ -337,11 +423,50 @@ pub fn latex(tables: &Tables) -> String {
                 latex_stat(&r.val_loss),
                 latex_escape(&delta(r.delta_val_acc.as_ref())),
                 latex_escape(&delta(r.delta_gap.as_ref())),
+                latex_escape(&seeds(r)),
             ];
             let _ = writeln!(out, "{} \\\\", fields.join(" & "));
         }
         let _ = writeln!(out, "\\hline\n\\end{{tabular}}\n\\end{{table}}\n");
     }
+    out.push_str(&latex_left_out(tables));
+    out
+}
+
+/// What the LaTeX tables cannot show: the notes of their rows, the groups with no finished
+/// run and the runs not finished, as a list after the tables.
+fn latex_left_out(tables: &Tables) -> String {
+    let mut items = Vec::new();
+    for (optimizer, rows) in &tables.by_optimizer {
+        for row in rows {
+            let text = note(row);
+            if !text.is_empty() {
+                items.push(format!(
+                    "{optimizer}, {}, {}: {text}",
+                    model_label(row),
+                    noise_label(row)
+                ));
+            }
+        }
+    }
+    for group in &tables.empty {
+        let c = group.counts;
+        items.push(format!(
+            "no finished run for {} ({} diverged, {} unfinished)",
+            group.label, c.diverged, c.unfinished
+        ));
+    }
+    for (dir, state) in &tables.unfinished {
+        items.push(format!("not finished: {dir}: {state}"));
+    }
+    if items.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\\begin{itemize}\n");
+    for item in items {
+        let _ = writeln!(out, "\\item {}", latex_escape(&item));
+    }
+    out.push_str("\\end{itemize}\n");
     out
 }
 
@@ -390,11 +515,12 @@ struct HtmlFigure {
     svg: String,
 }
 
+/// `pos`/`neg` only when the paired interval excludes zero: one pair has no interval, so
+/// it is never marked.
 fn delta_class(row: &Row) -> &'static str {
     match row.delta_val_acc {
-        Some(d) if d.n > 1 && !d.excludes_zero() => "",
-        Some(d) if d.mean < 0.0 => "neg",
-        Some(d) if d.mean > 0.0 => "pos",
+        Some(d) if d.excludes_zero() && d.mean < 0.0 => "neg",
+        Some(d) if d.excludes_zero() && d.mean > 0.0 => "pos",
         _ => "",
     }
 }
@@ -475,10 +601,10 @@ mod tests {
         assert_eq!(interval(&two), "[0.2147, 1.4853]");
         assert_eq!(stat(&Stat::of(&[0.85])), "0.8500");
         assert_eq!(interval(&Stat::of(&[0.85])), "");
-        assert_eq!(delta(Some(&Stat::of(&[-0.01]))), "-0.0100");
+        assert_eq!(delta(Some(&Stat::of(&[-0.01]))), "-0.0100 (1 pair)");
         assert_eq!(
             delta(Some(&Stat::of(&[0.01, 0.03]))),
-            "+0.0200 [-0.1071, +0.1471]"
+            "+0.0200 [-0.1071, +0.1471] (2 pairs)"
         );
     }
 

@@ -66,6 +66,9 @@ pub struct LrTried {
     pub lr: f64,
     /// Mean final validation accuracy of its finished runs.
     pub mean_val_acc: Option<f64>,
+    /// What the rate is ranked by: the mean final validation accuracy over its finished
+    /// and diverged seeds, a diverged seed counting as 0 (none without a finished seed).
+    pub score: Option<f64>,
     /// Its runs by status.
     pub counts: Counts,
 }
@@ -103,14 +106,20 @@ pub struct Row {
     pub grad_noise_epochs: f64,
     /// Epochs with weight noise, per run.
     pub weight_noise_epochs: f64,
-    /// Epochs suppressed by a cooldown, per run.
-    pub cooldown_epochs: f64,
+    /// Epochs suppressed by a cooldown, per run; none for a baseline policy, whose noise
+    /// no cooldown changes.
+    pub cooldown_epochs: Option<f64>,
     /// The runs at `lr`, by status.
     pub at_lr: Counts,
     /// Every learning rate tried.
     pub lrs_tried: Vec<LrTried>,
     /// Why `lr` is not the shared one, when `--lr-selection shared` could not apply.
     pub note: Option<String>,
+    /// Runs of the same seed at `lr` beyond the first (identical runs a grid made twice,
+    /// e.g. `noise = none` under two settings that only matter with noise): not counted.
+    pub duplicates: usize,
+    /// Every run of the row's group (any rate) that did not finish, with its state.
+    pub not_finished: Vec<(String, String)>,
     /// The finished runs behind the row.
     pub runs: Vec<PathBuf>,
     /// (seed, final epoch) of the finished runs behind the row, for paired differences.
@@ -123,8 +132,32 @@ pub struct Row {
 pub struct EmptyGroup {
     /// `optimizer / model / noise (policy)`.
     pub label: String,
+    /// The optimiser.
+    pub optimizer: OptimizerKind,
+    /// The model.
+    pub model: ModelKind,
+    /// The noise distribution.
+    pub noise: NoiseKind,
+    /// The noise policy, for noisy runs.
+    pub policy: String,
+    /// What else sets the group apart (`key=value`).
+    pub variant: String,
     /// Its runs by status.
     pub counts: Counts,
+    /// Its runs, with their state.
+    pub runs: Vec<(String, String)>,
+}
+
+/// Which images the rows' runs validated on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum Validation {
+    /// The test set, as in the study (no run held out a split).
+    #[default]
+    TestSet,
+    /// Images held out of the training set (`--val-split`), for every run.
+    HeldOut,
+    /// Some runs held out a split, others validated on the test set.
+    Mixed,
 }
 
 /// All tables of a report.
@@ -134,6 +167,8 @@ pub struct Tables {
     pub selection: LrSelection,
     /// Whether any run held out a validation split (then the test set is a column).
     pub held_out: bool,
+    /// Which images the runs validated on.
+    pub validation: Validation,
     /// The rows of each optimiser, in the study's order.
     pub by_optimizer: Vec<(OptimizerKind, Vec<Row>)>,
     /// Groups with no finished run.
@@ -245,9 +280,15 @@ fn group_key(run: &RunRecord, variant: String) -> GroupKey {
 
 /// Builds the tables of `runs`, choosing learning rates as `selection` says.
 pub fn build(runs: &[RunRecord], selection: LrSelection) -> Tables {
+    let held_out = runs.iter().filter(|r| r.config.val_split > 0).count();
     let mut tables = Tables {
         selection,
-        held_out: runs.iter().any(|r| r.config.val_split > 0),
+        held_out: held_out > 0,
+        validation: match held_out {
+            0 => Validation::TestSet,
+            n if n == runs.len() => Validation::HeldOut,
+            _ => Validation::Mixed,
+        },
         ..Default::default()
     };
     let mut groups: BTreeMap<GroupKey, Vec<&RunRecord>> = BTreeMap::new();
@@ -266,9 +307,19 @@ pub fn build(runs: &[RunRecord], selection: LrSelection) -> Tables {
             row
         });
         if row.is_none() {
+            let c = &runs[0].config;
             tables.empty.push(EmptyGroup {
                 label: group_label(runs[0]),
+                optimizer: c.optimizer,
+                model: c.model,
+                noise: c.noise,
+                policy: key.3.clone(),
+                variant: key.4.clone(),
                 counts: Counts::of(runs),
+                runs: runs
+                    .iter()
+                    .map(|r| (r.dir.display().to_string(), r.state()))
+                    .collect(),
             });
         }
         entries.push((runs, row));
@@ -319,19 +370,42 @@ fn finished_val_accs(runs: &[&RunRecord]) -> Vec<f64> {
         .collect()
 }
 
-/// The row of a group at its own best learning rate (highest mean final validation
-/// accuracy over finished runs; the larger rate on an exact tie); `None` when no run
-/// finished.
+/// A rate's score: the mean final validation accuracy over its finished and diverged
+/// seeds, a diverged seed counting as 0, so that a rate where most seeds diverge cannot
+/// win on its survivors. Unfinished seeds are not known yet and do not count. `None`
+/// without a finished seed.
+fn rate_score(runs: &[&RunRecord]) -> Option<f64> {
+    let accs = finished_val_accs(runs);
+    if accs.is_empty() {
+        return None;
+    }
+    let diverged = Counts::of(runs).diverged;
+    Some(accs.iter().sum::<f64>() / (accs.len() + diverged) as f64)
+}
+
+/// The row of a group at its own best learning rate (highest [`rate_score`]; the larger
+/// rate on an exact tie); `None` when no run finished.
 fn per_noise_row(runs: &[&RunRecord]) -> Option<Row> {
     let lrs = by_lr(runs);
     let best = lrs
         .iter()
-        .filter_map(|(lr, rs)| {
-            let accs = finished_val_accs(rs);
-            (!accs.is_empty()).then(|| (f64::from_bits(*lr), Stat::of(&accs).mean))
-        })
+        .filter_map(|(lr, rs)| rate_score(rs).map(|score| (f64::from_bits(*lr), score)))
         .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.total_cmp(&b.0)))?;
     Some(row_at(runs, best.0))
+}
+
+/// The runs of one seed beyond the first, in directory order: a grid that makes the same
+/// run twice (settings that change nothing for it) must not count its seed twice.
+fn split_duplicate_seeds<'a>(runs: &[&'a RunRecord]) -> (Vec<&'a RunRecord>, usize) {
+    let mut sorted: Vec<&RunRecord> = runs.to_vec();
+    sorted.sort_by(|a, b| a.dir.cmp(&b.dir));
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&RunRecord> = sorted
+        .into_iter()
+        .filter(|r| seen.insert(r.config.seed))
+        .collect();
+    let duplicates = runs.len() - unique.len();
+    (unique, duplicates)
 }
 
 /// The row of a group at learning rate `lr` (which has a finished run).
@@ -344,11 +418,12 @@ fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
             LrTried {
                 lr: f64::from_bits(*l),
                 mean_val_acc: (!accs.is_empty()).then(|| Stat::of(&accs).mean),
+                score: rate_score(rs),
                 counts: Counts::of(rs),
             }
         })
         .collect();
-    let at = &lrs[&lr.to_bits()];
+    let (at, duplicates) = split_duplicate_seeds(&lrs[&lr.to_bits()]);
     let finished: Vec<&RunRecord> = at.iter().copied().filter(|r| r.finished()).collect();
     let finals: Vec<&EpochMetrics> = finished.iter().filter_map(|r| r.final_epoch()).collect();
     let stat =
@@ -359,6 +434,7 @@ fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
         noise.iter().map(|n| f(n) as f64).sum::<f64>() / noise.len().max(1) as f64
     };
     let c = &at[0].config;
+    let adaptive = c.noise_policy == adanoise_core::NoisePolicy::Adaptive;
     Row {
         optimizer: c.optimizer,
         model: c.model,
@@ -375,10 +451,16 @@ fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
         delta_gap: None,
         grad_noise_epochs: avg(|n| n.0),
         weight_noise_epochs: avg(|n| n.1),
-        cooldown_epochs: avg(|n| n.2),
-        at_lr: Counts::of(at),
+        cooldown_epochs: adaptive.then(|| avg(|n| n.2)),
+        at_lr: Counts::of(&at),
         lrs_tried,
         note: None,
+        duplicates,
+        not_finished: runs
+            .iter()
+            .filter(|r| !r.finished())
+            .map(|r| (r.dir.display().to_string(), r.state()))
+            .collect(),
         runs: finished.iter().map(|r| r.dir.clone()).collect(),
         seeds: finished
             .iter()

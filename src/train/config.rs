@@ -260,12 +260,28 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The default run directory name: `<model>-<optimizer>-<noise>-lr<X>-s<seed>`.
+    /// The default run directory name: `<model>-<optimizer>-<noise>-lr<X>-s<seed>`, with the
+    /// noise policy after the noise when it is not the adaptive one
+    /// (`...-gaussian-constant-lr<X>-s<seed>`), so that runs that differ only in their
+    /// policy do not share a directory.
     pub fn default_run_name(&self) -> String {
+        let policy = match self.noise_policy {
+            NoisePolicy::Adaptive => String::new(),
+            other => format!("-{other}"),
+        };
         format!(
-            "{}-{}-{}-lr{}-s{}",
+            "{}-{}-{}{policy}-lr{}-s{}",
             self.model, self.optimizer, self.noise, self.lr, self.seed
         )
+    }
+
+    /// Refuses a noise policy that would inject nothing (a baseline policy with noise
+    /// `none`, a zero sigma): such a run would be recorded and reported as a noisy one.
+    pub fn check_injects(&self) -> Result<()> {
+        match self.policy().injects_nothing(self.noise) {
+            Some(why) => bail!(why),
+            None => Ok(()),
+        }
     }
 
     /// The differences that forbid resuming a run made with `other`, as "key: a -> b" lines.
@@ -325,9 +341,63 @@ mod tests {
         assert_eq!(c.lr_final_max, 1e-5);
         assert_eq!(c.weight_decay, 1e-4);
         assert_eq!(c.default_run_name(), "tiny-cnn-sgd-momentum-none-lr0.05-s0");
+        let constant = TrainConfig {
+            noise: NoiseKind::Gaussian,
+            noise_policy: NoisePolicy::Constant,
+            ..c.clone()
+        };
+        assert_eq!(
+            constant.default_run_name(),
+            "tiny-cnn-sgd-momentum-gaussian-constant-lr0.05-s0"
+        );
         // The written config reads back to the same thing.
         let again = TrainConfig::from_table(c.to_toml().parse().unwrap()).unwrap();
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn a_policy_that_would_inject_nothing_is_refused() {
+        let c = |extra: &str| {
+            TrainConfig::from_table(table(&format!(
+                "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\n{extra}"
+            )))
+            .unwrap()
+        };
+        let err = c("noise_policy = 'constant'\nnoise_sigma = 0.5")
+            .check_injects()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--noise gaussian"), "{err}");
+        assert!(c("noise_policy = 'annealed'").check_injects().is_err());
+        assert!(
+            c("noise = 'gaussian'\nnoise_policy = 'constant'\nnoise_sigma = 0")
+                .check_injects()
+                .is_err()
+        );
+        assert!(
+            c("noise = 'gaussian'\nnoise_policy = 'constant'")
+                .check_injects()
+                .is_ok()
+        );
+        assert!(
+            c("").check_injects().is_ok(),
+            "adaptive with none records only"
+        );
+    }
+
+    #[test]
+    fn sigmas_beyond_f32_are_refused_in_a_readable_form() {
+        for (key, value) in [("noise_sigma", "1e39"), ("noise_sigma", "1e300")] {
+            let err = format!(
+                "{:#}",
+                TrainConfig::from_table(table(&format!(
+                    "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\n{key} = {value}"
+                )))
+                .unwrap_err()
+            );
+            assert!(err.contains(value), "{err}");
+            assert!(err.len() < 200, "{err}");
+        }
     }
 
     #[test]

@@ -396,7 +396,7 @@ fn report_progress(
             "the training loss became {loss} in epoch {} (step {}): training diverged; {}",
             ctx.epoch,
             sums.steps,
-            divergence_advice(&ctx.applied())
+            divergence_advice(&ctx.applied(), &ctx.noise.policy)
         ));
     }
     let acc = sums.correct.clone().into_scalar::<i64>() as f64 / sums.seen as f64;
@@ -414,12 +414,16 @@ fn report_progress(
     Ok(())
 }
 
-/// What to try after a divergence: less noise when this epoch had some, else a lower rate.
-pub fn divergence_advice(noise: &NoiseApplied) -> String {
+/// What to try after a divergence: less noise (through the option of the run's policy)
+/// when this epoch had some, else a lower rate.
+pub fn divergence_advice(noise: &NoiseApplied, policy: &PolicyConfig) -> String {
+    use adanoise_core::formulas::compact;
     if noise.grad_sigma > 0.0 || noise.weight_sigma > 0.0 {
         format!(
-            "this epoch had noise (grad sigma {}, weight sigma {}): try a lower --sigma-max (or --noise-sigma), or a lower --lr",
-            noise.grad_sigma, noise.weight_sigma
+            "this epoch had noise (grad sigma {}, weight sigma {}): try a lower {}, or a lower --lr",
+            compact(noise.grad_sigma),
+            compact(noise.weight_sigma),
+            policy.sigma_option()
         )
     } else {
         "try a lower --lr".to_string()
@@ -455,7 +459,7 @@ fn finish_epoch(
         return EpochEnd::Diverged(format!(
             "the validation loss became {val_loss} after epoch {}: training diverged; {}",
             ctx.epoch,
-            divergence_advice(&ctx.applied())
+            divergence_advice(&ctx.applied(), &ctx.noise.policy)
         ));
     }
     let test = ctx.test_data.map(|data| evaluate(&model, data, &plain));

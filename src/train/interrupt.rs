@@ -1,16 +1,21 @@
 //! Stopping cleanly on a signal: SIGINT (Ctrl-C), SIGTERM (preemption, `scancel`,
 //! `scontrol requeue`) and SIGUSR1 (Slurm's warning before a time limit) ask the
 //! training loop to finish its current step, write a checkpoint and exit; a
-//! second SIGINT exits at once.
+//! second SIGINT exits at once, removing the checkpoint it interrupts (the last
+//! complete one stays).
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The exit code of a run stopped by a signal after writing its checkpoint (EX_TEMPFAIL).
 pub const EXIT_INTERRUPTED: i32 = 75;
 
 static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+static SIGINTS: AtomicUsize = AtomicUsize::new(0);
+
+/// What a second Ctrl-C prints as it exits.
+const EXIT_NOW: &[u8] = b"\ninterrupted again: exiting now; a checkpoint being written is abandoned, the last complete one stays (continue with --resume)\n";
 
 fn flag() -> &'static Arc<AtomicBool> {
     FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
@@ -24,7 +29,17 @@ pub fn install() -> std::io::Result<()> {
         let f = flag().clone();
         // A second Ctrl-C exits at once. SIGTERM never does: schedulers may send it to every
         // process of a job more than once, and the checkpoint must still be written.
-        signal_hook::flag::register_conditional_shutdown(SIGINT, 130, f.clone())?;
+        // SAFETY: the action only touches atomics and calls unlink, write and _exit, which
+        // are async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(SIGINT, || {
+                if SIGINTS.fetch_add(1, Ordering::SeqCst) >= 1 {
+                    crate::fsio::in_progress::remove();
+                    libc::write(2, EXIT_NOW.as_ptr().cast(), EXIT_NOW.len());
+                    libc::_exit(130);
+                }
+            })?;
+        }
         for signal in [SIGINT, SIGTERM, SIGUSR1] {
             signal_hook::flag::register(signal, f.clone())?;
         }

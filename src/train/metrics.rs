@@ -110,7 +110,8 @@ pub struct Summary {
     pub final_epoch: Option<EpochMetrics>,
     /// The epoch with the highest validation accuracy (the earliest on a tie).
     pub best_epoch: Option<EpochMetrics>,
-    /// Why a diverged run stopped.
+    /// Why the run stopped before its end: a divergence, or an error after which `--resume`
+    /// continues (a checkpoint that could not be written).
     pub message: Option<String>,
 }
 

@@ -105,6 +105,7 @@ fn train_locked(
     lock: Option<RunLock>,
 ) -> Result<Outcome> {
     let setup = Setup::prepare(config, options, observer)?;
+    let resuming_a_run = options.resume && out.join(super::run_dir::CONFIG_FILE).is_file();
     let (mut run, mut model) = match Run::open(config, out, options, &setup, lock)? {
         Opening::Finished(outcome) => {
             let epochs = outcome.summary.epochs_done;
@@ -113,6 +114,12 @@ fn train_locked(
         }
         Opening::Ready(run, model) => (*run, *model),
     };
+    if resuming_a_run && run.history.is_empty() && run.resume_epoch.is_none() {
+        observer.on(&Event::Notice(&format!(
+            "{} holds no checkpoint yet (it stopped before its first one was complete): training from the start",
+            out.display()
+        )));
+    }
     let every = options
         .tensorboard_every
         .unwrap_or(DEFAULT_TENSORBOARD_EVERY)
@@ -134,8 +141,12 @@ fn train_locked(
     };
     observer.on(&Event::RunStarted(&run.start(&setup, &model)));
     let data = setup.place(config);
-    let should_stop =
-        |step: u64| interrupt::requested() || options.stop_at_step.is_some_and(|s| step >= s);
+    let lock_lost = run.lock.lost_flag();
+    let should_stop = |step: u64| {
+        interrupt::requested()
+            || options.stop_at_step.is_some_and(|s| step >= s)
+            || lock_lost.load(std::sync::atomic::Ordering::SeqCst)
+    };
     let last = options
         .stop_after
         .map_or(config.epochs, |n| n.min(config.epochs));
@@ -242,6 +253,12 @@ impl Setup {
         observer: &mut dyn Observer,
     ) -> Result<Setup> {
         config.validate()?;
+        if !options.resume {
+            config.check_injects()?;
+        }
+        if let Some(dir) = &options.tensorboard {
+            crate::tensorboard::check_dir(dir)?;
+        }
         crate::device::set_cpu_threads(config.threads);
         let device = config.device.device()?;
         config
@@ -311,8 +328,9 @@ enum Opening<'a> {
 struct Run<'a> {
     config: &'a TrainConfig,
     dir: RunDir,
-    /// Keeps other processes out of the run directory while this one trains it.
-    _lock: RunLock,
+    /// Keeps other processes out of the run directory while this one trains it; checked
+    /// before every write.
+    lock: RunLock,
     fingerprint: DataFingerprint,
     opt: Optimization,
     noise: NoiseState,
@@ -346,7 +364,7 @@ impl<'a> Run<'a> {
         let mut run = Run {
             config,
             dir: opened.dir().clone(),
-            _lock: lock,
+            lock,
             fingerprint: setup.fingerprint.clone(),
             opt: Optimization {
                 optim: config.optimizer.build(config.weight_decay),
@@ -430,6 +448,12 @@ impl<'a> Run<'a> {
             ),
             steps_per_epoch: self.steps_per_epoch,
             resumed,
+            epochs: c.epochs,
+            earlier_seconds: self.history.iter().map(|m| m.seconds).sum::<f64>()
+                + self
+                    .resume_epoch
+                    .as_ref()
+                    .map_or(0.0, |(p, _)| p.train_seconds),
         }
     }
 
@@ -459,6 +483,7 @@ impl<'a> Run<'a> {
         })?;
         metrics.decision = Some(decision.clone());
         self.noise.next = decision;
+        self.lock.check()?;
         // The metrics line first: a kill before the checkpoint redoes this epoch on resume.
         self.dir.append_metrics(&metrics)?;
         self.checkpoint(metrics.epoch, model, None, None)?;
@@ -466,6 +491,7 @@ impl<'a> Run<'a> {
             metrics: &metrics,
             epochs: self.config.epochs,
             noise: self.config.noise,
+            policy: self.config.policy(),
         });
         let epoch = metrics.epoch;
         self.history.push(metrics);
@@ -488,8 +514,25 @@ impl<'a> Run<'a> {
             seed: Some(self.config.seed),
             data: Some(self.fingerprint.clone()),
         };
+        self.lock.check()?;
         let path = self.dir.checkpoint_path();
-        record::save(&path, epochs_done, model, &self.opt, &extra, epoch_start)
+        let saved = record::save(&path, epochs_done, model, &self.opt, &extra, epoch_start);
+        saved.map_err(|e| {
+            let e = e.context(format!(
+                "could not write the checkpoint {}: fix the cause below (a full disk: free space), then `adanoise train --resume --out {}` continues from the last complete checkpoint",
+                path.display(),
+                self.dir.path.display()
+            ));
+            // Best effort: the disk may be full for the summary too.
+            let summary = Summary::from_history(
+                &self.history,
+                self.config.epochs,
+                RunStatus::Running,
+                Some(format!("stopped: {e:#}")),
+            );
+            let _ = self.dir.write_summary(&summary);
+            e
+        })
     }
 
     /// Phase 5, in the middle of an epoch: the checkpoint keeps the epoch's sums and the
@@ -531,6 +574,7 @@ impl<'a> Run<'a> {
         interrupted: bool,
     ) -> Result<Outcome> {
         let summary = Summary::from_history(&self.history, self.config.epochs, status, message);
+        self.lock.check()?;
         self.dir.write_summary(&summary)?;
         Ok(Outcome {
             summary,

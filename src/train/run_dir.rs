@@ -7,7 +7,7 @@ use super::config::{DATA_FINGERPRINT_KEY, TrainConfig};
 use super::lock::{LOCK_FILE, RunLock};
 use super::metrics::{EpochMetrics, RunStatus, Summary};
 use crate::data::fingerprint::DataFingerprint;
-use crate::fsio::{append_line, write_atomic};
+use crate::fsio::{append_line, is_stale_temporary, write_atomic};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -50,11 +50,12 @@ fn is_leftover(name: &str) -> bool {
     name == LOCK_FILE || name == "train.log" || name == "failed.json" || name.starts_with(".tmp-")
 }
 
-/// Removes the temporary files of writes killed midway (only the lock holder writes here).
+/// Removes the temporary files of writes killed midway. Only the lock holder writes here,
+/// but one whose lock file was deleted may still be writing: a live writer's files are left.
 fn remove_leftover_temporaries(path: &Path) -> Result<()> {
     for entry in std::fs::read_dir(path)? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(".tmp-") && entry.file_type()?.is_file()
+        if is_stale_temporary(&entry.file_name().to_string_lossy()) && entry.file_type()?.is_file()
         {
             std::fs::remove_file(entry.path()).with_context(|| {
                 format!("could not remove the leftover {}", entry.path().display())
@@ -290,6 +291,40 @@ impl RunDir {
         })?;
         Ok(Some(summary))
     }
+}
+
+/// Parses a `metrics.jsonl` file that a crash may have cut short: every complete record,
+/// and a note when its last line is half written (what a kill during the append leaves).
+/// A malformed line before the last one is an error, as in [`read_metrics_file`].
+pub fn read_complete_metrics(path: &Path) -> Result<(Vec<EpochMetrics>, Option<String>)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read {}", path.display()))?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    let mut records = Vec::with_capacity(lines.len());
+    for (k, (i, line)) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(m) => records.push(m),
+            Err(_) if k + 1 == lines.len() => {
+                let note = format!(
+                    "{} line {} is half written (the run was killed while recording it); the {} complete epochs before it are read",
+                    path.display(),
+                    i + 1,
+                    records.len()
+                );
+                return Ok((records, Some(note)));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("{} line {} is not a metrics record", path.display(), i + 1)
+                });
+            }
+        }
+    }
+    Ok((records, None))
 }
 
 /// Parses a `metrics.jsonl` file, naming the line of any malformed record.

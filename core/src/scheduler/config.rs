@@ -125,11 +125,14 @@ impl NoiseSchedulerConfig {
         if !(self.sigma_min.is_finite()
             && self.sigma_min >= 0.0
             && self.sigma_max.is_finite()
-            && self.sigma_max >= self.sigma_min)
+            && self.sigma_max >= self.sigma_min
+            && self.sigma_max <= f32::MAX as f64)
         {
             return Err(format!(
-                "sigma_min and sigma_max must satisfy 0 <= sigma_min <= sigma_max (got {} and {})",
-                self.sigma_min, self.sigma_max
+                "sigma_min and sigma_max must satisfy 0 <= sigma_min <= sigma_max <= {:e} (f32's largest; got {} and {})",
+                f32::MAX,
+                crate::formulas::compact(self.sigma_min),
+                crate::formulas::compact(self.sigma_max)
             ));
         }
         if !(self.cooldown_min.is_finite()

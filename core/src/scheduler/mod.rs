@@ -98,11 +98,18 @@ impl Decision {
         }
     }
 
-    /// One line on what was decided and why, for logs; a `none` run only records what it
-    /// would inject.
-    pub fn describe(&self, kind: NoiseKind) -> String {
+    /// One line on what was decided and why, for logs: what the next epoch receives under
+    /// `policy`. A `none` run only records what it would inject, and a baseline policy
+    /// (constant, annealed) follows no decision, so its decisions are recorded only.
+    pub fn describe(&self, kind: NoiseKind, policy: &crate::PolicyConfig) -> String {
         let flags: Vec<&str> = self.flags.iter().map(|f| f.into()).collect();
         let flags = flags.join(", ");
+        if policy.policy != crate::NoisePolicy::Adaptive {
+            return format!(
+                "flags {flags}: recorded only; the {} policy follows no decision",
+                policy.label()
+            );
+        }
         if self.cooldown > 0 {
             return format!(
                 "flags {flags} but cooldown ({} epochs left): no noise next epoch",

@@ -183,13 +183,26 @@ fn decisions_describe_themselves() {
     d.flags = vec![Flag::GradPlateau, Flag::LowWeightUpdate];
     d.grad_sigma = 0.0255;
     assert_eq!(
-        d.describe(NoiseKind::Gaussian),
+        d.describe(NoiseKind::Gaussian, &crate::PolicyConfig::default()),
         "flags grad_plateau, low_weight_update: injects grad sigma 0.0255, weight sigma 0.0000 (gaussian) next epoch"
     );
-    assert!(d.describe(NoiseKind::None).contains("would inject"));
+    assert!(
+        d.describe(NoiseKind::None, &crate::PolicyConfig::default())
+            .contains("would inject")
+    );
     d.cooldown = 2;
     assert!(
-        d.describe(NoiseKind::None)
+        d.describe(NoiseKind::None, &crate::PolicyConfig::default())
             .contains("cooldown (2 epochs left)")
+    );
+    // A baseline policy follows no decision: the line must not say anything is injected.
+    let constant = crate::PolicyConfig {
+        policy: crate::NoisePolicy::Constant,
+        ..Default::default()
+    };
+    let line = d.describe(NoiseKind::Gaussian, &constant);
+    assert!(
+        line.contains("recorded only") && !line.contains("injects"),
+        "{line}"
     );
 }
