@@ -8,8 +8,8 @@
 //! scaled to the example's 12 epochs so that noise fires.
 
 use adanoise::noise::{
-    NoiseKind, NoiseScheduler, NoiseSchedulerConfig, Observation, add_gradient_noise,
-    add_weight_noise,
+    NoiseKind, NoiseScheduler, NoiseSchedulerConfig, Observation, WeightNoiseScale,
+    add_gradient_noise, add_weight_noise,
 };
 use adanoise::schedule::{CosineRestarts, CosineRestartsConfig};
 use adanoise::train::param_stats::{WeightSnapshot, grad_norm};
@@ -79,7 +79,13 @@ fn main() -> anyhow::Result<()> {
     for epoch in 1..=EPOCHS {
         // w_{e-1} is taken before this epoch's weight noise.
         let start = WeightSnapshot::take(&model);
-        model = add_weight_noise(model, NoiseKind::Gaussian, weight_sigma, epoch);
+        model = add_weight_noise(
+            model,
+            NoiseKind::Gaussian,
+            weight_sigma,
+            WeightNoiseScale::Absolute,
+            epoch,
+        );
         let (mut loss_sum, mut norm_sum) = (0.0, 0.0);
         for step in 0..STEPS_PER_EPOCH {
             let (x, y) = batch(&device);

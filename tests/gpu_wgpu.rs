@@ -157,7 +157,13 @@ fn weight_noise_on_the_gpu_has_the_asked_spread() {
         model.visit(&mut v);
         v.0
     };
-    let noisy = add_weight_noise(model, NoiseKind::Gaussian, 0.05, 9);
+    let noisy = add_weight_noise(
+        model,
+        NoiseKind::Gaussian,
+        0.05,
+        adanoise::noise::WeightNoiseScale::Absolute,
+        9,
+    );
     let mut after = Values(Vec::new());
     noisy.visit(&mut after);
     let diffs: Vec<f64> = before

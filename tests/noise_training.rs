@@ -157,3 +157,90 @@ fn noise_changes_training_and_none_does_not() {
         gaussian[first_noisy].train_loss
     );
 }
+
+/// The weight-noise scale: `none` applies no weight noise while deciding exactly as
+/// `absolute` does until weight noise would first land; `relative` records its scale; the
+/// scale is part of the run, so a resume cannot change it.
+#[test]
+fn the_weight_noise_scale_is_applied_recorded_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_binary_release(&data, 160, 40, 2).unwrap();
+    let with_scale = |scale: &str| {
+        let mut cfg = config(&data, NoiseKind::Gaussian);
+        cfg.weight_noise_scale = scale.parse().unwrap();
+        cfg
+    };
+    let absolute = train(&with_scale("absolute"), &tmp.path().join("abs"), &offline()).unwrap();
+    let none = train(&with_scale("none"), &tmp.path().join("none"), &offline()).unwrap();
+    let relative = train(&with_scale("relative"), &tmp.path().join("rel"), &offline()).unwrap();
+    // The first epoch that starts with weight noise under `absolute`.
+    let first = absolute
+        .history
+        .iter()
+        .position(|m| m.noise_applied.weight_sigma > 0.0)
+        .expect("weight noise fired");
+    // Identical up to it: the same metrics, the same decisions.
+    assert_eq!(
+        common::deterministic(&absolute.history[..first]),
+        common::deterministic(&none.history[..first])
+    );
+    assert_eq!(
+        absolute.history[first].noise_applied.weight_scale,
+        Some(adanoise::noise::WeightNoiseScale::Absolute)
+    );
+    // `none`: the decision asked for weight noise, none was applied; gradient noise was.
+    assert!(
+        none.history[first - 1]
+            .decision
+            .as_ref()
+            .unwrap()
+            .weight_sigma
+            > 0.0
+    );
+    assert!(
+        none.history
+            .iter()
+            .all(|m| m.noise_applied.weight_sigma == 0.0)
+    );
+    assert!(
+        none.history
+            .iter()
+            .any(|m| m.noise_applied.grad_sigma > 0.0)
+    );
+    assert_eq!(
+        relative.history[first].noise_applied.weight_scale,
+        Some(adanoise::noise::WeightNoiseScale::Relative)
+    );
+    assert_ne!(
+        relative.history[first].train_loss,
+        absolute.history[first].train_loss
+    );
+    let stored = std::fs::read_to_string(tmp.path().join("rel/config.toml")).unwrap();
+    assert!(
+        stored.contains("weight_noise_scale = \"relative\""),
+        "{stored}"
+    );
+
+    // Stopped after one epoch, the run cannot be resumed with another scale.
+    let out = tmp.path().join("stopped");
+    let stop = RunOptions {
+        stop_after: Some(1),
+        offline: true,
+        ..Default::default()
+    };
+    train(&with_scale("relative"), &out, &stop).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        offline: true,
+        ..Default::default()
+    };
+    let err = format!(
+        "{:#}",
+        train(&with_scale("absolute"), &out, &resume).unwrap_err()
+    );
+    assert!(
+        err.contains("weight_noise_scale: \"relative\" -> \"absolute\""),
+        "{err}"
+    );
+}

@@ -25,7 +25,7 @@ pub mod replay;
 pub mod scheduler;
 
 pub use lr_schedule::{CosineRestartsConfig, ScheduleError};
-pub use policy::{NoiseKind, NoisePolicy, PolicyConfig};
+pub use policy::{NoiseKind, NoisePolicy, PolicyConfig, WeightNoiseScale};
 pub use scheduler::{
     Decision, Flag, NoiseScheduler, NoiseSchedulerConfig, Observation, SchedulerError,
 };

@@ -70,6 +70,51 @@ pub enum NoisePolicy {
     Annealed,
 }
 
+/// How large weight noise is, given the sigma decided: the study says only "a random noise
+/// tensor that matches the shape of the input tensor", scaled by sigma, which can be read
+/// in more than one way.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum WeightNoiseScale {
+    /// Standard deviation sigma for every element, whatever the tensor's own scale.
+    #[default]
+    Absolute,
+    /// Standard deviation sigma times the tensor's root mean square, taken just before the
+    /// noise is added: a tensor of small weights gets proportionally small noise.
+    Relative,
+    /// No weight noise at all (decisions are still taken and recorded; gradient noise is
+    /// still applied).
+    None,
+}
+
+impl WeightNoiseScale {
+    /// The standard deviation of the noise added to a tensor whose root mean square is
+    /// `rms`, for a decided sigma `sigma`.
+    pub fn sigma_for(self, sigma: f64, rms: f64) -> f64 {
+        match self {
+            Self::Absolute => sigma,
+            Self::Relative => sigma * rms,
+            Self::None => 0.0,
+        }
+    }
+}
+
 /// A noise policy with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PolicyConfig {
@@ -81,6 +126,9 @@ pub struct PolicyConfig {
     pub anneal_eta: f64,
     /// The annealed policy's `gamma`.
     pub anneal_gamma: f64,
+    /// How the adaptive policy's weight noise is scaled.
+    #[serde(default)]
+    pub weight_scale: WeightNoiseScale,
 }
 
 impl Default for PolicyConfig {
@@ -90,6 +138,7 @@ impl Default for PolicyConfig {
             noise_sigma: crate::defaults::NOISE_SIGMA,
             anneal_eta: crate::defaults::ANNEAL_ETA,
             anneal_gamma: crate::defaults::ANNEAL_GAMMA,
+            weight_scale: WeightNoiseScale::Absolute,
         }
     }
 }
@@ -131,20 +180,27 @@ impl PolicyConfig {
         }
     }
 
-    /// The weight noise's standard deviation at an epoch's start: the adaptive decision's,
-    /// none for the baselines, which only perturb gradients.
+    /// The weight noise's sigma at an epoch's start: the adaptive decision's (0 when the
+    /// weight-noise scale is `none`), none for the baselines, which only perturb gradients.
+    /// Under the `relative` scale it is a factor of each tensor's root mean square.
     pub fn weight_sigma(&self, decided: f64) -> f64 {
-        match self.policy {
-            NoisePolicy::Adaptive => decided,
-            NoisePolicy::Constant | NoisePolicy::Annealed => 0.0,
+        match (self.policy, self.weight_scale) {
+            (_, WeightNoiseScale::None) => 0.0,
+            (NoisePolicy::Adaptive, _) => decided,
+            (NoisePolicy::Constant | NoisePolicy::Annealed, _) => 0.0,
         }
     }
 
-    /// A short label for reports: `adaptive`, `constant 0.01`, `annealed eta 0.01 gamma 0.55`.
+    /// A short label for reports: `adaptive`, `adaptive, relative weight noise`,
+    /// `constant 0.01`, `annealed eta 0.01 gamma 0.55`.
     pub fn label(&self) -> String {
         use crate::formulas::compact;
         match self.policy {
-            NoisePolicy::Adaptive => "adaptive".into(),
+            NoisePolicy::Adaptive => match self.weight_scale {
+                WeightNoiseScale::Absolute => "adaptive".into(),
+                WeightNoiseScale::Relative => "adaptive, relative weight noise".into(),
+                WeightNoiseScale::None => "adaptive, no weight noise".into(),
+            },
             NoisePolicy::Constant => format!("constant {}", compact(self.noise_sigma)),
             NoisePolicy::Annealed => format!(
                 "annealed eta {} gamma {}",
@@ -213,6 +269,23 @@ mod tests {
         assert!((annealed.grad_sigma(0.03, 999) - want).abs() < 1e-15);
         assert!((want - 0.014962).abs() < 1e-6);
         assert_eq!(annealed.weight_sigma(0.02), 0.0);
+    }
+
+    #[test]
+    fn the_weight_noise_scale_reads_sigma_three_ways() {
+        assert_eq!(WeightNoiseScale::Absolute.sigma_for(0.04, 0.02), 0.04);
+        assert_eq!(
+            WeightNoiseScale::Relative.sigma_for(0.04, 0.02),
+            0.04 * 0.02
+        );
+        assert_eq!(WeightNoiseScale::None.sigma_for(0.04, 0.02), 0.0);
+        let none = PolicyConfig {
+            weight_scale: WeightNoiseScale::None,
+            ..Default::default()
+        };
+        assert_eq!(none.weight_sigma(0.03), 0.0);
+        assert_eq!(none.grad_sigma(0.03, 7), 0.03, "gradient noise stays");
+        assert_eq!(none.label(), "adaptive, no weight noise");
     }
 
     #[test]

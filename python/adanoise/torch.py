@@ -35,6 +35,7 @@ from ._adanoise import AdanoiseError, CosineRestarts, Decision, NoiseScheduler
 __all__ = ["AdaptiveNoise", "CosineRestartsLR"]
 
 _NOISE_KINDS = ("none", "gaussian", "uniform")
+_WEIGHT_SCALES = ("absolute", "relative", "none")
 _GRADIENT, _WEIGHT = 5, 6
 _MASK = (1 << 64) - 1
 
@@ -111,8 +112,11 @@ class AdaptiveNoise:
     are used; buffers such as BatchNorm statistics never get noise).
     `epochs`: `E_max` of the noise damping. `noise`: "gaussian", "uniform", or
     "none" (decide and record only, the baseline). `seed`: makes the noise
-    reproducible, whatever the interruptions. Other keywords are the
-    scheduler's thresholds (`adanoise.NoiseScheduler`).
+    reproducible, whatever the interruptions. `weight_noise_scale`: how the
+    decided weight sigma is applied: per element ("absolute", the command's
+    default), times each tensor's root mean square ("relative"), or not at all
+    ("none"; gradient noise stays). Other keywords are the scheduler's
+    thresholds (`adanoise.NoiseScheduler`).
     """
 
     def __init__(
@@ -121,12 +125,18 @@ class AdaptiveNoise:
         epochs: int,
         noise: str = "gaussian",
         seed: int = 0,
+        weight_noise_scale: str = "absolute",
         **thresholds: float,
     ) -> None:
         if noise not in _NOISE_KINDS:
             raise AdanoiseError(
                 f"noise must be one of {', '.join(_NOISE_KINDS)} (got {noise!r})"
             )
+        if weight_noise_scale not in _WEIGHT_SCALES:
+            raise AdanoiseError(
+                f"weight_noise_scale must be one of {', '.join(_WEIGHT_SCALES)} (got {weight_noise_scale!r})"
+            )
+        self.weight_noise_scale = weight_noise_scale
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise AdanoiseError(
@@ -175,11 +185,15 @@ class AdaptiveNoise:
         self._norm_sum = None
         self._steps_in_epoch = 0
         self._start = self._flat()
-        if self.injects and self.weight_sigma > 0:
+        if self.injects and self.weight_sigma > 0 and self.weight_noise_scale != "none":
             with torch.no_grad():
                 for i, p in enumerate(self.params):
                     seed = _seed(self.seed, _WEIGHT, self.epoch, i)
-                    p.add_(self._draw(p, self.weight_sigma, seed))
+                    noise = self._draw(p, self.weight_sigma, seed)
+                    if self.weight_noise_scale == "relative":
+                        # sigma times the tensor's root mean square, just before the noise.
+                        noise.mul_(p.detach().square().mean().sqrt())
+                    p.add_(noise)
 
     def after_backward(self) -> float | None:
         """Call between `loss.backward()` and `optimizer.step()`: records the global gradient
@@ -243,6 +257,7 @@ class AdaptiveNoise:
             "weight_sigma": self.weight_sigma,
             "noise": self.noise,
             "seed": self.seed,
+            "weight_noise_scale": self.weight_noise_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -255,6 +270,7 @@ class AdaptiveNoise:
             self.weight_sigma = float(state["weight_sigma"])
             self.noise = str(state["noise"])
             self.seed = int(state["seed"])
+            self.weight_noise_scale = str(state.get("weight_noise_scale", "absolute"))
         except KeyError as missing:
             raise AdanoiseError(
                 f"the state has no {missing}: pass what AdaptiveNoise.state_dict() returned"

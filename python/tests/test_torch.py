@@ -53,20 +53,24 @@ def clean_grads(net):
     return torch.cat([p.grad.detach().reshape(-1).clone() for p in net.parameters()])
 
 
-def train(noise_kind, epochs=EPOCHS, start=None, stop=None):
+def train(noise_kind, epochs=EPOCHS, start=None, stop=None, weight_noise_scale="absolute"):
     """Plain SGD (no momentum, no weight decay), so each step's update is -LR times the
     gradient it was given: the noise is what is left after removing the clean gradient."""
     batches = data()
     if start is None:
         net = model()
         opt = torch.optim.SGD(net.parameters(), lr=LR)
-        noise = AdaptiveNoise(net.parameters(), epochs=epochs, noise=noise_kind, seed=3, **FIRING)
+        noise = AdaptiveNoise(
+            net.parameters(), epochs=epochs, noise=noise_kind, seed=3,
+            weight_noise_scale=weight_noise_scale, **FIRING,
+        )
         first = 1
     else:
         net, opt, noise, first = start
     record = []
     for epoch in range(first, (stop or epochs) + 1):
         before = flat(net)
+        rms = [p.detach().square().mean().sqrt().item() for p in net.parameters()]
         noise.start_epoch()
         weight_noise = flat(net) - before
         grad_noise = []
@@ -84,7 +88,7 @@ def train(noise_kind, epochs=EPOCHS, start=None, stop=None):
         with torch.no_grad():
             val = sum(F.cross_entropy(net(x), y).item() for x, y in batches) / len(batches)
         decision = noise.end_epoch(train_loss=sum(losses) / len(losses), val_loss=val)
-        record.append((epoch, weight_noise, torch.cat(grad_noise), decision))
+        record.append((epoch, weight_noise, torch.cat(grad_noise), decision, rms))
     return record, (net, opt, noise)
 
 
@@ -93,7 +97,7 @@ def test_noise_lands_in_the_decided_epochs_with_its_sigma(kind):
     record, _ = train(kind)
     grad_sigma = weight_sigma = 0.0
     noisy_grad = noisy_weight = quiet = 0
-    for epoch, weight_noise, grad_noise, decision in record:
+    for epoch, weight_noise, grad_noise, decision, _ in record:
         for applied, sigma in ((grad_noise, grad_sigma), (weight_noise, weight_sigma)):
             if sigma == 0:
                 assert applied.abs().max() < 1e-4, (epoch, applied.abs().max())
@@ -108,16 +112,34 @@ def test_noise_lands_in_the_decided_epochs_with_its_sigma(kind):
         grad_sigma, weight_sigma = decision.grad_sigma, decision.weight_sigma
     assert noisy_grad >= 2 and noisy_weight >= 2, "the thresholds should make noise fire"
     assert quiet >= 1, "a cooldown epoch should carry no noise"
-    cooldowns = [d.cooldown for *_, d in record]
+    cooldowns = [r[3].cooldown for r in record]
     assert 1 in cooldowns, cooldowns
 
 
 def test_noise_none_decides_but_never_injects():
     record, _ = train("none")
-    assert any(d.grad_sigma > 0 for *_, d in record)
-    for _, weight_noise, grad_noise, _ in record:
+    assert any(r[3].grad_sigma > 0 for r in record)
+    for _, weight_noise, grad_noise, *_ in record:
         assert weight_noise.abs().max() == 0
         assert grad_noise.abs().max() < 1e-4
+
+
+def test_relative_weight_noise_follows_each_tensors_scale_and_none_adds_none():
+    record, _ = train("gaussian", weight_noise_scale="relative")
+    sizes = [p.numel() for p in model().parameters()]
+    weight_sigma, checked = 0.0, 0
+    for epoch, weight_noise, _, decision, rms in record:
+        if weight_sigma > 0:
+            for part, size, r in zip(weight_noise.split(sizes), sizes, rms):
+                if size >= 640:
+                    assert abs(part.std().item() / (weight_sigma * r) - 1) < 0.1, (epoch, size)
+                    checked += 1
+        weight_sigma = decision.weight_sigma
+    assert checked >= 2, "weight noise should fire"
+    record, _ = train("gaussian", weight_noise_scale="none")
+    assert any(d.weight_sigma > 0 for *_, d, _ in record), "decided, as before"
+    assert all(w.abs().max() == 0 for _, w, *_ in record), "never applied"
+    assert any(g.abs().max() > 1e-3 for _, _, g, *_ in record), "gradient noise stays"
 
 
 def test_a_state_dict_round_trip_mid_run_continues_identically():
@@ -135,8 +157,8 @@ def test_a_state_dict_round_trip_mid_run_continues_identically():
     noise2 = AdaptiveNoise(net2.parameters(), epochs=EPOCHS, noise="gaussian", seed=0, **FIRING)
     noise2.load_state_dict(saved[2])
     rest, (net_resumed, *_) = train("gaussian", start=(net2, opt2, noise2, 4))
-    got = [d.to_dict() for *_, d in first + rest]
-    assert got == [d.to_dict() for *_, d in whole]
+    got = [r[3].to_dict() for r in first + rest]
+    assert got == [r[3].to_dict() for r in whole]
     assert torch.equal(flat(net_resumed), flat(net_whole))
 
 

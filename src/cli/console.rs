@@ -243,7 +243,9 @@ fn noise_note(applied: &NoiseApplied) -> String {
         parts.push(format!("grad noise {:.4}", applied.grad_sigma));
     }
     if applied.weight_sigma > 0.0 {
-        parts.push(format!("weight noise {:.4}", applied.weight_sigma));
+        let relative = applied.weight_scale == Some(adanoise_core::WeightNoiseScale::Relative);
+        let unit = if relative { " x rms" } else { "" };
+        parts.push(format!("weight noise {:.4}{unit}", applied.weight_sigma));
     }
     if parts.is_empty() {
         String::new()

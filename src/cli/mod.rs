@@ -10,8 +10,8 @@ use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
 use crate::train::Precision;
-use adanoise_core::NoisePolicy;
 use adanoise_core::defaults::{self, with_default};
+use adanoise_core::{NoisePolicy, WeightNoiseScale};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -197,6 +197,11 @@ pub(crate) struct TrainArgs {
     #[arg(long, help = with_default("gamma of the annealed policy", defaults::ANNEAL_GAMMA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anneal_gamma: Option<f64>,
+    /// How weight noise is scaled: sigma per element (absolute), sigma times each tensor's
+    /// root mean square (relative), or no weight noise (none) [default: absolute].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_noise_scale: Option<WeightNoiseScale>,
     #[command(flatten)]
     #[serde(skip_serializing_if = "NoiseArgs::is_empty")]
     pub noise_scheduler: NoiseArgs,

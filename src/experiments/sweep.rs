@@ -151,6 +151,7 @@ fn name_part(key: &str, value: &toml::Value) -> String {
         "model" | "optimizer" | "noise" | "noise_policy" | "device" => v,
         "lr" => format!("lr{v}"),
         "seed" => format!("s{v}"),
+        "weight_noise_scale" => format!("weights-{v}"),
         "epochs" => format!("e{v}"),
         other => format!(
             "{}{v}",

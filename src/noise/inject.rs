@@ -1,14 +1,15 @@
 //! Putting noise into a Burn model: into every trainable parameter's gradient
 //! (each step of a noisy epoch, before weight decay and momentum, which the
 //! optimiser applies afterwards) or into every trainable parameter once (at the
-//! start of a noisy epoch). BatchNorm running statistics are never touched.
+//! start of a noisy epoch), scaled as the run's [`WeightNoiseScale`] says.
+//! BatchNorm running statistics are never touched.
 //! Noise is reproducible from a seed: on the CPU it is drawn by a parallel host
 //! sampler (Burn's CPU `random` is single-threaded and cost ~17 % of a
 //! ResNet-18 step), on a GPU by the device itself.
 
 use crate::rng::with_seeded_device;
-use adanoise_core::NoiseKind;
 use adanoise_core::formulas::uniform_bound;
+use adanoise_core::{NoiseKind, WeightNoiseScale};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Shape, Tensor, TensorData};
@@ -137,6 +138,7 @@ pub fn add_gradient_noise<M: Module>(
 struct WeightNoise {
     kind: NoiseKind,
     sigma: f64,
+    scale: WeightNoiseScale,
     seed: u64,
     index: usize,
 }
@@ -146,12 +148,18 @@ impl ModuleMapper for WeightNoise {
         if !param.is_require_grad() {
             return param;
         }
-        let (kind, sigma) = (self.kind, self.sigma);
+        let (kind, sigma, scale) = (self.kind, self.sigma, self.scale);
         let seed = param_seed(self.seed, self.index);
         self.index += 1;
         param.map(|tensor| {
             let inner = tensor.inner();
-            match sample_noise::<D>(kind, inner.shape(), sigma, &inner.device(), seed) {
+            let noise = sample_noise::<D>(kind, inner.shape(), sigma, &inner.device(), seed);
+            let noise = match scale {
+                // sigma * rms(w) = (unit-sigma-scaled draw) * rms(w), kept on the device.
+                WeightNoiseScale::Relative => noise.map(|n| n * root_mean_square(&inner)),
+                _ => noise,
+            };
+            match noise {
                 Some(noise) => Tensor::from_inner(inner + noise).require_grad(),
                 None => Tensor::from_inner(inner).require_grad(),
             }
@@ -159,15 +167,30 @@ impl ModuleMapper for WeightNoise {
     }
 }
 
-/// Adds noise of standard deviation `sigma` to every trainable parameter (not to BN statistics),
-/// reproducibly from `seed`. Parameters keep their ids, so the optimiser's state carries over.
-pub fn add_weight_noise<M: Module>(model: M, kind: NoiseKind, sigma: f64, seed: u64) -> M {
-    if kind == NoiseKind::None || sigma <= 0.0 {
+/// The tensor's root mean square, as a tensor of its rank with every dimension 1 (so that
+/// it broadcasts), computed on its device.
+fn root_mean_square<const D: usize>(tensor: &Tensor<D>) -> Tensor<D> {
+    tensor.clone().square().mean().sqrt().reshape([1; D])
+}
+
+/// Adds noise to every trainable parameter (not to BN statistics), reproducibly from `seed`:
+/// of standard deviation `sigma` per element (`absolute`), `sigma` times each tensor's root
+/// mean square (`relative`), or none (`none`). Parameters keep their ids, so the optimiser's
+/// state carries over.
+pub fn add_weight_noise<M: Module>(
+    model: M,
+    kind: NoiseKind,
+    sigma: f64,
+    scale: WeightNoiseScale,
+    seed: u64,
+) -> M {
+    if kind == NoiseKind::None || sigma <= 0.0 || scale == WeightNoiseScale::None {
         return model;
     }
     model.map(&mut WeightNoise {
         kind,
         sigma,
+        scale,
         seed,
         index: 0,
     })
@@ -265,6 +288,86 @@ mod tests {
         assert_eq!(values(clean.get::<1>(model.w.id).unwrap()), vec![2.0; 4]);
     }
 
+    /// Every trainable tensor of `model`, flattened, in order.
+    fn tensors(model: &crate::models::Model) -> Vec<Vec<f64>> {
+        struct All(Vec<Vec<f64>>);
+        impl ModuleVisitor for All {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if param.is_require_grad() {
+                    let data = param.val().inner().into_data().convert::<f32>();
+                    let v = data.try_to_vec::<f32>().unwrap();
+                    self.0.push(v.into_iter().map(f64::from).collect());
+                }
+            }
+        }
+        let mut all = All(Vec::new());
+        model.visit(&mut all);
+        all.0
+    }
+
+    #[test]
+    fn relative_weight_noise_follows_each_tensors_scale_and_none_adds_nothing() {
+        let device = Device::flex().autodiff();
+        let model = crate::train::init_model(
+            &crate::train::TrainConfig::from_table(
+                "model = 'tiny-cnn'\noptimizer = 'sgd'\nlr = 0.1"
+                    .parse()
+                    .unwrap(),
+            )
+            .unwrap(),
+            10,
+            &device,
+        );
+        let before = tensors(&model);
+        let sigma = 0.05;
+        let noisy = add_weight_noise(
+            model.clone(),
+            NoiseKind::Gaussian,
+            sigma,
+            WeightNoiseScale::Relative,
+            11,
+        );
+        for (then, now) in before.iter().zip(tensors(&noisy)) {
+            // Tensors of 64 elements or more: enough draws for a 20 % tolerance.
+            if then.len() < 64 {
+                continue;
+            }
+            let rms = (then.iter().map(|x| x * x).sum::<f64>() / then.len() as f64).sqrt();
+            let diffs: Vec<f64> = now.iter().zip(then).map(|(a, b)| a - b).collect();
+            let std = (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt();
+            let want = sigma * rms;
+            assert!(
+                (std / want - 1.0).abs() < 0.2,
+                "{} elements: noise std {std}, sigma x rms {want}",
+                then.len()
+            );
+        }
+        let untouched = add_weight_noise(
+            model.clone(),
+            NoiseKind::Gaussian,
+            sigma,
+            WeightNoiseScale::None,
+            11,
+        );
+        assert_eq!(tensors(&untouched), before);
+        // Absolute: sigma per element, whatever the tensor's scale.
+        let absolute = add_weight_noise(
+            model,
+            NoiseKind::Gaussian,
+            sigma,
+            WeightNoiseScale::Absolute,
+            11,
+        );
+        let diffs: Vec<f64> = tensors(&absolute)
+            .iter()
+            .flatten()
+            .zip(before.iter().flatten())
+            .map(|(a, b)| a - b)
+            .collect();
+        let std = (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt();
+        assert!((std / sigma - 1.0).abs() < 0.02, "{std}");
+    }
+
     #[test]
     fn weight_noise_moves_parameters_but_not_batchnorm_statistics() {
         let device = Device::flex().autodiff();
@@ -272,7 +375,13 @@ mod tests {
         let stats_before = crate::models::running_stats(&model);
         let before = WeightSnapshot::take(&model);
         let ids_before = crate::models::param_ids(&model);
-        let model = add_weight_noise(model, NoiseKind::Uniform, 0.01, 3);
+        let model = add_weight_noise(
+            model,
+            NoiseKind::Uniform,
+            0.01,
+            WeightNoiseScale::Absolute,
+            3,
+        );
         let change = WeightSnapshot::take(&model).relative_change(&before);
         assert!(change > 0.0, "weights unchanged");
         assert_eq!(

@@ -4,9 +4,9 @@
 
 pub mod inject;
 
-pub use adanoise_core::NoiseKind;
 pub use adanoise_core::replay;
 pub use adanoise_core::scheduler::{
     Decision, Flag, NoiseScheduler, NoiseSchedulerConfig, Observation, SchedulerError,
 };
+pub use adanoise_core::{NoiseKind, WeightNoiseScale};
 pub use inject::{add_gradient_noise, add_weight_noise, host_noise, sample_noise};

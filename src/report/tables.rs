@@ -186,11 +186,12 @@ const MODEL_ORDER: [ModelKind; 4] = [
 ];
 
 /// Keys that define a row by themselves or vary within it (seeds), or say where a run ran.
-const NOT_VARIANTS: [&str; 13] = [
+const NOT_VARIANTS: [&str; 14] = [
     "model",
     "optimizer",
     "noise",
     "noise_policy",
+    "weight_noise_scale",
     "noise_sigma",
     "anneal_eta",
     "anneal_gamma",

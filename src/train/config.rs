@@ -9,7 +9,7 @@ use crate::noise::{NoiseKind, NoiseSchedulerConfig};
 use crate::optim::OptimizerKind;
 use crate::schedule::CosineRestartsConfig;
 use crate::train::Precision;
-use adanoise_core::{NoisePolicy, PolicyConfig};
+use adanoise_core::{NoisePolicy, PolicyConfig, WeightNoiseScale};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -92,6 +92,10 @@ pub struct TrainConfig {
     /// `gamma` of the annealed policy.
     #[serde(default = "defaults::anneal_gamma")]
     pub anneal_gamma: f64,
+    /// How weight noise is scaled: sigma per element (`absolute`, the default), sigma times
+    /// each tensor's root mean square (`relative`), or not at all (`none`).
+    #[serde(default)]
+    pub weight_noise_scale: WeightNoiseScale,
     /// Thresholds of the adaptive noise scheduler (Table V).
     #[serde(default)]
     pub noise_scheduler: NoiseSchedulerConfig,
@@ -217,6 +221,7 @@ impl TrainConfig {
             noise_sigma: self.noise_sigma,
             anneal_eta: self.anneal_eta,
             anneal_gamma: self.anneal_gamma,
+            weight_scale: self.weight_noise_scale,
         }
     }
 
@@ -262,12 +267,14 @@ impl TrainConfig {
 
     /// The default run directory name: `<model>-<optimizer>-<noise>-lr<X>-s<seed>`, with the
     /// noise policy after the noise when it is not the adaptive one
-    /// (`...-gaussian-constant-lr<X>-s<seed>`), so that runs that differ only in their
-    /// policy do not share a directory.
+    /// (`...-gaussian-constant-lr<X>-s<seed>`) and the weight-noise scale when it is not
+    /// the default (`...-gaussian-weights-relative-lr<X>-s<seed>`), so that runs that
+    /// differ only in these do not share a directory.
     pub fn default_run_name(&self) -> String {
-        let policy = match self.noise_policy {
-            NoisePolicy::Adaptive => String::new(),
-            other => format!("-{other}"),
+        let policy = match (self.noise_policy, self.weight_noise_scale) {
+            (NoisePolicy::Adaptive, WeightNoiseScale::Absolute) => String::new(),
+            (NoisePolicy::Adaptive, scale) => format!("-weights-{scale}"),
+            (other, _) => format!("-{other}"),
         };
         format!(
             "{}-{}-{}{policy}-lr{}-s{}",

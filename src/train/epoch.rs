@@ -99,10 +99,12 @@ impl NoisePlan {
     /// What an epoch of steps `first..=last` receives.
     pub fn applied(&self, first: u64, last: u64) -> NoiseApplied {
         let (start, end) = (self.grad_sigma(first), self.grad_sigma(last));
+        let weight_sigma = self.weight_sigma();
         NoiseApplied {
             grad_sigma: start,
             grad_sigma_end: (end != start).then_some(end),
-            weight_sigma: self.weight_sigma(),
+            weight_sigma,
+            weight_scale: (weight_sigma > 0.0).then_some(self.policy.weight_scale),
         }
     }
 }
@@ -291,7 +293,13 @@ fn with_weight_noise(ctx: &EpochContext, model: Model) -> Model {
         return model;
     }
     let seed = derived_seed(ctx.config.seed, Purpose::WeightNoise, ctx.epoch);
-    add_weight_noise(model, ctx.config.noise, sigma, seed)
+    add_weight_noise(
+        model,
+        ctx.config.noise,
+        sigma,
+        ctx.noise.policy.weight_scale,
+        seed,
+    )
 }
 
 /// The gradient noise of global step `step`, seeded by that step: the same noise however

@@ -60,8 +60,12 @@ pub struct NoiseApplied {
     /// step (the annealed one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_sigma_end: Option<f64>,
-    /// Standard deviation of the weight noise added at the epoch's start (0: none).
+    /// Standard deviation of the weight noise added at the epoch's start (0: none); under
+    /// the `relative` scale, the factor of each tensor's root mean square.
     pub weight_sigma: f64,
+    /// How `weight_sigma` was applied, when weight noise was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_scale: Option<adanoise_core::WeightNoiseScale>,
 }
 
 impl NoiseApplied {
