@@ -7,12 +7,12 @@
 //! The model is a small MLP on a synthetic two-class problem; the thresholds are
 //! scaled to the example's 12 epochs so that noise fires.
 
+use adanoise::engine::burn::param_stats::{WeightSnapshot, grad_norm};
 use adanoise::noise::{
     NoiseKind, NoiseScheduler, NoiseSchedulerConfig, Observation, WeightNoiseScale,
     add_gradient_noise, add_weight_noise,
 };
 use adanoise::schedule::{CosineRestarts, CosineRestartsConfig};
-use adanoise::train::param_stats::{WeightSnapshot, grad_norm};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig, Relu};

@@ -1,22 +1,20 @@
 //! `adanoise bench`: times whole training steps (forward, loss, backward,
-//! optimiser) on a fixed random batch after a warm-up, and reports the median.
-//! Several step variants (plain, + gradient norm, + gradient noise) can be timed
-//! in one run, interleaved step by step, so that a busy machine slows them alike
-//! and their ratio stays meaningful.
+//! optimiser) of an engine on one fixed batch after a warm-up, and reports the
+//! median; with `--device-data`, on the batches of endless epoch plans assembled
+//! on the device, as training does. Several step variants (plain, + gradient
+//! norm, + gradient noise) can be timed in one run, interleaved step by step, so
+//! that a busy machine slows them alike and their ratio stays meaningful.
 
-use crate::data::device_data::{DeviceSplit, byte_storage};
-use crate::data::placement::{BatchTensors, batch_tensors};
+use crate::data::placement::DataPlacement;
 use crate::data::plan::{SamplePlan, epoch_plan};
-use crate::data::{Batch, BatchStream, IMAGE_BYTES, Normalization, Split};
-use crate::device::{DeviceKind, set_cpu_threads};
+use crate::data::{BatchStream, IMAGE_BYTES, Normalization, Split};
+use crate::device::DeviceKind;
+use crate::engine::{self, Engine, EngineData, EngineSpec, NoiseDraw, Step};
 use crate::models::ModelKind;
 use crate::noise::NoiseKind;
 use crate::optim::OptimizerKind;
-use crate::train::precision::{Precision, StepPrecision};
-use crate::train::step::{GradNoise, StepInput, train_step};
+use crate::train::precision::Precision;
 use anyhow::{Result, bail};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Device, Tensor};
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use std::sync::Arc;
@@ -136,7 +134,7 @@ fn synthetic_split(rng: &mut impl RngExt) -> Split {
 fn host_data_rate(split: Arc<Split>, batch_size: usize) -> f64 {
     let started = Instant::now();
     let images: usize = BatchStream::start(split, batch_size, Normalization::CIFAR10, 1, 1)
-        .map(|b| b.len())
+        .map(|(_, b)| b.len())
         .sum();
     images as f64 / started.elapsed().as_secs_f64()
 }
@@ -151,57 +149,30 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// The batches the timed steps train on: one fixed host batch uploaded every step, or
-/// (with `device_data`) batches cut on the device from a synthetic split by endless epoch
-/// plans, as training does.
-struct StepBatches {
-    host: Batch,
-    on_device: Option<(DeviceSplit, Plans)>,
-}
-
-/// The sample plans of full batches, epoch after epoch, without end.
-type Plans = Box<dyn Iterator<Item = Vec<SamplePlan>>>;
-
-impl StepBatches {
-    fn new(options: &BenchOptions, split: &Split, rng: &mut impl RngExt, plain: &Device) -> Self {
-        let n = options.batch_size;
-        let host = Batch {
-            images: (0..n * IMAGE_BYTES)
-                .map(|_| rng.random_range(-2.0f32..2.0))
-                .collect(),
-            labels: (0..n).map(|_| rng.random_range(0..10i64)).collect(),
-        };
-        let on_device = options.device_data.then(|| {
-            let split =
-                DeviceSplit::upload(split, Normalization::CIFAR10, plain, byte_storage(plain));
-            let plans = (1..)
+/// The batches the timed steps train on: the first images of the split, centred, every
+/// step (the engine assembles it once), or (with `device_data`) the full batches of epoch
+/// plans, epoch after epoch, as training cuts them out on the device.
+fn step_batches(options: &BenchOptions) -> Box<dyn Iterator<Item = Vec<SamplePlan>>> {
+    let n = options.batch_size;
+    if options.device_data {
+        Box::new(
+            (1..)
                 .flat_map(move |epoch| epoch_plan(DATA_IMAGES, n, 0, epoch))
-                .filter(move |samples| samples.len() == n);
-            let plans: Plans = Box::new(plans);
-            (split, plans)
-        });
-        StepBatches { host, on_device }
-    }
-
-    fn next(&mut self, device: &Device) -> BatchTensors {
-        match &mut self.on_device {
-            Some((split, plans)) => {
-                let samples = plans.next().expect("the plan never ends");
-                let (images, labels) = split.batch(&samples);
-                (Tensor::from_inner(images), Tensor::from_inner(labels))
-            }
-            None => batch_tensors(self.host.clone(), device),
-        }
+                .filter(move |samples| samples.len() == n),
+        )
+    } else {
+        let fixed: Vec<SamplePlan> = (0..n).map(SamplePlan::centred).collect();
+        Box::new(std::iter::repeat(fixed))
     }
 }
 
 /// The gradient noise a step of `variant` adds, each with its own seed.
-fn grad_noise(variant: StepKind, seed: &mut u64) -> Option<GradNoise> {
+fn grad_noise(variant: StepKind, seed: &mut u64) -> Option<NoiseDraw> {
     let StepKind::GradNoise(sigma) = variant else {
         return None;
     };
     *seed += 1;
-    Some(GradNoise {
+    Some(NoiseDraw {
         kind: NoiseKind::Gaussian,
         sigma,
         seed: *seed,
@@ -230,70 +201,83 @@ fn variant_results(variants: &[StepKind], times: &[Vec<f64>], n: usize) -> Vec<V
         .collect()
 }
 
+/// The engine a benchmark times, on a synthetic split.
+fn bench_engine(options: &BenchOptions, split: &Split) -> Result<Box<dyn Engine>> {
+    let spec = EngineSpec {
+        model: options.model,
+        optimizer: options.optimizer,
+        weight_decay: adanoise_core::defaults::WEIGHT_DECAY,
+        device: options.device,
+        precision: options.precision,
+        data_placement: if options.device_data {
+            DataPlacement::Device
+        } else {
+            DataPlacement::Host
+        },
+        batch_size: options.batch_size,
+        seed: 0,
+        threads: options.threads,
+    };
+    engine::check(&spec)?;
+    let data = EngineData {
+        train: split.clone(),
+        val: split.select(&[0]),
+        test: None,
+        classes: 10,
+    };
+    let mut engine = engine::build(&spec, data)?;
+    engine.start_epoch(None)?;
+    Ok(engine)
+}
+
 /// Times training steps as `options` say (variants interleaved step by step).
 pub fn run(options: &BenchOptions) -> Result<BenchResult> {
     if options.steps == 0 || options.batch_size == 0 {
         bail!("--steps and --batch-size must be at least 1");
+    }
+    if options.batch_size > DATA_IMAGES {
+        bail!("--batch-size must be at most {DATA_IMAGES}, the benchmark's synthetic images");
     }
     let variants = if options.variants.is_empty() {
         vec![StepKind::Plain]
     } else {
         options.variants.clone()
     };
-    set_cpu_threads(options.threads);
-    let device = options.device.device()?;
-    options
-        .precision
-        .check_device(&device, options.device.name())?;
-    let device = device.autodiff();
-    let mut precision = StepPrecision::new(options.precision);
-    let mut model = options.model.build(10, &device);
-    let mut optim = options
-        .optimizer
-        .build(adanoise_core::defaults::WEIGHT_DECAY);
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let split = Arc::new(synthetic_split(&mut rng));
-    let host_data_images_per_s = host_data_rate(split.clone(), options.batch_size);
-    let plain = device.clone().inner();
-    let mut batches = StepBatches::new(options, &split, &mut rng, &plain);
-    let mut norm_sum = Tensor::<1>::zeros([1], &plain);
+    let split = synthetic_split(&mut rng);
+    let mut engine = bench_engine(options, &split)?;
+    let host_data_images_per_s = host_data_rate(Arc::new(split), options.batch_size);
+    let mut batches = step_batches(options);
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(options.steps); variants.len()];
     let (mut seed, mut skipped_steps) = (0u64, 0);
     for step in 0..options.warmup + options.steps {
         for (v, variant) in variants.iter().enumerate() {
+            let samples = batches.next().expect("the batches never end");
             let started = Instant::now();
-            let (images, labels) = batches.next(&device);
-            let input = StepInput {
-                images,
-                labels,
+            let applied = engine.step(&Step {
+                epoch: 1,
+                index: step * variants.len() + v,
+                samples: &samples,
                 lr: 1e-3,
-                measure_norm: *variant != StepKind::Plain,
                 grad_noise: grad_noise(*variant, &mut seed),
-            };
-            let out = train_step(model, &mut optim, &loss_fn, input, &mut precision);
-            model = out.model;
-            if let Some(norm) = out.grad_norm {
-                // Kept on the device, as in training: read back once at the end.
-                norm_sum = norm_sum + norm;
-            }
-            device
-                .sync()
-                .map_err(|e| anyhow::anyhow!("the device failed: {e:?}"))?;
+                measure_norm: *variant != StepKind::Plain,
+            })?;
+            engine.synchronize()?;
             if step >= options.warmup {
                 times[v].push(started.elapsed().as_secs_f64());
-                skipped_steps += usize::from(out.skipped);
+                skipped_steps += usize::from(!applied);
             }
         }
     }
-    let _ = norm_sum.into_scalar::<f64>();
+    // The sums stay on the device during the steps, as in training: read them once.
+    engine.sums()?;
     let results = variant_results(&variants, &times, options.batch_size);
     Ok(BenchResult {
         model: options.model.name().into(),
         optimizer: options.optimizer.name().into(),
         batch_size: options.batch_size,
         device: options.device.name().into(),
-        threads: rayon::current_num_threads(),
+        threads: options.threads.unwrap_or_else(rayon::current_num_threads),
         steps: options.steps,
         images_per_s: results[0].images_per_s,
         median_step_ms: results[0].median_step_ms,

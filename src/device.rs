@@ -1,6 +1,7 @@
-//! Which Burn backend runs the tensors. Burn 0.22 dispatches through the
-//! `Device` at run time, so the rest of the code never names a backend: only
-//! this file knows which backends were compiled in.
+//! Which backend runs the tensors, and Burn's devices. Burn 0.22 dispatches
+//! through the `Device` at run time, so the rest of the code never names a Burn
+//! backend: only this file knows which were compiled in. The LibTorch backends
+//! belong to the LibTorch engine (`crate::engine`).
 
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -69,6 +70,15 @@ impl DeviceKind {
         matches!(self, Self::Libtorch | Self::LibtorchCpu)
     }
 
+    /// The cargo feature that builds this backend in.
+    pub fn feature(self) -> &'static str {
+        if self.is_libtorch() {
+            "tch"
+        } else {
+            self.name()
+        }
+    }
+
     /// The plain (non-autodiff) device; an error when the backend was not compiled in.
     pub fn device(self) -> Result<Device> {
         let device = match self {
@@ -88,20 +98,7 @@ impl DeviceKind {
                 }
                 Some(Device::cuda(0))
             }
-            // burn-tch is deprecated upstream in favour of CubeCL's backends; it stays here as
-            // the route to cuDNN, against which the CubeCL ones are measured.
-            #[cfg(feature = "tch")]
-            #[allow(deprecated)]
-            Self::Libtorch => {
-                libtorch::check_version()?;
-                Some(burn::backend::libtorch::LibTorchDevice::Cuda(0).into())
-            }
-            #[cfg(feature = "tch")]
-            #[allow(deprecated)]
-            Self::LibtorchCpu => {
-                libtorch::check_version()?;
-                Some(burn::backend::libtorch::LibTorchDevice::Cpu.into())
-            }
+            // The LibTorch devices are the LibTorch engine's (`crate::engine`), not Burn's.
             #[allow(unreachable_patterns)]
             _ => None,
         };
@@ -111,9 +108,14 @@ impl DeviceKind {
                 probe(self, &device)?;
                 Ok(device)
             }
+            None if self.is_libtorch() && cfg!(feature = "tch") => bail!(
+                "--device {} runs on the LibTorch engine, which has no Burn device",
+                self.name()
+            ),
             None => bail!(
-                "this adanoise was built without the {name} backend (built with: {have}); rebuild with `cargo build --release --features {name}`",
+                "this adanoise was built without the {name} backend (built with: {have}); rebuild with `cargo build --release --features {feature}`",
                 name = self.name(),
+                feature = self.feature(),
                 have = Self::compiled_in()
                     .iter()
                     .map(|k| k.name())
@@ -155,8 +157,6 @@ fn probe(kind: DeviceKind, device: &Device) -> Result<()> {
             "no usable {kind} device was found ({why}); {}",
             match kind {
                 DeviceKind::Cuda => "check that an NVIDIA GPU and its driver are present (`nvidia-smi`)",
-                DeviceKind::LibtorchCpu => "LibTorch could not compute on the CPU: check the libtorch the binary loads (`ldd $(which adanoise)`, LD_LIBRARY_PATH)",
-                DeviceKind::Libtorch => "LibTorch sees no CUDA GPU: check that an NVIDIA GPU and its driver are present (`nvidia-smi`) and that the libtorch in use is a CUDA build (PyTorch's default Linux wheel is), or train on the CPU with --device libtorch-cpu",
                 _ => "install a Vulkan driver for the GPU (on Debian without a GPU, Mesa's software one: `apt-get install mesa-vulkan-drivers`, and set XDG_RUNTIME_DIR), or train with --device cpu",
             }
         )
@@ -212,49 +212,6 @@ pub fn set_cpu_threads(threads: Option<usize>) {
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global();
-    }
-}
-
-/// The libtorch a `tch` build runs with: the one it was built against, or an error that
-/// says how to get it.
-#[cfg(feature = "tch")]
-mod libtorch {
-    use anyhow::{Result, bail};
-    use std::path::{Path, PathBuf};
-
-    /// The libtorch version and folder this binary was built against.
-    const BUILT_VERSION: &str = env!("ADANOISE_LIBTORCH_VERSION");
-    const BUILT_LIB: &str = env!("ADANOISE_LIBTORCH_LIB");
-
-    /// The folder of the `libtorch_cpu.so` this process loaded.
-    fn loaded_lib() -> Option<PathBuf> {
-        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-        maps.lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .find(|p| p.ends_with("/libtorch_cpu.so"))
-            .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
-    }
-
-    fn version_of(lib: &Path) -> Option<String> {
-        let text = std::fs::read_to_string(lib.parent()?.join("version.py")).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("__version__ = "))
-            .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
-    }
-
-    /// Refuses a libtorch of another version than the build's: its C++ symbols may match
-    /// and its behaviour not.
-    pub fn check_version() -> Result<()> {
-        let (Some(lib), false) = (loaded_lib(), BUILT_VERSION.is_empty()) else {
-            return Ok(());
-        };
-        match version_of(&lib) {
-            Some(loaded) if loaded != BUILT_VERSION => bail!(
-                "this adanoise was built against libtorch {BUILT_VERSION} ({BUILT_LIB}) but loaded libtorch {loaded} from {}: run it with LD_LIBRARY_PATH={BUILT_LIB}, or rebuild it with LIBTORCH pointing at the other one",
-                lib.display()
-            ),
-            _ => Ok(()),
-        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`noise`]: noise injection into a Burn model (the scheduler is `adanoise-core`'s).
 //! - [`schedule`]: cosine annealing with decaying restarts (a Burn `LrScheduler`).
 //! - [`train`]: the training loop, run directories, checkpoints.
+//! - [`engine`]: what holds a run's tensors: Burn's backends, or LibTorch.
 //! - [`experiments`]: sweeps over grids of runs.
 //! - [`report`]: the paper's tables and figures.
 //! - [`bench`](mod@bench): training-step throughput.
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod events;
 pub mod experiments;
 pub mod fsio;

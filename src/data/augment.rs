@@ -112,9 +112,10 @@ pub fn materialize(split: &Split, samples: &[SamplePlan], table: &[[f32; 256]; 3
     }
 }
 
-/// The augmented training batches of one epoch, produced on a background thread.
+/// The augmented training batches of one epoch, produced on a background thread, each
+/// with the plan it was made from.
 pub struct BatchStream {
-    receiver: Receiver<Batch>,
+    receiver: Receiver<(Vec<SamplePlan>, Batch)>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -146,7 +147,8 @@ impl BatchStream {
             .spawn(move || {
                 let table = norm.table();
                 for samples in epoch_plan(split.len(), batch_size, seed, epoch).skip(skip) {
-                    if sender.send(materialize(&split, &samples, &table)).is_err() {
+                    let batch = materialize(&split, &samples, &table);
+                    if sender.send((samples, batch)).is_err() {
                         return; // the consumer stopped early
                     }
                 }
@@ -160,9 +162,9 @@ impl BatchStream {
 }
 
 impl Iterator for BatchStream {
-    type Item = Batch;
+    type Item = (Vec<SamplePlan>, Batch);
 
-    fn next(&mut self) -> Option<Batch> {
+    fn next(&mut self) -> Option<(Vec<SamplePlan>, Batch)> {
         self.receiver.recv().ok()
     }
 }
@@ -236,11 +238,12 @@ mod tests {
             images: (0..10 * IMAGE_BYTES).map(|i| (i % 256) as u8).collect(),
             labels: (0..10).collect(),
         });
-        let a: Vec<Batch> =
-            BatchStream::start(split.clone(), 4, Normalization::CIFAR10, 1, 2).collect();
-        let b: Vec<Batch> =
-            BatchStream::start(split.clone(), 4, Normalization::CIFAR10, 1, 2).collect();
-        let c: Vec<Batch> = BatchStream::start(split, 4, Normalization::CIFAR10, 1, 3).collect();
+        let batches = |epoch| -> Vec<Batch> {
+            BatchStream::start(split.clone(), 4, Normalization::CIFAR10, 1, epoch)
+                .map(|(_, batch)| batch)
+                .collect()
+        };
+        let (a, b, c) = (batches(2), batches(2), batches(3));
         assert_eq!(a.iter().map(Batch::len).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert_eq!(
             a.iter().map(|x| &x.images).collect::<Vec<_>>(),
@@ -261,13 +264,16 @@ mod tests {
             images: (0..10 * IMAGE_BYTES).map(|i| (i % 256) as u8).collect(),
             labels: (0..10).collect(),
         });
-        let all: Vec<Batch> =
+        let all: Vec<(Vec<SamplePlan>, Batch)> =
             BatchStream::start(split.clone(), 3, Normalization::CIFAR10, 5, 1).collect();
-        let rest: Vec<Batch> =
+        let rest: Vec<(Vec<SamplePlan>, Batch)> =
             BatchStream::start_at(split, 3, Normalization::CIFAR10, 5, 1, 2).collect();
         assert_eq!(rest.len(), 2);
-        assert_eq!(rest[0].images, all[2].images);
-        assert_eq!(rest[1].labels, all[3].labels);
+        assert_eq!(rest[0].1.images, all[2].1.images);
+        assert_eq!(rest[1].1.labels, all[3].1.labels);
+        // Each batch comes with the plan it was made from: the epoch's plan.
+        let plan: Vec<Vec<SamplePlan>> = epoch_plan(10, 3, 5, 1).collect();
+        assert_eq!(all.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>(), plan);
     }
 
     #[test]

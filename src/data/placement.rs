@@ -1,12 +1,12 @@
 //! Where batches are assembled: on the host (a background thread augments bytes into
 //! floats and each batch is uploaded) or on the training device (the dataset is uploaded
-//! once and batches are cut out there). Both follow the same [`epoch_plan`], so a run's
-//! batches do not depend on the choice.
+//! once and batches are cut out there). Both follow the same epoch plan
+//! ([`crate::data::plan::epoch_plan`]), so a run's batches do not depend on the choice.
 
 use super::Split;
-use super::augment::{Batch, BatchStream, Normalization, eval_batches};
+use super::augment::{Batch, Normalization, eval_batches};
 use super::device_data::{DeviceSplit, byte_storage};
-use super::plan::{SamplePlan, epoch_plan, eval_plan};
+use super::plan::{SamplePlan, eval_plan};
 use crate::device::DeviceKind;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -95,37 +95,6 @@ impl PlacedSplit {
     /// Whether the split is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The augmented training batches of epoch `epoch` of a run seeded with `seed`, from
-    /// batch `skip` on (a stopped epoch going on).
-    pub fn epoch_batches(
-        &self,
-        batch_size: usize,
-        seed: u64,
-        epoch: u64,
-        skip: usize,
-        device: &Device,
-    ) -> Box<dyn Iterator<Item = BatchTensors> + '_> {
-        match self {
-            Self::Host(split) => {
-                let stream = BatchStream::start_at(
-                    split.clone(),
-                    batch_size,
-                    Normalization::CIFAR10,
-                    seed,
-                    epoch,
-                    skip,
-                );
-                let device = device.clone();
-                Box::new(stream.map(move |batch| batch_tensors(batch, &device)))
-            }
-            Self::Device(split) => Box::new(
-                epoch_plan(split.len(), batch_size, seed, epoch)
-                    .skip(skip)
-                    .map(|samples| split.batch(&samples)),
-            ),
-        }
     }
 
     /// The same split for evaluation: in order, centred, with host batches prepared once.

@@ -199,8 +199,8 @@ pub fn add_weight_noise<M: Module>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::burn::param_stats::WeightSnapshot;
     use crate::models::ModelKind;
-    use crate::train::param_stats::WeightSnapshot;
 
     fn values(t: Tensor<1>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
@@ -308,16 +308,7 @@ mod tests {
     #[test]
     fn relative_weight_noise_follows_each_tensors_scale_and_none_adds_nothing() {
         let device = Device::flex().autodiff();
-        let model = crate::train::init_model(
-            &crate::train::TrainConfig::from_table(
-                "model = 'tiny-cnn'\noptimizer = 'sgd'\nlr = 0.1"
-                    .parse()
-                    .unwrap(),
-            )
-            .unwrap(),
-            10,
-            &device,
-        );
+        let model = crate::train::init_model(ModelKind::TinyCnn, 0, 10, &device);
         let before = tensors(&model);
         let sigma = 0.05;
         let noisy = add_weight_noise(

@@ -70,9 +70,61 @@ impl OptimizerKind {
 }
 
 #[cfg(test)]
+pub(crate) mod reference {
+    //! PyTorch's update rules worked out by hand in f64 for three steps on a two-element
+    //! parameter with gradients that do not depend on it (a linear loss `g . w`): what
+    //! every engine's optimisers are checked against.
+    use super::{MOMENTUM, OptimizerKind};
+
+    /// The initial weights.
+    pub const W0: [f64; 2] = [0.5, -1.5];
+    /// The gradient of each step.
+    pub const GRADS: [[f64; 2]; 3] = [[0.1, -0.2], [0.3, 0.05], [-0.4, 0.2]];
+    /// The learning rate.
+    pub const LR: f64 = 0.1;
+    /// The weight decay.
+    pub const WD: f64 = 1e-4;
+
+    /// The weights after the three steps of `kind`, by PyTorch's rules.
+    pub fn weights_after(kind: OptimizerKind) -> [f64; 2] {
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let (mut w, mut m, mut v) = (W0, [0.0; 2], [0.0; 2]);
+        for (step, g) in GRADS.iter().enumerate() {
+            let t = step as i32 + 1;
+            for i in 0..2 {
+                let d = g[i] + WD * w[i];
+                match kind {
+                    OptimizerKind::Sgd => w[i] -= LR * d,
+                    OptimizerKind::SgdMomentum => {
+                        m[i] = if step == 0 { d } else { MOMENTUM * m[i] + d };
+                        w[i] -= LR * m[i];
+                    }
+                    OptimizerKind::Adam => {
+                        m[i] = b1 * m[i] + (1.0 - b1) * d;
+                        v[i] = b2 * v[i] + (1.0 - b2) * d * d;
+                        let m_hat = m[i] / (1.0 - b1.powi(t));
+                        let v_hat = v[i] / (1.0 - b2.powi(t));
+                        w[i] -= LR * m_hat / (v_hat.sqrt() + eps);
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    /// Asserts that `got` is `want` to 1e-6.
+    pub fn assert_close(got: &[f64], want: &[f64]) {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "got {got:?}, want {want:?}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     //! Three update steps on a two-element parameter, checked against the update
     //! rules of PyTorch computed by hand in f64.
+    use super::reference::{GRADS, LR, W0, WD, assert_close, weights_after};
     use super::*;
     use burn::module::{Module, Param};
     use burn::optim::GradientsParams;
@@ -82,11 +134,6 @@ mod tests {
     struct Weights {
         w: Param<Tensor<1>>,
     }
-
-    const W0: [f64; 2] = [0.5, -1.5];
-    const GRADS: [[f64; 2]; 3] = [[0.1, -0.2], [0.3, 0.05], [-0.4, 0.2]];
-    const LR: f64 = 0.1;
-    const WD: f64 = 1e-4;
 
     /// Runs the optimiser on `w` with gradients that do not depend on `w` (a linear loss `g . w`).
     fn run(kind: OptimizerKind) -> Vec<f64> {
@@ -116,51 +163,14 @@ mod tests {
             .collect()
     }
 
-    fn close(got: &[f64], want: &[f64]) {
-        for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < 1e-6, "got {got:?}, want {want:?}");
-        }
-    }
-
     #[test]
-    fn sgd_matches_pytorch() {
-        let mut w = W0;
-        for g in GRADS {
-            for i in 0..2 {
-                w[i] -= LR * (g[i] + WD * w[i]);
-            }
+    fn every_optimiser_matches_pytorch() {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::SgdMomentum,
+            OptimizerKind::Adam,
+        ] {
+            assert_close(&run(kind), &weights_after(kind));
         }
-        close(&run(OptimizerKind::Sgd), &w);
-    }
-
-    #[test]
-    fn sgd_momentum_matches_pytorch_without_dampening() {
-        let (mut w, mut v) = (W0, [0.0; 2]);
-        for (step, g) in GRADS.iter().enumerate() {
-            for i in 0..2 {
-                let d = g[i] + WD * w[i];
-                v[i] = if step == 0 { d } else { MOMENTUM * v[i] + d };
-                w[i] -= LR * v[i];
-            }
-        }
-        close(&run(OptimizerKind::SgdMomentum), &w);
-    }
-
-    #[test]
-    fn adam_matches_pytorch() {
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-        let (mut w, mut m, mut v) = (W0, [0.0; 2], [0.0; 2]);
-        for (step, g) in GRADS.iter().enumerate() {
-            let t = step as i32 + 1;
-            for i in 0..2 {
-                let d = g[i] + WD * w[i];
-                m[i] = b1 * m[i] + (1.0 - b1) * d;
-                v[i] = b2 * v[i] + (1.0 - b2) * d * d;
-                let m_hat = m[i] / (1.0 - b1.powi(t));
-                let v_hat = v[i] / (1.0 - b2.powi(t));
-                w[i] -= LR * m_hat / (v_hat.sqrt() + eps);
-            }
-        }
-        close(&run(OptimizerKind::Adam), &w);
     }
 }

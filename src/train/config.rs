@@ -214,6 +214,21 @@ impl TrainConfig {
         self.schedule_epochs.unwrap_or(self.epochs)
     }
 
+    /// What the run's engine is built for.
+    pub fn engine_spec(&self) -> crate::engine::EngineSpec {
+        crate::engine::EngineSpec {
+            model: self.model,
+            optimizer: self.optimizer,
+            weight_decay: self.weight_decay,
+            device: self.device,
+            precision: self.precision,
+            data_placement: self.data_placement,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            threads: self.threads,
+        }
+    }
+
     /// The noise policy with its parameters.
     pub fn policy(&self) -> PolicyConfig {
         PolicyConfig {

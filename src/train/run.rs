@@ -11,32 +11,23 @@
 //!    that `--resume` continues from, or finish.
 
 use super::config::TrainConfig;
-use super::epoch::{
-    EpochContext, EpochEnd, NoisePlan, Optimization, PartialEpoch, READ_EVERY, run_epoch,
-};
+use super::epoch::{EpochContext, EpochEnd, NoisePlan, PartialEpoch, run_epoch};
 use super::interrupt;
 use super::lock::RunLock;
 use super::metrics::{EpochMetrics, RunStatus, Summary};
-use super::precision::StepPrecision;
-use super::record::{self, ExtraState, NoiseState, load_model, optimizer_record};
+use super::record::{self, ExtraState, NoiseState};
 use super::run_dir::{Opened, RunDir};
-use crate::data::Split;
 use crate::data::augment::batches_per_epoch;
 use crate::data::fingerprint::DataFingerprint;
-use crate::data::placement::{EvalSplit, PlacedSplit};
 use crate::data::split::hold_out;
 use crate::data::{Dataset, load_cifar10, source::train_subset};
+use crate::engine::{self, Engine, EngineData, EngineRecord};
 use crate::events::{Event, Observer, RunStart, Silent};
-use crate::models::{Model, trainable_params};
 use crate::noise::{Decision, NoiseScheduler, Observation};
-use crate::rng::{Purpose, derived_seed, with_seeded_device};
 use crate::schedule::CosineRestarts;
 use crate::tensorboard::TensorBoardObserver;
 use anyhow::{Context, Result, bail};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Options of a `train` invocation that are not part of the run's config.
 #[derive(Debug, Clone, Default)]
@@ -106,13 +97,13 @@ fn train_locked(
 ) -> Result<Outcome> {
     let setup = Setup::prepare(config, options, observer)?;
     let resuming_a_run = options.resume && out.join(super::run_dir::CONFIG_FILE).is_file();
-    let (mut run, mut model) = match Run::open(config, out, options, &setup, lock)? {
+    let mut run = match Run::open(config, out, options, setup, lock)? {
         Opening::Finished(outcome) => {
             let epochs = outcome.summary.epochs_done;
             observer.on(&Event::AlreadyFinished { dir: out, epochs });
             return Ok(*outcome);
         }
-        Opening::Ready(run, model) => (*run, *model),
+        Opening::Ready(run) => *run,
     };
     if resuming_a_run && run.history.is_empty() && run.resume_epoch.is_none() {
         observer.on(&Event::Notice(&format!(
@@ -127,20 +118,13 @@ fn train_locked(
     let mut tensorboard;
     let observer: &mut dyn Observer = match &options.tensorboard {
         Some(dir) => {
-            let resumed_from = run.opt.schedule.current_step();
+            let resumed_from = run.schedule.current_step();
             tensorboard = TensorBoardObserver::new(dir, resumed_from, every, observer)?;
             &mut tensorboard
         }
         None => observer,
     };
-    // The running sums are read back for the log at least as often as TensorBoard wants them.
-    let read_every = if options.tensorboard.is_some() {
-        READ_EVERY.min(every)
-    } else {
-        READ_EVERY
-    };
-    observer.on(&Event::RunStarted(&run.start(&setup, &model)));
-    let data = setup.place(config);
+    observer.on(&Event::RunStarted(&run.start()));
     let lock_lost = run.lock.lost_flag();
     let should_stop = |step: u64| {
         interrupt::requested()
@@ -151,55 +135,35 @@ fn train_locked(
         .stop_after
         .map_or(config.epochs, |n| n.min(config.epochs));
     for epoch in run.history.len() as u64 + 1..=last {
-        let noise = run.noise_for_next_epoch();
-        let steps = run.steps_per_epoch;
-        let mut ctx = epoch_context(config, epoch, steps, noise, &data, &should_stop);
-        ctx.read_every = read_every;
+        let ctx = EpochContext {
+            config,
+            epoch,
+            steps: run.steps_per_epoch,
+            train_images: run.train_images,
+            has_test: run.has_test,
+            noise: run.noise_for_next_epoch(),
+            should_stop: &should_stop,
+            read_every: options.tensorboard.is_some().then_some(every),
+        };
         let resume = run.resume_epoch.take();
-        match run_epoch(&ctx, model, &mut run.opt, resume, observer) {
-            EpochEnd::Finished(next, metrics) => {
-                model = *next;
-                run.record_epoch(&model, metrics, observer)?;
-            }
-            EpochEnd::Stopped(now, start, partial) => {
-                return run.stop_in_epoch(&now, &start, partial, observer);
-            }
+        match run_epoch(
+            &ctx,
+            run.engine.as_mut(),
+            &mut run.schedule,
+            resume,
+            observer,
+        )? {
+            EpochEnd::Finished(metrics) => run.record_epoch(*metrics, observer)?,
+            EpochEnd::Stopped(partial) => return run.stop_in_epoch(partial, observer),
             EpochEnd::Diverged(message) => return Err(run.diverged(message)),
         }
-        if epoch < config.epochs && should_stop(run.opt.schedule.current_step()) {
+        if epoch < config.epochs && should_stop(run.schedule.current_step()) {
             observer.on(&Event::Stopped { epoch, step: None });
             return run.outcome(RunStatus::Running, None, true);
         }
     }
     let status = RunStatus::of_progress(run.history.len() as u64, config.epochs);
     run.outcome(status, None, false)
-}
-
-/// Draws every lazily initialised parameter now, while the device RNG is freshly seeded.
-pub(crate) struct Materialize;
-
-impl ModuleVisitor for Materialize {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let _ = param.val();
-    }
-}
-
-/// Builds the model for a run, initialised from the run's seed.
-pub fn init_model(config: &TrainConfig, classes: usize, device: &Device) -> Model {
-    // Drawn on the CPU whatever the device (as PyTorch users do before `.to(device)`), so a
-    // seed gives the same initial weights on every backend.
-    let host = Device::flex().autodiff();
-    let model = with_seeded_device(
-        &host,
-        derived_seed(config.seed, Purpose::ModelInit, 0),
-        || {
-            let model = config.model.build(classes, &host);
-            model.visit(&mut Materialize);
-            model
-        },
-    );
-    // `fork` keeps which parameters require gradients; `to_device` would drop it.
-    model.fork(device)
 }
 
 /// Loads the dataset a config names, with its validation split and training subset
@@ -229,21 +193,9 @@ fn load_fingerprinted(
 
 /// Phase 1: what a run needs before its directory is touched.
 struct Setup {
-    device: Device,
-    train_device: Device,
     data: Dataset,
     fingerprint: DataFingerprint,
     steps_per_epoch: u64,
-}
-
-/// The run's data, placed where its batches are assembled.
-struct PlacedData {
-    /// The autodiff device the model trains on.
-    device: Device,
-    train: PlacedSplit,
-    val: EvalSplit,
-    /// The test set, when a validation split is held out (else it is `val`).
-    test: Option<EvalSplit>,
 }
 
 impl Setup {
@@ -259,72 +211,26 @@ impl Setup {
         if let Some(dir) = &options.tensorboard {
             crate::tensorboard::check_dir(dir)?;
         }
-        crate::device::set_cpu_threads(config.threads);
-        let device = config.device.device()?;
-        config
-            .precision
-            .check_device(&device, config.device.name())?;
+        engine::check(&config.engine_spec())?;
         let (data, fingerprint) = load_fingerprinted(config, options.offline, observer)?;
         let steps_per_epoch = batches_per_epoch(data.train.len(), config.batch_size) as u64;
         CosineRestarts::new(config.lr_schedule(steps_per_epoch))?;
         Ok(Setup {
-            train_device: device.clone().autodiff(),
-            device,
             data,
             fingerprint,
             steps_per_epoch,
         })
     }
-
-    fn place(self, config: &TrainConfig) -> PlacedData {
-        let on_device = config.data_placement.on_device(config.device);
-        let place = |split: Split| {
-            PlacedSplit::new(Arc::new(split), on_device, &self.device).for_eval(config.batch_size)
-        };
-        let (val, test) = match self.data.val {
-            Some(val) => (place(val), Some(place(self.data.test))),
-            None => (place(self.data.test), None),
-        };
-        let train = PlacedSplit::new(Arc::new(self.data.train), on_device, &self.device);
-        PlacedData {
-            device: self.train_device,
-            train,
-            val,
-            test,
-        }
-    }
 }
 
-/// What epoch `epoch` reads.
-fn epoch_context<'c>(
-    config: &'c TrainConfig,
-    epoch: u64,
-    steps: u64,
-    noise: NoisePlan,
-    data: &'c PlacedData,
-    should_stop: &'c dyn Fn(u64) -> bool,
-) -> EpochContext<'c> {
-    EpochContext {
-        config,
-        epoch,
-        steps,
-        device: &data.device,
-        noise,
-        train_data: &data.train,
-        val_data: &data.val,
-        test_data: data.test.as_ref(),
-        should_stop,
-        read_every: READ_EVERY,
-    }
-}
-
-/// Phase 2's result: a finished run, or one ready to train with its model.
+/// Phase 2's result: a finished run, or one ready to train.
 enum Opening<'a> {
     Finished(Box<Outcome>),
-    Ready(Box<Run<'a>>, Box<Model>),
+    Ready(Box<Run<'a>>),
 }
 
-/// A run being trained: its directory and everything that changes from epoch to epoch.
+/// A run being trained: its directory, its engine, and everything that changes from
+/// epoch to epoch.
 struct Run<'a> {
     config: &'a TrainConfig,
     dir: RunDir,
@@ -332,12 +238,17 @@ struct Run<'a> {
     /// before every write.
     lock: RunLock,
     fingerprint: DataFingerprint,
-    opt: Optimization,
+    engine: Box<dyn Engine>,
+    schedule: CosineRestarts,
     noise: NoiseState,
     history: Vec<EpochMetrics>,
-    /// A stopped epoch to go on with, and the model at its start.
-    resume_epoch: Option<(PartialEpoch, Model)>,
+    /// A stopped epoch to go on with (the engine holds the weights at its start).
+    resume_epoch: Option<PartialEpoch>,
     steps_per_epoch: u64,
+    train_images: usize,
+    /// Training, validation and (with a held-out split) test images.
+    images: (usize, usize, Option<usize>),
+    has_test: bool,
 }
 
 impl<'a> Run<'a> {
@@ -346,7 +257,7 @@ impl<'a> Run<'a> {
         config: &'a TrainConfig,
         out: &Path,
         options: &RunOptions,
-        setup: &Setup,
+        setup: Setup,
         lock: Option<RunLock>,
     ) -> Result<Opening<'a>> {
         let (opened, lock) = RunDir::open(out, config, &setup.fingerprint, options.resume, lock)?;
@@ -359,39 +270,43 @@ impl<'a> Run<'a> {
                 interrupted: false,
             })));
         }
-        let template = init_model(config, setup.data.num_classes(), &setup.train_device);
-        let steps_per_epoch = setup.steps_per_epoch;
+        let data = setup.data;
+        let images = (
+            data.train.len(),
+            data.validation().len(),
+            data.val.as_ref().map(|_| data.test.len()),
+        );
+        let has_test = data.val.is_some();
+        let train_images = data.train.len();
+        let engine = engine::build(&config.engine_spec(), EngineData::of(data))?;
         let mut run = Run {
             config,
             dir: opened.dir().clone(),
             lock,
-            fingerprint: setup.fingerprint.clone(),
-            opt: Optimization {
-                optim: config.optimizer.build(config.weight_decay),
-                schedule: CosineRestarts::new(config.lr_schedule(steps_per_epoch))?,
-                precision: StepPrecision::new(config.precision),
-            },
+            fingerprint: setup.fingerprint,
+            engine,
+            schedule: CosineRestarts::new(config.lr_schedule(setup.steps_per_epoch))?,
             noise: NoiseState {
                 scheduler: NoiseScheduler::new(config.noise_scheduler, config.schedule_length())?,
                 next: Decision::quiet(0),
             },
             history: Vec::new(),
             resume_epoch: None,
-            steps_per_epoch,
+            steps_per_epoch: setup.steps_per_epoch,
+            train_images,
+            images,
+            has_test,
         };
-        let model = match opened {
-            Opened::Resumed(_, ckpt, history) => {
-                run.history = history;
-                run.restore(*ckpt, template)?
-            }
-            _ => template,
-        };
-        Ok(Opening::Ready(Box::new(run), Box::new(model)))
+        if let Opened::Resumed(_, ckpt, history) = opened {
+            run.history = history;
+            run.restore(*ckpt)?;
+        }
+        Ok(Opening::Ready(Box::new(run)))
     }
 
-    /// Continues from a checkpoint: model, optimiser, schedule, noise state and, for a stop
-    /// in the middle of an epoch, that epoch's sums and starting weights.
-    fn restore(&mut self, ckpt: super::checkpoint::Checkpoint, template: Model) -> Result<Model> {
+    /// Continues from a checkpoint: engine (model, optimiser, and for a stop in the middle
+    /// of an epoch the weights at its start), schedule, noise state and that epoch's sums.
+    fn restore(&mut self, ckpt: super::checkpoint::Checkpoint) -> Result<()> {
         let extra: ExtraState = serde_json::from_value(ckpt.state.extra.clone())
             .context("the checkpoint's noise scheduler state is unreadable; delete the run directory and train again")?;
         if let Some(seed) = extra.seed.filter(|s| *s != self.config.seed) {
@@ -411,24 +326,23 @@ impl<'a> Run<'a> {
                 );
             }
         }
-        let model = load_model(template.clone(), ckpt.model)?;
-        let optim = std::mem::replace(&mut self.opt.optim, self.config.optimizer.build(0.0));
-        self.opt.optim = optim.load_record(optimizer_record(ckpt.optimizer)?);
-        self.opt.schedule.set_step(ckpt.state.step);
-        self.opt.precision =
-            StepPrecision::with_loss_scale(self.config.precision, extra.loss_scale);
+        let record = EngineRecord {
+            model: ckpt.model,
+            optimizer: ckpt.optimizer,
+            epoch_start: ckpt.epoch_start_model,
+        };
+        self.engine.restore(record, extra.loss_scale)?;
+        self.schedule.set_step(ckpt.state.step);
         self.noise = extra.noise;
-        if let (Some(partial), Some(bytes)) = (extra.partial, ckpt.epoch_start_model) {
-            self.resume_epoch = Some((partial, load_model(template, bytes)?));
-        }
-        Ok(model)
+        self.resume_epoch = extra.partial;
+        Ok(())
     }
 
     /// What the run tells its observer before training.
-    fn start(&self, setup: &Setup, model: &Model) -> RunStart<'_> {
+    fn start(&self) -> RunStart<'_> {
         let c = self.config;
         let resumed = (!self.history.is_empty() || self.resume_epoch.is_some()).then(|| {
-            let step = self.resume_epoch.as_ref().map(|(p, _)| p.steps_done);
+            let step = self.resume_epoch.as_ref().map(|p| p.steps_done);
             (self.history.len() as u64, step)
         });
         RunStart {
@@ -436,24 +350,17 @@ impl<'a> Run<'a> {
             what: format!(
                 "{} ({} trainable parameters) with {} lr {} on {}",
                 c.model,
-                trainable_params(model),
+                self.engine.trainable_params(),
                 c.optimizer,
                 c.lr,
                 c.device
             ),
-            images: (
-                setup.data.train.len(),
-                setup.data.validation().len(),
-                setup.data.val.as_ref().map(|_| setup.data.test.len()),
-            ),
+            images: self.images,
             steps_per_epoch: self.steps_per_epoch,
             resumed,
             epochs: c.epochs,
             earlier_seconds: self.history.iter().map(|m| m.seconds).sum::<f64>()
-                + self
-                    .resume_epoch
-                    .as_ref()
-                    .map_or(0.0, |(p, _)| p.train_seconds),
+                + self.resume_epoch.as_ref().map_or(0.0, |p| p.train_seconds),
         }
     }
 
@@ -470,7 +377,6 @@ impl<'a> Run<'a> {
     /// Phase 4: the decision, the metrics line, the checkpoint and the summary of an epoch.
     fn record_epoch(
         &mut self,
-        model: &Model,
         mut metrics: EpochMetrics,
         observer: &mut dyn Observer,
     ) -> Result<()> {
@@ -486,7 +392,7 @@ impl<'a> Run<'a> {
         self.lock.check()?;
         // The metrics line first: a kill before the checkpoint redoes this epoch on resume.
         self.dir.append_metrics(&metrics)?;
-        self.checkpoint(metrics.epoch, model, None, None)?;
+        self.checkpoint(metrics.epoch, None)?;
         observer.on(&Event::EpochEnded {
             metrics: &metrics,
             epochs: self.config.epochs,
@@ -500,23 +406,21 @@ impl<'a> Run<'a> {
         self.dir.write_summary(&summary)
     }
 
-    fn checkpoint(
-        &self,
-        epochs_done: u64,
-        model: &Model,
-        partial: Option<PartialEpoch>,
-        epoch_start: Option<&Model>,
-    ) -> Result<()> {
+    /// Writes the checkpoint after `epochs_done` whole epochs, with the sums of a stopped
+    /// epoch (and the engine's weights at its start) when there is one.
+    fn checkpoint(&mut self, epochs_done: u64, partial: Option<PartialEpoch>) -> Result<()> {
+        let engine = self.engine.save(partial.is_some())?;
         let extra = ExtraState {
             noise: self.noise.clone(),
             partial,
-            loss_scale: self.opt.precision.loss_scale,
+            loss_scale: self.engine.loss_scale(),
             seed: Some(self.config.seed),
             data: Some(self.fingerprint.clone()),
         };
         self.lock.check()?;
         let path = self.dir.checkpoint_path();
-        let saved = record::save(&path, epochs_done, model, &self.opt, &extra, epoch_start);
+        let step = self.schedule.current_step();
+        let saved = record::save(&path, epochs_done, step, engine, &extra);
         saved.map_err(|e| {
             let e = e.context(format!(
                 "could not write the checkpoint {}: fix the cause below (a full disk: free space), then `adanoise train --resume --out {}` continues from the last complete checkpoint",
@@ -538,14 +442,12 @@ impl<'a> Run<'a> {
     /// Phase 5, in the middle of an epoch: the checkpoint keeps the epoch's sums and the
     /// weights at its start.
     fn stop_in_epoch(
-        self,
-        now: &Model,
-        start: &Model,
+        mut self,
         partial: PartialEpoch,
         observer: &mut dyn Observer,
     ) -> Result<Outcome> {
         let (epoch, step) = (partial.epoch, partial.steps_done);
-        self.checkpoint(epoch - 1, now, Some(partial), Some(start))?;
+        self.checkpoint(epoch - 1, Some(partial))?;
         observer.on(&Event::Stopped {
             epoch,
             step: Some((step, self.steps_per_epoch)),

@@ -1,26 +1,16 @@
-//! One optimiser step, in the order the method fixes: forward, cross-entropy,
-//! backward, the global gradient norm (before noise and weight decay), gradient
-//! noise, then the optimiser (which adds weight decay and momentum). Training and
-//! `adanoise bench` both run exactly this.
+//! One optimiser step on a Burn model, in the order the method fixes: forward,
+//! cross-entropy, backward, the global gradient norm (before noise and weight
+//! decay), gradient noise, then the optimiser (which adds weight decay and
+//! momentum). Training and `adanoise bench` both run exactly this.
 
 use super::param_stats::grad_norm;
 use super::precision::StepPrecision;
+use crate::engine::NoiseDraw;
 use crate::models::Model;
-use crate::noise::{NoiseKind, add_gradient_noise};
+use crate::noise::add_gradient_noise;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Int, Tensor};
-
-/// Gradient noise for one step: its distribution, standard deviation and seed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GradNoise {
-    /// The distribution.
-    pub kind: NoiseKind,
-    /// Its standard deviation.
-    pub sigma: f64,
-    /// The seed of this step's draw.
-    pub seed: u64,
-}
 
 /// What one step trains on and how.
 pub struct StepInput {
@@ -33,7 +23,7 @@ pub struct StepInput {
     /// Whether to compute the global gradient norm.
     pub measure_norm: bool,
     /// Gradient noise, if this step gets any.
-    pub grad_noise: Option<GradNoise>,
+    pub grad_noise: Option<NoiseDraw>,
 }
 
 /// What a step gives back besides the updated model (all detached, on the device).
