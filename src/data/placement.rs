@@ -29,7 +29,7 @@ use std::sync::Arc;
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]
 pub enum DataPlacement {
-    /// On the device for GPU backends, on the host for the CPU.
+    /// On the device for GPU backends, on the host for the CPU ones (cpu, libtorch-cpu).
     #[default]
     Auto,
     /// A host thread augments each batch, which is then uploaded.
@@ -42,7 +42,7 @@ impl DataPlacement {
     /// Whether batches are assembled on the device for a run on `kind`.
     pub fn on_device(self, kind: DeviceKind) -> bool {
         match self {
-            Self::Auto => kind != DeviceKind::Cpu,
+            Self::Auto => !matches!(kind, DeviceKind::Cpu | DeviceKind::LibtorchCpu),
             Self::Host => false,
             Self::Device => true,
         }

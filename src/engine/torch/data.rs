@@ -5,7 +5,7 @@
 //! kept on the device.
 
 use crate::data::augment::{CROP_PADDING, Normalization, eval_batches};
-use crate::data::plan::SamplePlan;
+use crate::data::plan::{SamplePlan, epoch_plan};
 use crate::data::{Batch, IMAGE_SIZE, Split};
 use crate::engine::Step;
 use crate::engine::host::HostBatches;
@@ -52,6 +52,12 @@ struct DeviceSplit {
 }
 
 impl DeviceSplit {
+    fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+}
+
+impl DeviceSplit {
     fn upload(split: &Split, device: Device) -> Result<Self> {
         let table = Normalization::CIFAR10.table();
         // Every image at the crop offset that shifts it by the full padding, mirrored not:
@@ -82,38 +88,82 @@ impl DeviceSplit {
         })
     }
 
-    /// The batch of `samples`, in one gather: image `b` channel `c` row `y` column `x` is
-    /// the padded image's row `dy + y`, column `dx + x` (or `dx + 31 - x` mirrored).
+    /// The batch of `samples`, in one gather (see [`Plan`]), its plan uploaded now.
     fn batch(&self, samples: &[SamplePlan]) -> Result<DeviceBatch> {
-        let n = samples.len() as i64;
+        let plan = Plan::upload(samples, self.padded.device())?;
+        self.gather(&plan, 0, samples.len() as i64)
+    }
+
+    /// The batch of `len` samples from position `start` of an uploaded `plan`: image `b`
+    /// channel `c` row `y` column `x` is the padded image's row `dy + y`, column `dx + x`
+    /// (or `dx + 31 - x` mirrored).
+    fn gather(&self, plan: &Plan, start: i64, len: i64) -> Result<DeviceBatch> {
         let side = IMAGE_SIZE as i64;
-        let device = self.padded.device();
-        let index: Vec<i64> = samples.iter().map(|s| s.index as i64).collect();
-        let mut rows = Vec::with_capacity(samples.len() * IMAGE_SIZE);
-        let mut cols = Vec::with_capacity(samples.len() * IMAGE_SIZE);
-        for s in samples {
-            for k in 0..side {
-                rows.push(s.dy as i64 + k);
-                cols.push(s.dx as i64 + if s.flip { side - 1 - k } else { k });
-            }
-        }
-        let upload = |v: &[i64], shape: &[i64]| -> Result<Tensor> {
-            Ok(Tensor::f_from_slice(v)?
-                .f_reshape(shape)?
-                .f_to_device(device)?)
-        };
-        let index = upload(&index, &[n])?;
+        let index = plan.index.f_narrow(0, start, len)?;
         let images = self.padded.f_index(&[
-            Some(index.f_reshape([n, 1, 1, 1])?),
-            Some(Tensor::f_arange(3, (Kind::Int64, device))?.f_reshape([1, 3, 1, 1])?),
-            Some(upload(&rows, &[n, 1, side, 1])?),
-            Some(upload(&cols, &[n, 1, 1, side])?),
+            Some(index.f_reshape([len, 1, 1, 1])?),
+            Some(plan.channels.shallow_clone()),
+            Some(
+                plan.rows
+                    .f_narrow(0, start, len)?
+                    .f_reshape([len, 1, side, 1])?,
+            ),
+            Some(
+                plan.cols
+                    .f_narrow(0, start, len)?
+                    .f_reshape([len, 1, 1, side])?,
+            ),
         ])?;
         Ok(DeviceBatch {
             images,
             labels: self.labels.f_index_select(0, &index)?,
         })
     }
+}
+
+/// Samples' plans on the device, as the gather reads them: which image, and for each
+/// output row and column the padded image's row and column.
+struct Plan {
+    index: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    channels: Tensor,
+}
+
+impl Plan {
+    /// Uploads the plans of `samples` (one copy to the device).
+    fn upload(samples: &[SamplePlan], device: Device) -> Result<Self> {
+        let side = IMAGE_SIZE as i64;
+        let n = samples.len();
+        // One host buffer, one upload: the indices, then each image's rows, then its columns.
+        let mut host = Vec::with_capacity(n * (1 + 2 * IMAGE_SIZE));
+        host.extend(samples.iter().map(|s| s.index as i64));
+        for s in samples {
+            host.extend((0..side).map(|k| s.dy as i64 + k));
+        }
+        for s in samples {
+            host.extend((0..side).map(|k| s.dx as i64 + if s.flip { side - 1 - k } else { k }));
+        }
+        let all = Tensor::f_from_slice(&host)?.f_to_device(device)?;
+        let (n, side) = (n as i64, side);
+        Ok(Self {
+            index: all.f_narrow(0, 0, n)?,
+            rows: all.f_narrow(0, n, n * side)?.f_reshape([n, side])?,
+            cols: all
+                .f_narrow(0, n + n * side, n * side)?
+                .f_reshape([n, side])?,
+            channels: Tensor::f_arange(3, (Kind::Int64, device))?.f_reshape([1, 3, 1, 1])?,
+        })
+    }
+}
+
+/// A whole epoch's plan on the device, uploaded at its first step, so that a step copies
+/// nothing to the device (a copy from the host would wait for the GPU).
+struct EpochOnDevice {
+    epoch: u64,
+    batches: Vec<Vec<SamplePlan>>,
+    starts: Vec<i64>,
+    plan: Plan,
 }
 
 /// An evaluation split on the device, normalised, centred, in order.
@@ -150,10 +200,57 @@ impl EvalImages {
     }
 }
 
+/// The training split on the device, with the plan of the epoch being trained.
+struct OnDevice {
+    split: DeviceSplit,
+    epoch: Option<EpochOnDevice>,
+    batch_size: usize,
+    seed: u64,
+}
+
+impl OnDevice {
+    /// The batch of `step`: from its epoch's plan, uploaded at the epoch's first step seen,
+    /// when the step is on it; else from its own samples, uploaded now.
+    fn batch(&mut self, step: &Step) -> Result<DeviceBatch> {
+        if self.epoch.as_ref().is_none_or(|e| e.epoch != step.epoch) {
+            self.epoch = Some(self.upload_epoch(step.epoch)?);
+        }
+        let on_plan = self.epoch.as_ref().filter(|e| {
+            e.batches
+                .get(step.index)
+                .is_some_and(|b| b.as_slice() == step.samples)
+        });
+        match on_plan {
+            Some(e) => self
+                .split
+                .gather(&e.plan, e.starts[step.index], step.samples.len() as i64),
+            None => self.split.batch(step.samples),
+        }
+    }
+
+    fn upload_epoch(&self, epoch: u64) -> Result<EpochOnDevice> {
+        let batches: Vec<Vec<SamplePlan>> =
+            epoch_plan(self.split.len(), self.batch_size, self.seed, epoch).collect();
+        let mut starts = Vec::with_capacity(batches.len());
+        let mut at = 0i64;
+        for b in &batches {
+            starts.push(at);
+            at += b.len() as i64;
+        }
+        let all: Vec<SamplePlan> = batches.iter().flatten().copied().collect();
+        Ok(EpochOnDevice {
+            epoch,
+            plan: Plan::upload(&all, self.split.padded.device())?,
+            batches,
+            starts,
+        })
+    }
+}
+
 /// Where the training batches come from.
 enum TrainImages {
     Host(HostBatches),
-    Device(DeviceSplit),
+    Device(Box<OnDevice>),
 }
 
 /// A run's images for the LibTorch engine.
@@ -184,7 +281,12 @@ impl TorchData {
             None => None,
         };
         let train = if on_device {
-            TrainImages::Device(DeviceSplit::upload(&data.train, device)?)
+            TrainImages::Device(Box::new(OnDevice {
+                split: DeviceSplit::upload(&data.train, device)?,
+                epoch: None,
+                batch_size,
+                seed,
+            }))
         } else {
             TrainImages::Host(HostBatches::new(Arc::new(data.train), batch_size, seed))
         };
@@ -219,7 +321,7 @@ impl TorchData {
             return Ok(batch.share());
         }
         let mut batch = match &mut self.train {
-            TrainImages::Device(split) => split.batch(step.samples)?,
+            TrainImages::Device(on_device) => on_device.batch(step)?,
             TrainImages::Host(host) => DeviceBatch::upload(&host.batch(step), self.device)?,
         };
         if self.channels_last {
@@ -235,7 +337,6 @@ mod tests {
     use super::*;
     use crate::data::IMAGE_BYTES;
     use crate::data::augment::materialize;
-    use crate::data::plan::epoch_plan;
 
     #[test]
     fn batches_cut_on_the_device_equal_the_host_pipelines() {
@@ -244,7 +345,7 @@ mod tests {
             labels: (0..20).map(|i| (i % 10) as u8).collect(),
         };
         let on_device = DeviceSplit::upload(&split, Device::Cpu).unwrap();
-        for samples in epoch_plan(20, 6, 3, 2) {
+        for samples in crate::data::plan::epoch_plan(20, 6, 3, 2) {
             let want = materialize(&split, &samples, &Normalization::CIFAR10.table());
             let got = on_device.batch(&samples).unwrap();
             let mut images = vec![0f32; want.images.len()];
@@ -253,6 +354,31 @@ mod tests {
             let mut labels = vec![0i64; want.labels.len()];
             got.labels.copy_data(&mut labels, want.labels.len());
             assert_eq!(labels, want.labels);
+        }
+        // Through the epoch's plan uploaded once, and off the plan: the same batches.
+        let data = crate::engine::EngineData {
+            train: split.clone(),
+            val: split.select(&[0, 1]),
+            test: None,
+            classes: 10,
+        };
+        let mut placed = TorchData::new(data, 6, 3, Device::Cpu, true).unwrap();
+        let plan: Vec<_> = crate::data::plan::epoch_plan(20, 6, 3, 2).collect();
+        let off_plan = vec![SamplePlan::centred(4), SamplePlan::centred(9)];
+        for (index, samples) in plan.iter().enumerate().chain([(1, &off_plan)]) {
+            let step = Step {
+                epoch: 2,
+                index,
+                samples,
+                lr: 0.1,
+                grad_noise: None,
+                measure_norm: false,
+            };
+            let want = materialize(&split, samples, &Normalization::CIFAR10.table());
+            let got = placed.batch(&step).unwrap();
+            let mut images = vec![0f32; want.images.len()];
+            got.images.copy_data(&mut images, want.images.len());
+            assert_eq!(images, want.images, "batch {index}");
         }
     }
 }
