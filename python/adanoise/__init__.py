@@ -2,7 +2,9 @@
 
 The noise scheduler and the learning-rate schedule of adanoise, computed by the
 same Rust code as the `adanoise` command, so a PyTorch loop decides exactly as
-the command does. `adanoise.torch` wires them into a PyTorch training loop.
+the command does. `adanoise.torch` wires them into a PyTorch training loop,
+`adanoise.lightning` into a Lightning `Trainer`, and `adanoise.run` writes such
+runs as the command's run directories.
 
     from adanoise import NoiseScheduler
     scheduler = NoiseScheduler(epochs=300)               # Table V thresholds
@@ -15,6 +17,7 @@ from ._adanoise import (
     AdanoiseError,
     CosineRestarts,
     Decision,
+    NoisePolicy,
     NoiseScheduler,
     defaults_dict,
     uniform_bound,
@@ -24,6 +27,7 @@ __all__ = [
     "AdanoiseError",
     "CosineRestarts",
     "Decision",
+    "NoisePolicy",
     "NoiseScheduler",
     "defaults",
     "uniform_bound",

@@ -1,6 +1,6 @@
 """CIFAR-10 with a torchvision ResNet-18, SGD with momentum, the study's LR
 schedule and adaptive Gaussian noise: a plain PyTorch loop with four adanoise
-calls (start_epoch, after_backward, end_epoch, and the LR scheduler's step).
+calls (start_epoch, before_step, end_epoch, and the LR scheduler's step).
 
     pip install ./python torch torchvision
     python python/examples/cifar_resnet.py --epochs 300 --data ./data
@@ -44,7 +44,7 @@ for epoch in range(1, args.epochs + 1):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-        noise.after_backward()  # gradient norm; gradient noise when decided
+        noise.before_step()  # gradient norm; gradient noise when decided
         opt.step()
         lr.step()
         total, loss_sum = total + len(y), loss_sum + loss.item() * len(y)

@@ -5,6 +5,7 @@
 use adanoise_core::defaults;
 use adanoise_core::lr_schedule::CosineRestartsConfig;
 use adanoise_core::scheduler::{self, NoiseSchedulerConfig, Observation};
+use adanoise_core::{NoiseKind, NoisePolicy as NoisePolicyKind, PolicyConfig, WeightNoiseScale};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -103,6 +104,24 @@ impl Decision {
         let text = serde_json::to_string(&self.inner).map_err(error)?;
         py.import("json")?.call_method1("loads", (text,))
     }
+    /// The decision a `to_dict()` (or a run's `decision` record) describes.
+    #[staticmethod]
+    fn from_dict(py: Python<'_>, record: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let text: String = py
+            .import("json")?
+            .call_method1("dumps", (record,))?
+            .extract()?;
+        let inner: scheduler::Decision = serde_json::from_str(&text)
+            .map_err(|e| error(format!("the record is not a decision: {e}")))?;
+        let sigmas = [inner.grad_sigma, inner.weight_sigma];
+        if sigmas.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
+            return Err(error(format!(
+                "the decision's sigmas must be finite numbers >= 0 (got {} and {})",
+                inner.grad_sigma, inner.weight_sigma
+            )));
+        }
+        Ok(Self { inner })
+    }
     fn __repr__(&self) -> String {
         format!(
             "Decision(epoch={}, grad_sigma={}, weight_sigma={}, flags={:?}, cooldown={})",
@@ -167,6 +186,12 @@ impl NoiseScheduler {
         self.inner.schedule_epochs()
     }
 
+    /// Epochs observed so far.
+    #[getter]
+    fn observed(&self) -> u64 {
+        self.inner.observed()
+    }
+
     /// The scheduler's whole state, as plain Python values (JSON-serialisable).
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let text = serde_json::to_string(&self.inner).map_err(error)?;
@@ -184,7 +209,14 @@ impl NoiseScheduler {
                 "the state is not a noise scheduler's state_dict(): {e}"
             ))
         })?;
-        inner.config().validate().map_err(error)?;
+        inner.validate_state().map_err(error)?;
+        if inner.config() != self.inner.config()
+            || inner.schedule_epochs() != self.inner.schedule_epochs()
+        {
+            return Err(error(
+                "the state was saved by a scheduler with other thresholds or another E_max: make this one with the same settings",
+            ));
+        }
         self.inner = inner;
         Ok(())
     }
@@ -230,15 +262,129 @@ impl CosineRestarts {
         Ok(Self { inner })
     }
 
-    /// The learning rate of global optimiser step `step` (from 0).
-    fn lr_at(&self, step: u64) -> f64 {
-        self.inner.lr_at(step)
+    /// The learning rate of global optimiser step `step` (from 0); a step past the schedule's
+    /// end is refused.
+    fn lr_at(&self, step: u64) -> PyResult<f64> {
+        if let Some(total) = self.inner.total_steps().filter(|&t| step >= t) {
+            return Err(error(format!(
+                "step {step} is past the end of the schedule ({total} optimiser steps: epochs x steps_per_epoch): make `epochs` cover the whole run"
+            )));
+        }
+        Ok(self.inner.lr_at(step))
     }
 
     /// `epochs * steps_per_epoch`.
     #[getter]
     fn total_steps(&self) -> u64 {
         self.inner.total_steps().unwrap_or(u64::MAX)
+    }
+}
+
+/// Who sets the noise, with its parameters: the adaptive scheduler's decisions, or a
+/// constant or annealed gradient noise; and how weight noise is scaled.
+#[pyclass(module = "adanoise._adanoise", frozen)]
+struct NoisePolicy {
+    inner: PolicyConfig,
+}
+
+#[pymethods]
+impl NoisePolicy {
+    #[new]
+    #[pyo3(signature = (
+        policy = "adaptive",
+        *,
+        noise_sigma = defaults::NOISE_SIGMA,
+        anneal_eta = defaults::ANNEAL_ETA,
+        anneal_gamma = defaults::ANNEAL_GAMMA,
+        weight_noise_scale = "absolute"
+    ))]
+    fn new(
+        policy: &str,
+        noise_sigma: f64,
+        anneal_eta: f64,
+        anneal_gamma: f64,
+        weight_noise_scale: &str,
+    ) -> PyResult<Self> {
+        let named = |what: &str, value: &str, all: &[&str]| {
+            error(format!(
+                "{what} must be one of {} (got {value:?})",
+                all.join(", ")
+            ))
+        };
+        let inner = PolicyConfig {
+            policy: policy
+                .parse::<NoisePolicyKind>()
+                .map_err(|_| named("policy", policy, &["adaptive", "constant", "annealed"]))?,
+            noise_sigma,
+            anneal_eta,
+            anneal_gamma,
+            weight_scale: weight_noise_scale
+                .parse::<WeightNoiseScale>()
+                .map_err(|_| {
+                    named(
+                        "weight_noise_scale",
+                        weight_noise_scale,
+                        &["absolute", "relative", "none"],
+                    )
+                })?,
+        };
+        inner.validate().map_err(error)?;
+        Ok(Self { inner })
+    }
+
+    /// "adaptive", "constant" or "annealed".
+    #[getter]
+    fn policy(&self) -> &'static str {
+        self.inner.policy.into()
+    }
+
+    /// "absolute", "relative" or "none".
+    #[getter]
+    fn weight_noise_scale(&self) -> &'static str {
+        self.inner.weight_scale.into()
+    }
+
+    /// The gradient noise's sigma at global optimiser step `step`, given the adaptive
+    /// decision's (which only the adaptive policy follows).
+    fn grad_sigma(&self, decided: f64, step: u64) -> f64 {
+        self.inner.grad_sigma(decided, step)
+    }
+
+    /// The weight noise's sigma at an epoch's start, given the adaptive decision's.
+    fn weight_sigma(&self, decided: f64) -> f64 {
+        self.inner.weight_sigma(decided)
+    }
+
+    /// Refuses a policy that would inject nothing with noise `noise`, naming the option.
+    fn check_injects(&self, noise: &str) -> PyResult<()> {
+        let kind: NoiseKind = noise.parse().map_err(|_| {
+            error(format!(
+                "noise must be one of none, gaussian, uniform (got {noise:?})"
+            ))
+        })?;
+        match self.inner.injects_nothing(kind) {
+            Some(why) => Err(error(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The policy and its parameters, keyed as in a run's config.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("policy", self.policy())?;
+        d.set_item("noise_sigma", self.inner.noise_sigma)?;
+        d.set_item("anneal_eta", self.inner.anneal_eta)?;
+        d.set_item("anneal_gamma", self.inner.anneal_gamma)?;
+        d.set_item("weight_noise_scale", self.weight_noise_scale())?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "NoisePolicy({:?}, weight_noise_scale={:?})",
+            self.inner.label(),
+            self.weight_noise_scale()
+        )
     }
 }
 
@@ -273,6 +419,7 @@ fn _adanoise(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decision>()?;
     m.add_class::<NoiseScheduler>()?;
     m.add_class::<CosineRestarts>()?;
+    m.add_class::<NoisePolicy>()?;
     m.add_function(wrap_pyfunction!(defaults_dict, m)?)?;
     m.add_function(wrap_pyfunction!(uniform_bound, m)?)?;
     Ok(())

@@ -12,41 +12,10 @@ import torch.nn.functional as F
 from adanoise import AdanoiseError, CosineRestarts
 from adanoise.torch import AdaptiveNoise, CosineRestartsLR
 
-# Checks from epoch 2 on, with thresholds every epoch exceeds: noise fires, and after two
-# noisy decisions in a row a one-epoch cooldown follows.
-FIRING = dict(
-    min_epochs_before_flag=1,
-    flag_window=1,
-    overfit_epochs=1,
-    grad_plateau=0.9,
-    low_weight_update=0.5,
-    val_plateau_delta=0.9,
-    consecutive_trigger=2,
-    cooldown_min=1,
-    cooldown_max=1,
-    sigma_min=0.02,
-    sigma_max=0.05,
-)
+from helpers import FIRING, data, flat, model
+
 EPOCHS = 7
 LR = 0.1
-
-
-def data(seed=0, n=256):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 32, generator=g)
-    y = (x[:, :10].argmax(1)).long()
-    return [(x[i : i + 64], y[i : i + 64]) for i in range(0, n, 64)]
-
-
-def model(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
-    )
-
-
-def flat(net):
-    return torch.cat([p.detach().reshape(-1).clone() for p in net.parameters()])
 
 
 def clean_grads(net):
@@ -154,7 +123,7 @@ def test_a_state_dict_round_trip_mid_run_continues_identically():
     net2.load_state_dict(saved[0])
     opt2 = torch.optim.SGD(net2.parameters(), lr=LR)
     opt2.load_state_dict(saved[1])
-    noise2 = AdaptiveNoise(net2.parameters(), epochs=EPOCHS, noise="gaussian", seed=0, **FIRING)
+    noise2 = AdaptiveNoise(net2.parameters(), epochs=EPOCHS, noise="gaussian", seed=3, **FIRING)
     noise2.load_state_dict(saved[2])
     rest, (net_resumed, *_) = train("gaussian", start=(net2, opt2, noise2, 4))
     got = [r[3].to_dict() for r in first + rest]
@@ -162,18 +131,33 @@ def test_a_state_dict_round_trip_mid_run_continues_identically():
     assert torch.equal(flat(net_resumed), flat(net_whole))
 
 
-def test_misuse_is_explained():
+def test_misuse_is_explained_and_leaves_the_object_usable():
     net = model()
     noise = AdaptiveNoise(net.parameters(), epochs=3)
     with pytest.raises(AdanoiseError, match="outside an epoch"):
-        noise.after_backward()
+        noise.before_step()
     noise.start_epoch()
-    with pytest.raises(AdanoiseError, match="save it after end_epoch"):
-        noise.state_dict()
-    with pytest.raises(AdanoiseError, match="no step with gradients"):
+    with pytest.raises(AdanoiseError, match="found no gradient"):
+        noise.before_step()
+    with pytest.raises(AdanoiseError, match="had no optimiser step"):
         noise.end_epoch(train_loss=1.0, val_loss=1.0)
+    # The epoch stays open: its steps can still come, and it ends normally.
+    x, y = data()[0]
+    F.cross_entropy(net(x), y).backward()
+    assert noise.before_step()
+    assert noise.end_epoch(train_loss=1.0, val_loss=1.0).epoch == 1
     with pytest.raises(AdanoiseError, match="noise must be one of"):
         AdaptiveNoise(net.parameters(), epochs=3, noise="laplace")
+    with pytest.raises(AdanoiseError, match="not the model"):
+        AdaptiveNoise(net, epochs=3)
+    with pytest.raises(AdanoiseError, match="parameter group must be a dict"):
+        AdaptiveNoise([{"weights": list(net.parameters())}], epochs=3)
+    with pytest.raises(AdanoiseError, match="seed must be"):
+        AdaptiveNoise(net.parameters(), epochs=3, seed=-1)
+    with pytest.raises(AdanoiseError, match="policy must be one of"):
+        AdaptiveNoise(net.parameters(), epochs=3, policy="cyclic")
+    with pytest.raises(AdanoiseError, match="GradScaler"):
+        AdaptiveNoise(net.parameters(), epochs=3, scaler=object())
 
 
 def test_the_lr_scheduler_follows_the_schedule_and_resumes():

@@ -17,7 +17,6 @@ use burn::tensor::Device;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use strum::VariantArray;
 
 /// Runs a subcommand; the exit code says how it ended (75: stopped with a checkpoint).
 pub(crate) fn run(command: Command) -> Result<ExitCode> {
@@ -122,7 +121,7 @@ fn train_command(args: TrainArgs) -> Result<ExitCode> {
 fn models_command(json: bool) -> Result<()> {
     // Parameters only report that they require gradients on an autodiff device.
     let device = Device::flex().autodiff();
-    let rows: Vec<(ModelKind, usize)> = ModelKind::VARIANTS
+    let rows: Vec<(ModelKind, usize)> = ModelKind::TRAINABLE
         .iter()
         .copied()
         .map(|kind| (kind, trainable_params(&kind.build(10, &device))))

@@ -204,6 +204,7 @@ impl EngineData {
 /// Refuses, before anything is built or written, a backend this binary lacks or cannot
 /// reach and a precision it cannot compute in.
 pub fn check(spec: &EngineSpec) -> Result<()> {
+    spec.model.check_trainable()?;
     match spec.device {
         #[cfg(feature = "tch")]
         DeviceKind::Libtorch | DeviceKind::LibtorchCpu => torch::check(spec),

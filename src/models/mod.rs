@@ -39,9 +39,21 @@ pub enum ModelKind {
     /// The CIFAR ResNet-18: 11,173,962 parameters.
     #[strum(serialize = "resnet18")]
     Resnet18,
+    /// A model trained by the user's own code, whose run directory the Python package wrote
+    /// (its name is the config's `model_name`); reports read it, `train` cannot build it.
+    #[value(skip)]
+    Other,
 }
 
 impl ModelKind {
+    /// The four models adanoise trains.
+    pub const TRAINABLE: [ModelKind; 4] = [
+        ModelKind::BabyCnn,
+        ModelKind::TinyCnn,
+        ModelKind::SimpleCnn,
+        ModelKind::Resnet18,
+    ];
+
     /// The name used in configs, directory names and reports.
     pub fn name(self) -> &'static str {
         self.into()
@@ -60,17 +72,32 @@ impl ModelKind {
             Self::Resnet18 => {
                 "CIFAR ResNet-18: 3x3 stem, BN, max-pool, BasicBlocks [2,2,2,2] of 64-512, avg-pool, linear 512->10"
             }
+            Self::Other => {
+                "a model trained by your own code (a run directory the Python package wrote)"
+            }
         }
     }
 
     /// Builds the model, initialised on `device` (draws from the device's seeded RNG).
+    /// Only the four of [`ModelKind::TRAINABLE`]: an engine refuses `Other` before this.
     pub fn build(self, classes: usize, device: &Device) -> Model {
         match self {
             Self::BabyCnn => Model::Plain(plain_cnns::baby_cnn(classes, device)),
             Self::TinyCnn => Model::Plain(plain_cnns::tiny_cnn(classes, device)),
             Self::SimpleCnn => Model::Plain(plain_cnns::simple_cnn(classes, device)),
             Self::Resnet18 => Model::Resnet(ResNet18::new(classes, device)),
+            Self::Other => unreachable!("engine::check refuses model `other` before building"),
         }
+    }
+
+    /// Refuses a model adanoise cannot build.
+    pub fn check_trainable(self) -> anyhow::Result<()> {
+        if self == Self::Other {
+            anyhow::bail!(
+                "model `other` stands for a model trained by your own code (a run directory the Python package wrote): adanoise trains baby-cnn, tiny-cnn, simple-cnn and resnet18"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -147,13 +174,12 @@ pub fn param_ids<M: Module>(model: &M) -> Vec<burn::module::ParamId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strum::VariantArray;
 
     #[test]
     fn parameter_counts_match_the_paper() {
         let device = Device::flex().autodiff();
         let expected = [20_714, 545_098, 22_954_506, 11_173_962];
-        for (kind, want) in ModelKind::VARIANTS.iter().copied().zip(expected) {
+        for (kind, want) in ModelKind::TRAINABLE.iter().copied().zip(expected) {
             let model = kind.build(10, &device);
             assert_eq!(trainable_params(&model), want, "{kind}");
         }

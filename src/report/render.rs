@@ -94,9 +94,9 @@ fn epochs(v: f64) -> String {
 
 fn model_label(row: &Row) -> String {
     if row.variant.is_empty() {
-        row.model.to_string()
+        row.model_name.clone()
     } else {
-        format!("{} ({})", row.model, row.variant)
+        format!("{} ({})", row.model_name, row.variant)
     }
 }
 
@@ -288,7 +288,7 @@ fn csv_row<'a>(r: &'a Row, tables: &Tables) -> CsvRow<'a> {
     let (val_loss, val_loss_std) = mean_std(&r.val_loss);
     CsvRow {
         optimizer: r.optimizer.into(),
-        model: r.model.into(),
+        model: &r.model_name,
         variant: &r.variant,
         noise: r.noise.into(),
         policy: &r.policy,
@@ -329,7 +329,7 @@ fn csv_row<'a>(r: &'a Row, tables: &Tables) -> CsvRow<'a> {
 fn csv_empty_row<'a>(group: &'a EmptyGroup, tables: &Tables) -> CsvRow<'a> {
     CsvRow {
         optimizer: group.optimizer.into(),
-        model: group.model.into(),
+        model: &group.model_name,
         variant: &group.variant,
         noise: group.noise.into(),
         policy: &group.policy,

@@ -80,6 +80,9 @@ pub struct Row {
     pub optimizer: OptimizerKind,
     /// The model.
     pub model: ModelKind,
+    /// The model's name: the study's model's, or that of a model trained by the user's own
+    /// code (`model = "other"`).
+    pub model_name: String,
     /// The noise distribution.
     pub noise: NoiseKind,
     /// The noise policy, for noisy rows (`adaptive`, `constant 0.01`, ...).
@@ -136,6 +139,8 @@ pub struct EmptyGroup {
     pub optimizer: OptimizerKind,
     /// The model.
     pub model: ModelKind,
+    /// The model's name.
+    pub model_name: String,
     /// The noise distribution.
     pub noise: NoiseKind,
     /// The noise policy, for noisy runs.
@@ -178,16 +183,18 @@ pub struct Tables {
 }
 
 /// The study's row order: the largest model first.
-const MODEL_ORDER: [ModelKind; 4] = [
+const MODEL_ORDER: [ModelKind; 5] = [
     ModelKind::Resnet18,
     ModelKind::SimpleCnn,
     ModelKind::TinyCnn,
     ModelKind::BabyCnn,
+    ModelKind::Other,
 ];
 
 /// Keys that define a row by themselves or vary within it (seeds), or say where a run ran.
-const NOT_VARIANTS: [&str; 14] = [
+const NOT_VARIANTS: [&str; 15] = [
     "model",
+    "model_name",
     "optimizer",
     "noise",
     "noise_policy",
@@ -229,8 +236,9 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>
     }
 }
 
-/// What sets a run's row apart: optimiser, model, noise, policy (noisy runs only), variant.
-type GroupKey = (usize, usize, usize, String, String);
+/// What sets a run's row apart: optimiser, model (its position, then its name), noise,
+/// policy (noisy runs only), variant.
+type GroupKey = (usize, usize, String, usize, String, String);
 
 fn policy_label(run: &RunRecord) -> String {
     if run.config.noise == NoiseKind::None {
@@ -273,6 +281,7 @@ fn group_key(run: &RunRecord, variant: String) -> GroupKey {
     (
         position(OptimizerKind::VARIANTS, c.optimizer),
         position(&MODEL_ORDER, c.model),
+        c.model_label(),
         position(NoiseKind::VARIANTS, c.noise),
         policy_label(run),
         variant,
@@ -304,7 +313,7 @@ pub fn build(runs: &[RunRecord], selection: LrSelection) -> Tables {
     let mut entries: Vec<(&[&RunRecord], Option<Row>)> = Vec::new();
     for (key, runs) in &groups {
         let row = per_noise_row(runs).map(|mut row| {
-            row.variant = key.4.clone();
+            row.variant = key.5.clone();
             row
         });
         if row.is_none() {
@@ -313,9 +322,10 @@ pub fn build(runs: &[RunRecord], selection: LrSelection) -> Tables {
                 label: group_label(runs[0]),
                 optimizer: c.optimizer,
                 model: c.model,
+                model_name: c.model_label(),
                 noise: c.noise,
-                policy: key.3.clone(),
-                variant: key.4.clone(),
+                policy: key.4.clone(),
+                variant: key.5.clone(),
                 counts: Counts::of(runs),
                 runs: runs
                     .iter()
@@ -351,7 +361,12 @@ fn group_label(run: &RunRecord) -> String {
     } else {
         format!(" ({policy})")
     };
-    format!("{} / {} / {}{policy}", c.optimizer, c.model, c.noise)
+    format!(
+        "{} / {} / {}{policy}",
+        c.optimizer,
+        c.model_label(),
+        c.noise
+    )
 }
 
 /// The runs of a group by learning rate.
@@ -439,6 +454,7 @@ fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
     Row {
         optimizer: c.optimizer,
         model: c.model,
+        model_name: c.model_label(),
         noise: c.noise,
         policy: policy_label(at[0]),
         variant: String::new(),
@@ -471,7 +487,7 @@ fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
 }
 
 fn same_pair(a: &Row, b: &Row) -> bool {
-    a.optimizer == b.optimizer && a.model == b.model && a.variant == b.variant
+    a.optimizer == b.optimizer && a.model_name == b.model_name && a.variant == b.variant
 }
 
 /// `--lr-selection shared`: every noisy row takes its no-noise row's learning rate.

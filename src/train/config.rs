@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 pub struct TrainConfig {
     /// The architecture.
     pub model: ModelKind,
+    /// The name of a model trained by the user's own code (`model = "other"`), as the
+    /// Python package records it; reports label its rows with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
     /// The optimiser.
     pub optimizer: OptimizerKind,
     /// Initial peak learning rate (`eta_max`).
@@ -278,6 +282,14 @@ impl TrainConfig {
         self.noise_scheduler.validate()?;
         self.policy().validate()?;
         Ok(())
+    }
+
+    /// The model's name in reports: the study's model, or the user's own.
+    pub fn model_label(&self) -> String {
+        match (&self.model_name, self.model) {
+            (Some(name), ModelKind::Other) => name.clone(),
+            _ => self.model.to_string(),
+        }
     }
 
     /// The default run directory name: `<model>-<optimizer>-<noise>-lr<X>-s<seed>`, with the

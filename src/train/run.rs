@@ -309,6 +309,12 @@ impl<'a> Run<'a> {
     fn restore(&mut self, ckpt: super::checkpoint::Checkpoint) -> Result<()> {
         let extra: ExtraState = serde_json::from_value(ckpt.state.extra.clone())
             .context("the checkpoint's noise scheduler state is unreadable; delete the run directory and train again")?;
+        extra.noise.scheduler.validate_state().with_context(|| {
+            format!(
+                "{} holds a noise scheduler state the run cannot go on from; restore this run's own checkpoint.bin or start a new run",
+                self.dir.checkpoint_path().display()
+            )
+        })?;
         if let Some(seed) = extra.seed.filter(|s| *s != self.config.seed) {
             bail!(
                 "{} was written by a run with seed {seed}, but this run's seed is {}: it belongs to another run; restore this run's own checkpoint.bin or start a new run",

@@ -79,6 +79,9 @@ pub enum SchedulerError {
         /// `E_max`.
         schedule_epochs: u64,
     },
+    /// A saved state (a checkpoint's, a `state_dict`) that the rules cannot go on from.
+    #[error("the noise scheduler's saved state is unusable: {0}")]
+    State(String),
     /// A metric that is negative, NaN or infinite.
     #[error("epoch {epoch}: {field} is {value}, but it must be a finite number >= 0")]
     Metric {

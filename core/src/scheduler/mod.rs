@@ -278,6 +278,67 @@ impl NoiseScheduler {
         (flags, grad_sigma, weight_sigma, stuck_grad)
     }
 
+    /// Checks a state read back from outside (a checkpoint, a Python `state_dict`), so
+    /// that a damaged or hand-edited one is refused with a reason instead of deciding
+    /// nonsense or panicking: thresholds the rules can use, a schedule length, a history
+    /// of exactly the observations the rules keep (the last `max(W, overfit_epochs) + 1`,
+    /// or all when fewer) whose epochs follow each other up to the count observed and
+    /// whose metrics are finite and non-negative, and counters within their ranges.
+    pub fn validate_state(&self) -> Result<(), SchedulerError> {
+        self.config.validate()?;
+        if self.schedule_epochs == 0 {
+            return Err(SchedulerError::ScheduleEpochs);
+        }
+        let bad = |why: String| Err(SchedulerError::State(why));
+        if self.observed > self.schedule_epochs {
+            return bad(format!(
+                "it observed {} epochs, past its schedule length E_max = {}",
+                self.observed, self.schedule_epochs
+            ));
+        }
+        let kept = (self.observed as usize).min(self.keep());
+        if self.history.len() != kept {
+            return bad(format!(
+                "it keeps {} observations where {} epochs observed call for {kept}",
+                self.history.len(),
+                self.observed
+            ));
+        }
+        let first = self.observed + 1 - kept as u64;
+        for (i, obs) in self.history.iter().enumerate() {
+            if obs.epoch != first + i as u64 {
+                return bad(format!(
+                    "its observations hold epoch {} where epoch {} belongs",
+                    obs.epoch,
+                    first + i as u64
+                ));
+            }
+            for (field, value) in obs.metrics() {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(SchedulerError::Metric {
+                        epoch: obs.epoch,
+                        field,
+                        value,
+                    });
+                }
+            }
+        }
+        if self.consecutive >= self.config.consecutive_trigger {
+            return bad(format!(
+                "its count of consecutive noisy decisions ({}) has reached consecutive_trigger ({})",
+                self.consecutive, self.config.consecutive_trigger
+            ));
+        }
+        let longest = cooldown_length(self.config.cooldown_min, self.config.cooldown_max, 1.0);
+        if self.cooldown_left > longest {
+            return bad(format!(
+                "its cooldown ({} epochs left) is longer than cooldown_max allows ({longest})",
+                self.cooldown_left
+            ));
+        }
+        Ok(())
+    }
+
     /// Feeds the observations of epoch `obs.epoch` and returns the decision for the next
     /// epoch. Epochs must follow each other from 1, stay within `E_max`, and carry finite,
     /// non-negative metrics; otherwise the state is left unchanged and an error says why.

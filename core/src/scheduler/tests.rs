@@ -206,3 +206,33 @@ fn decisions_describe_themselves() {
         "{line}"
     );
 }
+
+#[test]
+fn a_saved_state_is_checked_before_it_is_used() {
+    let mut s = small();
+    for e in 1..=6 {
+        s.observe(healthy(e)).unwrap();
+    }
+    s.validate_state().unwrap();
+    let json = serde_json::to_value(&s).unwrap();
+    let damaged = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut j = json.clone();
+        edit(&mut j);
+        let state: NoiseScheduler = serde_json::from_value(j).unwrap();
+        state.validate_state().unwrap_err().to_string()
+    };
+    let err = damaged(&|j| j["schedule_epochs"] = 0.into());
+    assert!(err.contains("E_max"), "{err}");
+    let err = damaged(&|j| {
+        j["history"].as_array_mut().unwrap().remove(0);
+    });
+    assert!(err.contains("keeps 2 observations"), "{err}");
+    let err = damaged(&|j| j["history"][1]["epoch"] = 9.into());
+    assert!(err.contains("epoch 9 where epoch 5 belongs"), "{err}");
+    let err = damaged(&|j| j["history"][0]["grad_norm"] = (-1.0).into());
+    assert!(err.contains("grad_norm"), "{err}");
+    let err = damaged(&|j| j["cooldown_left"] = 1000.into());
+    assert!(err.contains("cooldown"), "{err}");
+    let err = damaged(&|j| j["config"]["flag_window"] = 0.into());
+    assert!(err.contains("flag_window"), "{err}");
+}
