@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 # The Python packages the tests use, pinned where a version matters (torch: its libtorch is
 # linked into the tch build).
-PY_PACKAGES=(torch==2.11.0 numpy pytest tensorboard maturin lightning)
+PY_PACKAGES=(torch==2.11.0 numpy pytest tensorboard maturin lightning==2.6.6)
 
 if [ -n "${PYTHON:-}" ]; then
   python=$PYTHON
