@@ -1,8 +1,8 @@
 """Adaptive noise injection for training neural networks.
 
 The noise scheduler and the learning-rate schedule of adanoise, computed by the
-same Rust code as the `adanoise` command, so a PyTorch loop decides exactly as
-the command does. `adanoise.torch` wires them into a PyTorch training loop,
+same Rust code as the `adanoise` command, so the same observations give the
+command's decisions exactly. `adanoise.torch` wires them into a PyTorch training loop,
 `adanoise.lightning` into a Lightning `Trainer`, and `adanoise.run` writes such
 runs as the command's run directories.
 
