@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 /// The file that pins the cell list of a sweep directory (index -> name -> config).
 pub const CELLS_FILE: &str = "cells.json";
+/// Held while a sweep process merges its cells into [`CELLS_FILE`].
+const CELLS_LOCK: &str = ".cells.lock";
 
 /// One cell of a sweep: its index, directory name, grid values and resolved config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -367,10 +369,21 @@ impl Sweep {
         self.out.join(&cell.name)
     }
 
-    /// Pins the cell list in the output directory, for `--cell INDEX` and job arrays.
+    /// Pins the cell list in the output directory, for `--cell INDEX` and job arrays:
+    /// merged into what is pinned there, so that sweeps of other `--only` selections
+    /// started into the same directory at the same moment keep each other's cells.
     pub fn write_cells(&self) -> Result<()> {
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("could not create {}", self.out.display()))?;
+        let lock_path = self.out.join(CELLS_LOCK);
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("could not open {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("could not lock {}", lock_path.display()))?;
         let mut pinned = read_cells(&self.out).unwrap_or_default();
         for cell in &self.cells {
             match pinned.iter_mut().find(|c| c.index == cell.index) {
@@ -451,6 +464,29 @@ mod tests {
     }
 
     const SWEEP: &str = "[base]\nepochs = 2\nlr = 0.1\n[grid]\nmodel = ['baby-cnn', 'tiny-cnn']\noptimizer = ['sgd', 'adam']\nlr = [0.1, 0.01]\n'noise_scheduler.flag_window' = [5]\n";
+
+    #[test]
+    fn sweeps_pinning_cells_at_the_same_moment_keep_each_others() {
+        let (dir, path) = write(SWEEP);
+        let out = dir.path().join("out");
+        let sweep = Sweep::load(&path, &SweepOverrides::default()).unwrap();
+        std::thread::scope(|scope| {
+            for cell in &sweep.cells {
+                let one = Sweep {
+                    file: sweep.file.clone(),
+                    out: out.clone(),
+                    cells: vec![cell.clone()],
+                };
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        one.write_cells().unwrap();
+                    }
+                });
+            }
+        });
+        let pinned: Vec<usize> = read_cells(&out).unwrap().iter().map(|c| c.index).collect();
+        assert_eq!(pinned, (0..sweep.cells.len()).collect::<Vec<_>>());
+    }
 
     #[test]
     fn grid_is_the_product_in_file_order() {
