@@ -210,16 +210,7 @@ impl NoiseScheduler {
                 schedule_epochs: self.schedule_epochs,
             });
         }
-        for (field, value) in obs.metrics() {
-            if !(value.is_finite() && value >= 0.0) {
-                return Err(SchedulerError::Metric {
-                    epoch: obs.epoch,
-                    field,
-                    value,
-                });
-            }
-        }
-        Ok(())
+        check_metrics(obs)
     }
 
     fn trends(&self) -> Trends {
@@ -313,15 +304,7 @@ impl NoiseScheduler {
                     first + i as u64
                 ));
             }
-            for (field, value) in obs.metrics() {
-                if !(value.is_finite() && value >= 0.0) {
-                    return Err(SchedulerError::Metric {
-                        epoch: obs.epoch,
-                        field,
-                        value,
-                    });
-                }
-            }
+            check_metrics(obs)?;
         }
         if self.consecutive >= self.config.consecutive_trigger {
             return bad(format!(
@@ -375,6 +358,20 @@ impl NoiseScheduler {
         }
         Ok(decision)
     }
+}
+
+/// Refuses an observation whose metrics are not finite numbers >= 0.
+fn check_metrics(obs: &Observation) -> Result<(), SchedulerError> {
+    for (field, value) in obs.metrics() {
+        if !(value.is_finite() && value >= 0.0) {
+            return Err(SchedulerError::Metric {
+                epoch: obs.epoch,
+                field,
+                value,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

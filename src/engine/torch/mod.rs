@@ -167,13 +167,7 @@ impl Engine for TorchEngine {
     fn step(&mut self, step: &Step) -> Result<bool> {
         let batch = self.data.batch(step)?;
         let logits = self.logits(&batch, true)?;
-        let loss = logits.f_cross_entropy_loss(
-            &batch.labels,
-            None::<Tensor>,
-            Reduction::Mean,
-            -100,
-            0.0,
-        )?;
+        let loss = cross_entropy(&logits, &batch.labels)?;
         let scaled = match self.loss_scale {
             Some(s) => loss.f_mul_scalar(s.scale)?,
             None => loss.shallow_clone(),
@@ -261,13 +255,7 @@ impl Engine for TorchEngine {
         for batch in images.batches()? {
             let n = batch.labels.size()[0];
             let logits = self.logits(&batch, false)?;
-            let loss = logits.f_cross_entropy_loss(
-                &batch.labels,
-                None::<Tensor>,
-                Reduction::Mean,
-                -100,
-                0.0,
-            )?;
+            let loss = cross_entropy(&logits, &batch.labels)?;
             let _ = loss_sum.f_add_(&loss.f_mul_scalar(n as f64)?)?;
             let _ = correct.f_add_(
                 &logits
@@ -319,4 +307,10 @@ impl Engine for TorchEngine {
         };
         Ok(())
     }
+}
+
+/// The mean cross-entropy of `logits` against `labels`, as PyTorch's
+/// `F.cross_entropy` with its defaults (no class weights, no ignored index, no smoothing).
+fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(logits.f_cross_entropy_loss(labels, None::<Tensor>, Reduction::Mean, -100, 0.0)?)
 }
