@@ -43,7 +43,7 @@ fn sweep_runs_skips_resumes_and_reports() {
 
     // One cell interrupted after its first epoch, as if killed: the sweep resumes it.
     let partial = out.join("adam-gaussian-lr0.01");
-    let cfg = TrainConfig::from_table(
+    let cfg = TrainConfig::for_new_run(
         format!(
             "model = 'baby-cnn'\noptimizer = 'adam'\nnoise = 'gaussian'\nlr = 0.01\nepochs = 2\nbatch_size = 50\ndata_dir = '{}'",
             tmp.path().join("data").display()
@@ -123,7 +123,10 @@ fn sweep_runs_skips_resumes_and_reports() {
         md.contains("Table I: results for sgd") && md.contains("Table III: results for adam"),
         "{md}"
     );
-    assert!(md.contains("| baby-cnn | gaussian, adaptive |"), "{md}");
+    assert!(
+        md.contains("| baby-cnn | gaussian, adaptive, relative weight noise |"),
+        "{md}"
+    );
     let csv = ok(&adanoise(&[
         "report",
         out.to_str().unwrap(),

@@ -31,7 +31,7 @@ pub const EPOCHS: u64 = 300;
 /// Images per batch.
 pub const BATCH_SIZE: usize = 128;
 /// L2 weight decay added to the gradient.
-pub const WEIGHT_DECAY: f32 = 1e-4;
+pub const WEIGHT_DECAY: f64 = 1e-4;
 /// Peak learning rate reached at the schedule's last restart (`eta_final_max`).
 pub const LR_FINAL_MAX: f64 = 1e-5;
 /// Floor of every cosine cycle (`eta_min`).

@@ -72,7 +72,9 @@ pub enum NoisePolicy {
 
 /// How large weight noise is, given the sigma decided: the study says only "a random noise
 /// tensor that matches the shape of the input tensor", scaled by sigma, which can be read
-/// in more than one way.
+/// in more than one way. New runs take [`WeightNoiseScale::FOR_NEW_RUNS`]; a recorded
+/// configuration that names none was written when `absolute` was the only reading, and
+/// means [`WeightNoiseScale::UNRECORDED`].
 #[derive(
     Debug,
     Clone,
@@ -80,7 +82,6 @@ pub enum NoisePolicy {
     PartialEq,
     Eq,
     Hash,
-    Default,
     Serialize,
     Deserialize,
     strum::Display,
@@ -92,8 +93,8 @@ pub enum NoisePolicy {
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]
 pub enum WeightNoiseScale {
-    /// Standard deviation sigma for every element, whatever the tensor's own scale.
-    #[default]
+    /// Standard deviation sigma for every element, whatever the tensor's own scale (the
+    /// study's text read literally).
     Absolute,
     /// Standard deviation sigma times the tensor's root mean square, taken just before the
     /// noise is added: a tensor of small weights gets proportionally small noise.
@@ -104,6 +105,20 @@ pub enum WeightNoiseScale {
 }
 
 impl WeightNoiseScale {
+    /// The reading of a new run that names none: `relative`, the one that reproduces the
+    /// study's tables (under `absolute`, baby-cnn's noisy runs collapse 10 points below
+    /// the study's).
+    pub const FOR_NEW_RUNS: Self = Self::Relative;
+
+    /// What a recorded configuration (a run's `config.toml`, a checkpointed state) that
+    /// names no reading means: it was written when `absolute` was the only one.
+    pub const UNRECORDED: Self = Self::Absolute;
+
+    /// The name used in configs, directory names and reports.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
     /// The standard deviation of the noise added to a tensor whose root mean square is
     /// `rms`, for a decided sigma `sigma`.
     pub fn sigma_for(self, sigma: f64, rms: f64) -> f64 {
@@ -127,8 +142,12 @@ pub struct PolicyConfig {
     /// The annealed policy's `gamma`.
     pub anneal_gamma: f64,
     /// How the adaptive policy's weight noise is scaled.
-    #[serde(default)]
+    #[serde(default = "unrecorded_weight_scale")]
     pub weight_scale: WeightNoiseScale,
+}
+
+fn unrecorded_weight_scale() -> WeightNoiseScale {
+    WeightNoiseScale::UNRECORDED
 }
 
 impl Default for PolicyConfig {
@@ -138,7 +157,7 @@ impl Default for PolicyConfig {
             noise_sigma: crate::defaults::NOISE_SIGMA,
             anneal_eta: crate::defaults::ANNEAL_ETA,
             anneal_gamma: crate::defaults::ANNEAL_GAMMA,
-            weight_scale: WeightNoiseScale::Absolute,
+            weight_scale: WeightNoiseScale::FOR_NEW_RUNS,
         }
     }
 }
@@ -191,13 +210,15 @@ impl PolicyConfig {
         }
     }
 
-    /// A short label for reports: `adaptive`, `adaptive, relative weight noise`,
-    /// `constant 0.01`, `annealed eta 0.01 gamma 0.55`.
+    /// A short label for reports: `adaptive, relative weight noise`, `adaptive, absolute
+    /// weight noise`, `constant 0.01`, `annealed eta 0.01 gamma 0.55`. The adaptive policy's
+    /// label always names its reading, which changed default once: a row must never leave
+    /// it to the reader to guess.
     pub fn label(&self) -> String {
         use crate::formulas::compact;
         match self.policy {
             NoisePolicy::Adaptive => match self.weight_scale {
-                WeightNoiseScale::Absolute => "adaptive".into(),
+                WeightNoiseScale::Absolute => "adaptive, absolute weight noise".into(),
                 WeightNoiseScale::Relative => "adaptive, relative weight noise".into(),
                 WeightNoiseScale::None => "adaptive, no weight noise".into(),
             },

@@ -10,6 +10,7 @@ use crate::noise::NoiseSchedulerConfig;
 use crate::noise::replay::{read_observations, replay};
 use crate::report::{Format, figures, find_runs, render, tables};
 use crate::schedule::CosineRestartsConfig;
+use crate::train::config::WEIGHT_NOISE_SCALE_KEY;
 use crate::train::interrupt::EXIT_INTERRUPTED;
 use crate::train::{RunOptions, TrainConfig, train_with};
 use anyhow::{Context, Result};
@@ -71,16 +72,28 @@ pub(crate) fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         .as_ref()
         .map(|out| out.join(crate::train::run_dir::CONFIG_FILE))
         .filter(|path| args.resume && path.is_file());
-    let mut table = match (&args.config, run_config) {
+    let mut table = match (&args.config, &run_config) {
         (Some(path), _) => TrainConfig::read_table(path)?,
         // `--resume --out RUN`: the run's own config supplies every option not given.
-        (None, Some(path)) => TrainConfig::read_table(&path)?,
+        (None, Some(path)) => TrainConfig::read_table(path)?,
         (None, None) => toml::Table::new(),
     };
     let overrides =
         toml::Table::try_from(args).context("could not read the command-line options")?;
     TrainConfig::merge_tables(&mut table, overrides);
-    TrainConfig::from_table(table)
+    match run_config {
+        // A resumed run keeps the reading it was made with (`absolute` when it names none)
+        // unless one is given: a default that changed must not change a run midway.
+        Some(path) if !table.contains_key(WEIGHT_NOISE_SCALE_KEY) => {
+            let (stored, _) = crate::train::run_dir::read_config(&path)?;
+            table.insert(
+                WEIGHT_NOISE_SCALE_KEY.into(),
+                stored.weight_noise_scale.name().into(),
+            );
+            TrainConfig::from_table(table)
+        }
+        _ => TrainConfig::for_new_run(table),
+    }
 }
 
 fn train_command(args: TrainArgs) -> Result<ExitCode> {

@@ -164,7 +164,7 @@ pub(crate) struct TrainArgs {
     pub t_mult: Option<f64>,
     #[arg(long, help = with_default("L2 weight decay added to the gradient", defaults::WEIGHT_DECAY))]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight_decay: Option<f32>,
+    pub weight_decay: Option<f64>,
     /// CPU threads (default: all cores).
     #[arg(long, value_parser = toml_integer::<usize>)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -197,8 +197,10 @@ pub(crate) struct TrainArgs {
     #[arg(long, help = with_default("gamma of the annealed policy", defaults::ANNEAL_GAMMA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anneal_gamma: Option<f64>,
-    /// How weight noise is scaled: sigma per element (absolute), sigma times each tensor's
-    /// root mean square (relative), or no weight noise (none) [default: absolute].
+    /// How weight noise is scaled: sigma times each tensor's root mean square (relative,
+    /// which reproduces the study's tables), sigma per element (absolute, the study's text
+    /// read literally), or no weight noise (none) [default: relative; a resumed run keeps
+    /// its own, and one that names none is absolute].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_noise_scale: Option<WeightNoiseScale>,

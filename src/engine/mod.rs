@@ -151,7 +151,7 @@ pub struct EngineSpec {
     /// The optimiser.
     pub optimizer: OptimizerKind,
     /// L2 weight decay added to the gradient.
-    pub weight_decay: f32,
+    pub weight_decay: f64,
     /// The backend.
     pub device: DeviceKind,
     /// What the step computes in.

@@ -323,7 +323,7 @@ impl SweepFile {
                     describe(&values)
                 )
             };
-            let config = TrainConfig::from_table(table.clone()).with_context(invalid)?;
+            let config = TrainConfig::for_new_run(table.clone()).with_context(invalid)?;
             if let Err(why) = config.check_injects() {
                 return Err(anyhow::anyhow!(
                     "{why}. In a grid, set the policy together with the noise, e.g. \

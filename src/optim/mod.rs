@@ -47,8 +47,9 @@ impl OptimizerKind {
     }
 
     /// Builds the optimiser with the given L2 weight decay.
-    pub fn build(self, weight_decay: f32) -> ModuleOptimizer {
-        let decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay));
+    pub fn build(self, weight_decay: f64) -> ModuleOptimizer {
+        // Burn keeps the coefficient in f32, as its parameters are.
+        let decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
         match self {
             Self::Sgd => SgdConfig::new().with_weight_decay(decay).init(),
             Self::SgdMomentum => SgdConfig::new()
@@ -144,7 +145,7 @@ mod tests {
                 &device,
             )),
         };
-        let mut optim = kind.build(WD as f32);
+        let mut optim = kind.build(WD);
         for g in GRADS {
             let coef = Tensor::<1>::from_data(TensorData::from(g.map(|x| x as f32)), &device);
             let loss = (model.w.val() * coef).sum();

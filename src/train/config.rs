@@ -69,8 +69,11 @@ pub struct TrainConfig {
     #[serde(default = "defaults::t_mult")]
     pub t_mult: f64,
     /// L2 weight decay added to the gradient.
-    #[serde(default = "defaults::weight_decay")]
-    pub weight_decay: f32,
+    #[serde(
+        default = "defaults::weight_decay",
+        deserialize_with = "defaults::decimal_weight_decay"
+    )]
+    pub weight_decay: f64,
     /// CPU threads for the CPU backend (all cores when absent).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -96,9 +99,10 @@ pub struct TrainConfig {
     /// `gamma` of the annealed policy.
     #[serde(default = "defaults::anneal_gamma")]
     pub anneal_gamma: f64,
-    /// How weight noise is scaled: sigma per element (`absolute`, the default), sigma times
-    /// each tensor's root mean square (`relative`), or not at all (`none`).
-    #[serde(default)]
+    /// How weight noise is scaled: sigma times each tensor's root mean square (`relative`,
+    /// the default of new runs), sigma per element (`absolute`), or not at all (`none`). A
+    /// recorded config that names none was written when `absolute` was the only reading.
+    #[serde(default = "defaults::unrecorded_weight_noise_scale")]
     pub weight_noise_scale: WeightNoiseScale,
     /// Thresholds of the adaptive noise scheduler (Table V).
     #[serde(default)]
@@ -130,8 +134,23 @@ mod defaults {
     pub fn t_mult() -> f64 {
         paper::T_MULT
     }
-    pub fn weight_decay() -> f32 {
+    pub fn weight_decay() -> f64 {
         paper::WEIGHT_DECAY
+    }
+    /// Reads a weight decay, giving back the decimal a user wrote where an earlier version
+    /// recorded it through f32 (`1e-4` as `0.00009999999747378752`), so that such a run's
+    /// config reads as the one it was made from.
+    pub fn decimal_weight_decay<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let value = <f64 as serde::Deserialize>::deserialize(d)?;
+        let narrow = value as f32;
+        Ok(if f64::from(narrow) == value && narrow.is_finite() {
+            narrow.to_string().parse().unwrap_or(value)
+        } else {
+            value
+        })
+    }
+    pub fn unrecorded_weight_noise_scale() -> adanoise_core::WeightNoiseScale {
+        adanoise_core::WeightNoiseScale::UNRECORDED
     }
     pub fn split_seed() -> u64 {
         crate::data::split::SPLIT_SEED
@@ -146,6 +165,14 @@ mod defaults {
         paper::ANNEAL_GAMMA
     }
 }
+
+/// The key of the weight-noise reading, whose default differs between new runs and
+/// recorded ones.
+pub const WEIGHT_NOISE_SCALE_KEY: &str = "weight_noise_scale";
+
+/// What to tell a user whose run or sweep differs from its directory in the weight-noise
+/// reading.
+pub const WEIGHT_NOISE_SCALE_HINT: &str = "runs made when `absolute` was the default record `absolute` or name no reading, and new runs default to `relative`: pass --weight-noise-scale absolute (weight_noise_scale = \"absolute\" in a sweep file's [base]) to go on with such a run";
 
 /// The table of a run's `config.toml` that records what data it trained on; not an option.
 pub const DATA_FINGERPRINT_KEY: &str = "data_fingerprint";
@@ -184,6 +211,16 @@ impl TrainConfig {
             })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Builds the config of a new run from a table: [`TrainConfig::from_table`], with the
+    /// weight-noise reading of new runs when the table names none (a recorded config that
+    /// names none keeps meaning `absolute`, so only new runs may take this path).
+    pub fn for_new_run(mut table: toml::Table) -> Result<Self> {
+        table
+            .entry(WEIGHT_NOISE_SCALE_KEY)
+            .or_insert_with(|| WeightNoiseScale::FOR_NEW_RUNS.name().into());
+        Self::from_table(table)
     }
 
     /// Merges `overrides` into `base`, descending into nested tables (`[noise_scheduler]`).
@@ -272,9 +309,10 @@ impl TrainConfig {
                 self.epochs
             );
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+        if !(self.weight_decay >= 0.0 && self.weight_decay <= f32::MAX as f64) {
             bail!(
-                "weight_decay must be a finite number >= 0 (got {})",
+                "weight_decay must be a number from 0 to {:e} (f32's largest, as the weights are f32; got {})",
+                f32::MAX,
                 self.weight_decay
             );
         }
@@ -295,11 +333,11 @@ impl TrainConfig {
     /// The default run directory name: `<model>-<optimizer>-<noise>-lr<X>-s<seed>`, with the
     /// noise policy after the noise when it is not the adaptive one
     /// (`...-gaussian-constant-lr<X>-s<seed>`) and the weight-noise scale when it is not
-    /// the default (`...-gaussian-weights-relative-lr<X>-s<seed>`), so that runs that
-    /// differ only in these do not share a directory.
+    /// the default of new runs (`...-gaussian-weights-absolute-lr<X>-s<seed>`), so that
+    /// runs that differ only in these do not share a directory.
     pub fn default_run_name(&self) -> String {
         let policy = match (self.noise_policy, self.weight_noise_scale) {
-            (NoisePolicy::Adaptive, WeightNoiseScale::Absolute) => String::new(),
+            (NoisePolicy::Adaptive, WeightNoiseScale::FOR_NEW_RUNS) => String::new(),
             (NoisePolicy::Adaptive, scale) => format!("-weights-{scale}"),
             (other, _) => format!("-{other}"),
         };
@@ -365,10 +403,25 @@ mod tests {
 
     #[test]
     fn defaults_are_the_papers() {
-        let c = TrainConfig::from_table(table(
+        let c = TrainConfig::for_new_run(table(
             "model = 'tiny-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.05",
         ))
         .unwrap();
+        assert_eq!(c.weight_noise_scale, WeightNoiseScale::Relative);
+        // A recorded config without a reading was made when `absolute` was the only one.
+        let recorded = TrainConfig::from_table(table(
+            "model = 'tiny-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.05\nweight_decay = 0.00009999999747378752",
+        ))
+        .unwrap();
+        assert_eq!(recorded.weight_noise_scale, WeightNoiseScale::Absolute);
+        assert_eq!(
+            recorded.weight_decay, 1e-4,
+            "f32's rounding read back as written"
+        );
+        assert_eq!(
+            recorded.default_run_name(),
+            "tiny-cnn-sgd-momentum-none-weights-absolute-lr0.05-s0"
+        );
         assert_eq!(c.epochs, 300);
         assert_eq!(c.batch_size, 128);
         assert_eq!(c.restart_epochs, 50);

@@ -3,7 +3,9 @@
 //! written so that a kill at any moment leaves a directory `--resume` can use.
 
 use super::checkpoint::{self, Checkpoint};
-use super::config::{DATA_FINGERPRINT_KEY, TrainConfig};
+use super::config::{
+    DATA_FINGERPRINT_KEY, TrainConfig, WEIGHT_NOISE_SCALE_HINT, WEIGHT_NOISE_SCALE_KEY,
+};
 use super::lock::{LOCK_FILE, RunLock};
 use super::metrics::{EpochMetrics, RunStatus, Summary};
 use crate::data::fingerprint::DataFingerprint;
@@ -96,6 +98,16 @@ fn config_text(config: &TrainConfig, data: &DataFingerprint) -> Result<String> {
         toml::Value::try_from(data).context("the data fingerprint could not be written")?,
     );
     Ok(toml::to_string(&table)?)
+}
+
+/// The hint to add to a list of config differences that includes the weight-noise reading.
+pub fn reading_hint(diffs: &[String]) -> String {
+    let reading = format!("{WEIGHT_NOISE_SCALE_KEY}:");
+    if diffs.iter().any(|d| d.starts_with(&reading)) {
+        format!(" ({WEIGHT_NOISE_SCALE_HINT})")
+    } else {
+        String::new()
+    }
 }
 
 /// Reads a run's `config.toml`: the config and, when recorded, its data's fingerprint.
@@ -194,9 +206,10 @@ impl RunDir {
         let diffs = stored.differences(config);
         if !diffs.is_empty() {
             bail!(
-                "cannot resume {}: its config differs from this one ({}); use the same options, or choose another --out",
+                "cannot resume {}: its config differs from this one ({}); use the same options, or choose another --out{}",
                 path.display(),
-                diffs.join("; ")
+                diffs.join("; "),
+                reading_hint(&diffs)
             );
         }
         if let Some(stored_data) = stored_data {

@@ -21,7 +21,7 @@ pub fn config_from(base: &str, data: &Path, extra: &str) -> TrainConfig {
         .parse()
         .unwrap();
     TrainConfig::merge_tables(&mut table, extra.parse().unwrap());
-    TrainConfig::from_table(table).unwrap()
+    TrainConfig::for_new_run(table).unwrap()
 }
 
 /// Runs the `adanoise` binary.
@@ -104,7 +104,7 @@ pub fn firing_config(
         data.display(),
         device
     );
-    adanoise::train::TrainConfig::from_table(text.parse().unwrap()).unwrap()
+    adanoise::train::TrainConfig::for_new_run(text.parse().unwrap()).unwrap()
 }
 
 /// Whether `a` and `b` agree to `rel` relative to the larger (or to 1e-3 absolute).

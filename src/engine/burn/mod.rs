@@ -106,7 +106,7 @@ pub struct BurnEngine {
     template: Model,
     optim: ModuleOptimizer,
     optimizer: OptimizerKind,
-    weight_decay: f32,
+    weight_decay: f64,
     precision: StepPrecision,
     loss_fn: CrossEntropyLoss,
     /// The training images on the device, or assembled on the host.

@@ -29,10 +29,10 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// A fresh optimiser; its state is made at the first step.
-    pub fn new(kind: OptimizerKind, weight_decay: f32) -> Self {
+    pub fn new(kind: OptimizerKind, weight_decay: f64) -> Self {
         Self {
             kind,
-            weight_decay: weight_decay as f64,
+            weight_decay,
             first: Vec::new(),
             second: Vec::new(),
             steps: Vec::new(),
@@ -106,7 +106,7 @@ impl Optimizer {
     /// Continues from `state` (as [`Optimizer::state`] wrote it), its tensors moved to
     /// where `params` are.
     pub fn load(&mut self, state: Vec<(String, Tensor)>, params: &[Tensor]) -> Result<()> {
-        let mut fresh = Self::new(self.kind, self.weight_decay as f32);
+        let mut fresh = Self::new(self.kind, self.weight_decay);
         let unfit = |name: &str| {
             anyhow::anyhow!("the checkpoint's optimiser state does not fit this model ({name})")
         };
