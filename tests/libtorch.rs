@@ -271,3 +271,45 @@ fn what_libtorch_cannot_do_here_is_refused_with_a_sentence() {
         "nothing written"
     );
 }
+
+/// A checkpoint copied from a run of the other engine (whose tensors it cannot read) is
+/// refused by name, whichever engine resumes.
+#[test]
+fn a_checkpoint_of_the_other_engine_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_binary_release(&data, 60, 20, 1).unwrap();
+    let run = |device: DeviceKind, name: &str| {
+        let config = common::config_from(
+            &format!(
+                "model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.01\nepochs = 2\nbatch_size = 20\ndevice = '{device}'"
+            ),
+            &data,
+            "",
+        );
+        let out = tmp.path().join(name);
+        let options = RunOptions {
+            stop_after: Some(1),
+            ..offline()
+        };
+        train(&config, &out, &options).unwrap();
+        (config, out)
+    };
+    let (burn_config, burn) = run(DeviceKind::Cpu, "burn");
+    let (torch_config, torch) = run(DeviceKind::LibtorchCpu, "torch");
+    for (config, dir, from, writer) in [
+        (&burn_config, &burn, &torch, "LibTorch"),
+        (&torch_config, &torch, &burn, "Burn"),
+    ] {
+        std::fs::copy(from.join("checkpoint.bin"), dir.join("checkpoint.bin")).unwrap();
+        let resume = RunOptions {
+            resume: true,
+            ..offline()
+        };
+        let err = format!("{:#}", train(config, dir, &resume).unwrap_err());
+        assert!(
+            err.contains(&format!("written by the {writer} engine")),
+            "{err}"
+        );
+    }
+}

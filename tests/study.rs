@@ -290,10 +290,47 @@ fn a_baseline_made_twice_by_the_grid_counts_each_seed_once() {
     let rows = &t.by_optimizer[0].1;
     assert_eq!(rows.len(), 2, "one baseline row");
     assert_eq!(rows[0].val_acc.n, 2, "each seed once");
-    assert_eq!(rows[0].duplicates, 2);
+    assert_eq!(rows[0].duplicates.len(), 2);
     assert_eq!(rows[1].delta_val_acc.unwrap().n, 2);
     let md = adanoise::report::render::markdown(&t);
     assert!(md.contains("2 duplicate run(s)"), "{md}");
+}
+
+/// A copy of a run left beside it (the same config and seed), finished or not: the row
+/// counts the finished one, whichever directory sorts first, and names the other.
+#[test]
+fn a_finished_run_is_never_set_aside_for_an_unfinished_copy() {
+    use RunStatus::*;
+    for copy_first in [true, false] {
+        let finished = record("gaussian", 0.1, 0, 0.61, 0.1, Finished);
+        let mut copy = record("gaussian", 0.1, 0, 0.30, 0.1, Running);
+        copy.dir = PathBuf::from(if copy_first {
+            "runs/a-copy"
+        } else {
+            "runs/z-copy"
+        });
+        let runs = vec![record("none", 0.1, 0, 0.60, 0.1, Finished), copy, finished];
+        let t = tables::build(&runs, LrSelection::PerNoise);
+        let rows = &t.by_optimizer[0].1;
+        let noisy = rows.iter().find(|r| r.noise.name() == "gaussian").unwrap();
+        assert_eq!(noisy.val_acc.n, 1, "copy first: {copy_first}");
+        assert_eq!(noisy.val_acc.mean, 0.61);
+        assert_eq!(noisy.at_lr.finished, 1);
+        assert_eq!(noisy.at_lr.unfinished, 0, "the copy is not this row's seed");
+        assert_eq!(noisy.duplicates.len(), 1);
+        assert!(
+            noisy.duplicates[0].ends_with("copy"),
+            "{:?}",
+            noisy.duplicates
+        );
+        assert!((noisy.delta_val_acc.unwrap().mean - 0.01).abs() < 1e-12);
+        assert!(t.unfinished.is_empty(), "{:?}", t.unfinished);
+        let md = adanoise::report::render::markdown(&t);
+        assert!(
+            md.contains("1 duplicate run(s) of a seed already counted left out (runs/"),
+            "{md}"
+        );
+    }
 }
 
 #[test]

@@ -71,7 +71,7 @@ class CosineRestarts:
 
 class NoisePolicy:
     """Who sets the noise (adaptive, constant, annealed), with its parameters, and how
-    weight noise is scaled (absolute, relative, none)."""
+    weight noise is scaled (relative, the default; absolute; none)."""
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class NoisePolicy:
         noise_sigma: float = 0.01,
         anneal_eta: float = 0.01,
         anneal_gamma: float = 0.55,
-        weight_noise_scale: str = "absolute",
+        weight_noise_scale: str = "relative",
     ) -> None: ...
     @property
     def policy(self) -> str: ...

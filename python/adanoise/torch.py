@@ -33,8 +33,8 @@ ranks and draws the same noise, so replicas stay identical.
 
 from __future__ import annotations
 
+import copy
 import math
-import time
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -46,12 +46,22 @@ __all__ = ["AdaptiveNoise", "CosineRestartsLR"]
 _NOISE_KINDS = ("none", "gaussian", "uniform")
 _GRADIENT, _WEIGHT = 5, 6
 _MASK = (1 << 64) - 1
+# Seeds and counts a run's config.toml and metrics.jsonl can hold: TOML integers are signed
+# 64-bit.
+_LARGEST = (1 << 63) - 1
+_FLOAT32_MAX = 3.4028234663852886e38
 # What a state_dict() holds beside the scheduler's own state; a state with other keys is
 # refused, so that a state of another version or object is never half-loaded.
 _STATE_KEYS = {
     "version", "scheduler", "settings", "epoch", "step", "grad_sigma", "weight_sigma",
     "last_decision", "in_epoch",
 }
+# Version 3 keeps the epoch's gradient norms one by one, so that a resumed epoch sums
+# exactly what an uninterrupted one sums; version 2 kept their sum.
+_VERSION = 3
+_IN_EPOCH_KEYS = {3: {"norms", "steps", "skipped", "start"}, 2: {"norm_sum", "steps", "skipped", "start"}}
+# How a state saved before the weight-noise reading was recorded reads weight noise.
+_UNRECORDED_WEIGHT_NOISE_SCALE = "absolute"
 
 
 def _splitmix(x: int) -> int:
@@ -185,9 +195,11 @@ class CosineRestartsLR(torch.optim.lr_scheduler.LRScheduler):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        schedules = self._schedules
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "_schedules"})
-        self._schedules = schedules
+        # The schedule is this object's (a resumed run may make it longer): only the position
+        # in it is taken from the state.
+        schedules, total = self._schedules, self.total_steps
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in ("_schedules", "total_steps")})
+        self._schedules, self.total_steps = schedules, total
 
 
 class AdaptiveNoise:
@@ -197,16 +209,18 @@ class AdaptiveNoise:
     `optimizer.param_groups`; those with `requires_grad` are used, and buffers such as
     BatchNorm statistics never get noise). `epochs`: `E_max` of the noise damping.
     `noise`: "gaussian", "uniform", or "none" (decide and record only, the baseline).
-    `seed`: makes the noise reproducible, whatever the interruptions (under
-    `torch.distributed`, rank 0's seed is used on every rank). `policy`: "adaptive" (the
-    scheduler's decisions), "constant" (gradient noise of `noise_sigma` at every step) or
-    "annealed" (`sigma_t^2 = anneal_eta / (1 + t)^anneal_gamma`). `weight_noise_scale`:
-    "absolute", "relative" or "none", as the command's `--weight-noise-scale`. `scaler`:
-    a `torch.amp.GradScaler`, for f16 mixed precision (`before_step` unscales with it).
-    `skip_non_finite`: for a loop that unscales by itself and whose optimiser step skips
-    non-finite gradients (a framework's mixed-precision plugin): such a step is then
-    skipped here too. Other keywords are the scheduler's thresholds
-    (`adanoise.NoiseScheduler`).
+    `seed`: a whole number from 0 to 2**63 - 1 (what a run's config.toml can record); makes
+    the noise reproducible, whatever the interruptions (under `torch.distributed`, rank 0's
+    seed is used on every rank). `policy`: "adaptive" (the scheduler's decisions),
+    "constant" (gradient noise of `noise_sigma` at every step) or "annealed"
+    (`sigma_t^2 = anneal_eta / (1 + t)^anneal_gamma`). `weight_noise_scale`: "relative"
+    (the default: sigma times each tensor's root mean square), "absolute" (sigma per
+    element, the study's text read literally) or "none", as the command's
+    `--weight-noise-scale`. `scaler`: a `torch.amp.GradScaler`, for f16 mixed precision
+    (`before_step` unscales with it). `skip_non_finite`: for a loop that unscales by itself
+    and whose optimiser step skips non-finite gradients (a framework's mixed-precision
+    plugin): such a step is then skipped here too. Other keywords are the scheduler's
+    thresholds (`adanoise.NoiseScheduler`).
     """
 
     def __init__(
@@ -220,7 +234,7 @@ class AdaptiveNoise:
         noise_sigma: float = 0.01,
         anneal_eta: float = 0.01,
         anneal_gamma: float = 0.55,
-        weight_noise_scale: str = "absolute",
+        weight_noise_scale: str = "relative",
         scaler: Any = None,
         skip_non_finite: bool = False,
         **thresholds: float,
@@ -254,6 +268,9 @@ class AdaptiveNoise:
             "thresholds": self.scheduler.config,
             "params": [list(p.shape) for p in self.params],
         }
+        # Every step's norm lands on one device, so that an epoch's norms are summed where
+        # they are summed after a resume too.
+        self._home = self.params[0].device
         self.epoch = 0
         self.step = 0
         self.grad_sigma = 0.0
@@ -273,8 +290,11 @@ class AdaptiveNoise:
 
     @staticmethod
     def _shared_seed(seed: int) -> int:
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise AdanoiseError(f"seed must be a whole number >= 0 (got {seed!r})")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= _LARGEST:
+            raise AdanoiseError(
+                f"seed must be a whole number from 0 to 2**63 - 1 = {_LARGEST}, the range a run's "
+                f"config.toml can record (got {seed!r}): pass a seed in that range"
+            )
         if _distributed():
             shared = [seed]
             torch.distributed.broadcast_object_list(shared, src=0)
@@ -288,11 +308,33 @@ class AdaptiveNoise:
         return touched
 
     def _reset_epoch(self) -> None:
-        self._norm_sum = 0.0
+        # The epoch's running state. Only start_epoch(), a successful end_epoch() and
+        # load_state_dict() replace it; saving it or a refused call leaves it as it is.
         self._pending_norms: list[torch.Tensor] = []
+        # The sum of norms a version-2 state held without the norms themselves.
+        self._norm_offset: float | None = None
         self._steps_in_epoch = 0
         self._skipped_in_epoch = 0
         self._start: list[torch.Tensor] | None = None
+
+    def __deepcopy__(self, memo: dict) -> AdaptiveNoise:
+        raise AdanoiseError(
+            "an AdaptiveNoise cannot be copied: it is tied to its parameters by gradient hooks; make another "
+            "on the copy's parameters with the same settings and load_state_dict(noise.state_dict())"
+        )
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise AdanoiseError(
+            "an AdaptiveNoise cannot be pickled: it is tied to its parameters by gradient hooks; save "
+            "noise.state_dict() (torch.save) and load it into an AdaptiveNoise made with the same settings"
+        )
+
+    def remove_hooks(self) -> None:
+        """Takes this object's gradient hooks off the parameters: it sees no more gradients
+        (for an object replaced by another on the same parameters)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     # -- the epoch -------------------------------------------------------------------------
 
@@ -306,10 +348,15 @@ class AdaptiveNoise:
         the weight noise in force, if any."""
         if self._in_epoch:
             raise AdanoiseError(f"epoch {self.epoch} was started and not ended: call end_epoch() first")
-        self.epoch += 1
-        self._in_epoch = True
+        if self.epoch >= self.scheduler.epochs:
+            raise AdanoiseError(
+                f"epoch {self.epoch + 1} is past the noise schedule's {self.scheduler.epochs} epochs "
+                "(E_max): make `epochs` cover the whole run"
+            )
         self._reset_epoch()
         self._start = [p.detach().clone() for p in self.params]
+        self.epoch += 1
+        self._in_epoch = True
         sigma = self.policy.weight_sigma(self.weight_sigma) if self.injects else 0.0
         if sigma > 0:
             relative = self.policy.weight_noise_scale == "relative"
@@ -367,7 +414,9 @@ class AdaptiveNoise:
     def end_epoch(self, *, train_loss: float, val_loss: float) -> Decision:
         """Ends the epoch with its mean training loss and its validation loss; returns the
         scheduler's decision, which sets the noise of the next epoch. Under
-        `torch.distributed` the losses are averaged over the ranks first."""
+        `torch.distributed` the losses are averaged over the ranks first. A refusal (a NaN
+        loss, an epoch without a step) changes nothing: the epoch stays open, with what it
+        measured, for a retry."""
         if not self._in_epoch or self._start is None:
             raise AdanoiseError("end_epoch() without start_epoch()")
         counted = self._steps_in_epoch - self._skipped_in_epoch
@@ -376,18 +425,33 @@ class AdaptiveNoise:
                 f"epoch {self.epoch} had no optimiser step with finite gradients: call before_step() before "
                 "every optimizer.step(); the epoch stays open"
             )
-        grad_norm = (self._norm_sum + self._flush_norms()) / counted
+        losses = []
+        for name, value in (("train_loss", train_loss), ("val_loss", val_loss)):
+            try:
+                losses.append(float(value))
+            except (TypeError, ValueError):
+                raise AdanoiseError(
+                    f"{name} must be a number (got {type(value).__name__}): pass the epoch's loss; the epoch stays open"
+                ) from None
+        grad_norm = self._norm_sum() / counted
         weight_update = self._weight_update()
-        observed = [float(train_loss), float(val_loss), grad_norm, weight_update]
+        observed = [*losses, grad_norm, weight_update]
         if _distributed():
             observed = self._averaged(observed)
-        decision = self.scheduler.observe(
-            epoch=self.epoch,
-            train_loss=observed[0],
-            val_loss=observed[1],
-            grad_norm=observed[2],
-            weight_update=observed[3],
-        )
+        try:
+            decision = self.scheduler.observe(
+                epoch=self.epoch,
+                train_loss=observed[0],
+                val_loss=observed[1],
+                grad_norm=observed[2],
+                weight_update=observed[3],
+            )
+        except AdanoiseError as e:
+            raise AdanoiseError(
+                f"{e}; nothing was recorded and the epoch stays open: call end_epoch() again with finite "
+                "losses (a gradient norm or weight update that is not finite means the run diverged)"
+            ) from None
+        # The scheduler took the epoch: only now is anything changed.
         self.last_applied = self._applied()
         self.last_decision = decision
         self.grad_sigma = decision.grad_sigma
@@ -395,7 +459,7 @@ class AdaptiveNoise:
         self.last_grad_norm = observed[2]
         self.last_weight_update = observed[3]
         self._in_epoch = False
-        self._start = None
+        self._reset_epoch()
         return decision
 
     def _applied(self) -> dict[str, Any]:
@@ -427,7 +491,7 @@ class AdaptiveNoise:
     def _grad_norm(self, touched: list[int]) -> torch.Tensor:
         """The global L2 norm of the touched gradients, in float32 (every device has it), each
         device's part summed there and the parts on the first parameter's device."""
-        home = self.params[touched[0]].grad.device
+        home = self._home
         parts: dict[torch.device, torch.Tensor] = {}
         for i in touched:
             grad = self.params[i].grad.detach()
@@ -436,13 +500,12 @@ class AdaptiveNoise:
         total = sum((s.to(home) for s in parts.values()), torch.zeros((), device=home))
         return total.sqrt()
 
-    def _flush_norms(self) -> float:
-        """Adds the steps' norms, kept on their devices until now (one read per epoch)."""
-        if not self._pending_norms:
-            return 0.0
-        home = self._pending_norms[0].device
-        total = float(torch.stack([n.to(home) for n in self._pending_norms]).sum())
-        self._pending_norms = []
+    def _norm_sum(self) -> float:
+        """The sum of the epoch's step norms, kept on the device until now (one read per
+        epoch). Reads them without consuming them."""
+        total = 0.0 if self._norm_offset is None else self._norm_offset
+        if self._pending_norms:
+            total += float(torch.stack(self._pending_norms).sum())
         return total
 
     def _weight_update(self) -> float:
@@ -476,12 +539,14 @@ class AdaptiveNoise:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue, at an epoch's end or in its middle (then with the
-        weights of the epoch's start and its running sums, as tensors: save it with
-        `torch.save`). At an epoch's end it holds plain values only (JSON-serialisable)."""
+        weights of the epoch's start, as tensors, and its step norms: save it with
+        `torch.save`). At an epoch's end it holds plain values only (JSON-serialisable).
+        Saving changes nothing in the object, and the state is a copy: editing it leaves the
+        object alone."""
         state: dict[str, Any] = {
-            "version": 2,
+            "version": _VERSION,
             "scheduler": self.scheduler.state_dict(),
-            "settings": self.settings,
+            "settings": copy.deepcopy(self.settings),
             "epoch": self.epoch,
             "step": self.step,
             "grad_sigma": self.grad_sigma,
@@ -490,61 +555,261 @@ class AdaptiveNoise:
             "in_epoch": None,
         }
         if self._in_epoch:
-            state["in_epoch"] = {
-                "norm_sum": self._norm_sum + self._flush_norms(),
+            in_epoch: dict[str, Any] = {
                 "steps": self._steps_in_epoch,
                 "skipped": self._skipped_in_epoch,
-                "start": [s.detach().cpu() for s in self._start],
+                "start": [s.detach().cpu().clone() for s in self._start],
             }
+            if self._norm_offset is None:
+                norms = self._pending_norms
+                in_epoch["norms"] = torch.stack(norms).tolist() if norms else []
+            else:
+                # An epoch resumed from a version-2 state goes on in its format: a sum.
+                state["version"] = 2
+                in_epoch["norm_sum"] = self._norm_sum()
+            state["in_epoch"] = in_epoch
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues from `state_dict()`: the same decisions and the same noise follow. The
         state must come from an AdaptiveNoise made with the same settings (noise, seed,
         policy, thresholds, epochs, parameter shapes): another is refused, naming what
-        differs, and nothing is changed."""
-        if not isinstance(state, dict) or set(state) != _STATE_KEYS or state.get("version") != 2:
-            raise AdanoiseError("the state is not an AdaptiveNoise.state_dict() of this version")
-        theirs, ours = state["settings"], self.settings
-        differ = [k for k in ours if theirs.get(k) != ours[k]]
+        differs. A damaged state (a NaN or negative number, a count out of range, a field
+        missing, a decision of another epoch, weights that do not fit) is refused too. The
+        whole state is checked before anything is taken: a refused one changes nothing."""
+        loaded = _StateReader(self).read(state)
+        # Everything checked: take it over.
+        self.scheduler = loaded["scheduler"]
+        self.epoch, self.step = loaded["epoch"], loaded["step"]
+        self.grad_sigma, self.weight_sigma = loaded["grad_sigma"], loaded["weight_sigma"]
+        self.last_decision = loaded["decision"]
+        # What end_epoch() measured last belongs to the object's past, not to the state.
+        self.last_grad_norm = self.last_weight_update = self.last_applied = None
+        self._reset_epoch()
+        self._in_epoch = loaded["in_epoch"] is not None
+        if loaded["in_epoch"] is not None:
+            in_epoch = loaded["in_epoch"]
+            self._pending_norms = in_epoch["norms"]
+            self._norm_offset = in_epoch["norm_offset"]
+            self._steps_in_epoch = in_epoch["steps"]
+            self._skipped_in_epoch = in_epoch["skipped"]
+            self._start = in_epoch["start"]
+
+
+def _flat(settings: Any, prefix: str = "") -> dict[str, Any]:
+    """{"policy": {"seed": 1}} -> {"policy.seed": 1}, so that differences name the leaf."""
+    if not isinstance(settings, dict):
+        return {prefix: settings}
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with a bool never equal to a number."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+_DAMAGED = "the state is damaged or was edited: load the state_dict() the run saved, unchanged"
+
+
+class _StateReader:
+    """Checks a whole AdaptiveNoise state against the object that is to load it, and builds
+    what the object takes over, without touching the object."""
+
+    def __init__(self, noise: AdaptiveNoise) -> None:
+        self.noise = noise
+
+    def read(self, state: Any) -> dict[str, Any]:
+        if not isinstance(state, dict):
+            raise AdanoiseError(
+                f"the state is a {type(state).__name__}, not an AdaptiveNoise.state_dict(): pass the dict it returned"
+            )
+        version = state.get("version")
+        if isinstance(version, bool) or version not in _IN_EPOCH_KEYS:
+            raise AdanoiseError(
+                f"the state is not an AdaptiveNoise.state_dict() of a version this one reads (version {version!r}; "
+                f"this one reads {' and '.join(map(str, sorted(_IN_EPOCH_KEYS)))}): save it with this adanoise, or "
+                "load it with the adanoise that saved it"
+            )
+        missing, unknown = sorted(_STATE_KEYS - set(state)), sorted(set(state) - _STATE_KEYS, key=str)
+        if missing or unknown:
+            parts = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+                [f"has unknown keys {', '.join(map(repr, unknown))}"] if unknown else []
+            )
+            raise AdanoiseError(
+                f"the state {' and '.join(parts)}: it is not an AdaptiveNoise.state_dict() of this version; "
+                "load the state_dict() the run saved, unchanged"
+            )
+        self._settings(state["settings"])
+        scheduler = self._scheduler(state["scheduler"])
+        epoch, step = self._count("epoch", state["epoch"]), self._count("step", state["step"])
+        in_epoch = state["in_epoch"]
+        if in_epoch is not None and not isinstance(in_epoch, dict):
+            raise AdanoiseError(
+                f"the state's in_epoch is a {type(in_epoch).__name__}, neither None nor a dict: {_DAMAGED}"
+            )
+        if epoch != scheduler.observed + (in_epoch is not None):
+            raise AdanoiseError(
+                f"the state's epoch ({epoch}) does not follow its scheduler's ({scheduler.observed} epochs "
+                f"observed{', and an epoch in progress' if in_epoch is not None else ''}): {_DAMAGED}"
+            )
+        if epoch > scheduler.epochs:
+            raise AdanoiseError(
+                f"the state's epoch {epoch} is past its schedule's {scheduler.epochs} epochs: {_DAMAGED}"
+            )
+        decision = self._decision(state["last_decision"], scheduler)
+        sigmas = {}
+        for name in ("grad_sigma", "weight_sigma"):
+            value = state[name]
+            if not _real(value) or not math.isfinite(value) or value < 0:
+                raise AdanoiseError(f"the state's {name} must be a finite number >= 0 (got {value!r}): {_DAMAGED}")
+            decided = 0.0 if decision is None else getattr(decision, name)
+            if value != decided:
+                raise AdanoiseError(
+                    f"the state's {name} ({value!r}) is not the one its last decision set ({decided!r}): {_DAMAGED}"
+                )
+            sigmas[name] = float(value)
+        return {
+            "scheduler": scheduler,
+            "epoch": epoch,
+            "step": step,
+            **sigmas,
+            "decision": decision,
+            "in_epoch": None if in_epoch is None else self._in_epoch(in_epoch, state["version"], step),
+        }
+
+    def _settings(self, theirs: Any) -> None:
+        ours = self.noise.settings
+        if not isinstance(theirs, dict):
+            raise AdanoiseError(f"the state's settings are a {type(theirs).__name__}, not a dict: {_DAMAGED}")
+        theirs = copy.deepcopy(theirs)
+        policy = theirs.get("policy")
+        if isinstance(policy, dict) and "weight_noise_scale" not in policy:
+            # Saved before the reading was recorded, when absolute was the only one.
+            policy["weight_noise_scale"] = _UNRECORDED_WEIGHT_NOISE_SCALE
+        a, b = _flat(theirs), _flat(ours)
+        differ = [k for k in sorted(set(a) | set(b)) if k not in a or k not in b or not _same(a[k], b[k])]
         if differ:
+            show = lambda d, k: repr(d[k]) if k in d else "(unset)"  # noqa: E731
             raise AdanoiseError(
                 "the state was saved by an AdaptiveNoise with other settings ("
-                + ", ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differ)
+                + ", ".join(f"{k}: {show(a, k)} there, {show(b, k)} here" for k in differ)
                 + "): make this one with the same settings"
             )
+
+    def _scheduler(self, saved: Any) -> NoiseScheduler:
+        ours = self.noise.settings
         scheduler = NoiseScheduler(ours["epochs"], **ours["thresholds"])
-        scheduler.load_state_dict(state["scheduler"])
-        counts = {k: state[k] for k in ("epoch", "step")}
-        for name, value in counts.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise AdanoiseError(f"the state's {name} must be a whole number >= 0 (got {value!r})")
-        if counts["epoch"] != scheduler.observed + (state["in_epoch"] is not None):
+        try:
+            scheduler.load_state_dict(saved)
+        except (TypeError, ValueError) as e:  # AdanoiseError is a ValueError
+            raise AdanoiseError(f"the state's scheduler is refused ({e}): {_DAMAGED}") from None
+        return scheduler
+
+    @staticmethod
+    def _count(name: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _LARGEST:
             raise AdanoiseError(
-                f"the state's epoch ({counts['epoch']}) does not follow its scheduler's "
-                f"({scheduler.observed} epochs observed)"
+                f"the state's {name} must be a whole number from 0 to 2**63 - 1 (got {value!r}): {_DAMAGED}"
             )
-        sigmas = {k: state[k] for k in ("grad_sigma", "weight_sigma")}
-        for name, value in sigmas.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise AdanoiseError(f"the state's {name} must be a finite number >= 0 (got {value!r})")
-        last = state["last_decision"]
-        decision = None if last is None else Decision.from_dict(last)
-        in_epoch = state["in_epoch"]
-        start = None
-        if in_epoch is not None:
-            start = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(in_epoch["start"], self.params)]
-            if len(start) != len(self.params) or any(s.shape != p.shape for s, p in zip(start, self.params)):
-                raise AdanoiseError("the state's epoch-start weights do not fit these parameters")
-        # Everything checked: take it over.
-        self.scheduler = scheduler
-        self.epoch, self.step = counts["epoch"], counts["step"]
-        self.grad_sigma, self.weight_sigma = float(sigmas["grad_sigma"]), float(sigmas["weight_sigma"])
-        self.last_decision = decision
-        self._reset_epoch()
-        self._in_epoch = in_epoch is not None
-        if in_epoch is not None:
-            self._norm_sum = float(in_epoch["norm_sum"])
-            self._steps_in_epoch = int(in_epoch["steps"])
-            self._skipped_in_epoch = int(in_epoch["skipped"])
-            self._start = start
+        return value
+
+    def _decision(self, last: Any, scheduler: NoiseScheduler) -> Decision | None:
+        observed = scheduler.observed
+        if last is None:
+            if observed:
+                raise AdanoiseError(
+                    f"the state's scheduler observed {observed} epochs but it holds no last decision: {_DAMAGED}"
+                )
+            return None
+        try:
+            decision = Decision.from_dict(last)
+        except (TypeError, ValueError) as e:
+            raise AdanoiseError(f"the state's last decision is refused ({e}): {_DAMAGED}") from None
+        if decision.epoch != observed:
+            raise AdanoiseError(
+                f"the state's last decision is epoch {decision.epoch}'s, but its scheduler's last epoch is "
+                f"{observed}: {_DAMAGED}"
+            )
+        largest = self.noise.settings["thresholds"]["sigma_max"]
+        for name in ("grad_sigma", "weight_sigma"):
+            value = getattr(decision, name)
+            # The scheduler's sigmas never exceed sigma_max (up to the rounding of its formula).
+            if value > largest * (1 + 1e-9):
+                raise AdanoiseError(
+                    f"the state's last decision has {name} {value!r}, above sigma_max {largest!r}: {_DAMAGED}"
+                )
+        return decision
+
+    def _in_epoch(self, in_epoch: dict[str, Any], version: int, step: int) -> dict[str, Any]:
+        keys = _IN_EPOCH_KEYS[version]
+        missing, unknown = sorted(keys - set(in_epoch)), sorted(set(in_epoch) - keys, key=str)
+        if missing or unknown:
+            parts = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+                [f"has unknown keys {', '.join(map(repr, unknown))}"] if unknown else []
+            )
+            raise AdanoiseError(f"the state's in_epoch {' and '.join(parts)}: {_DAMAGED}")
+        steps = self._count("in_epoch steps", in_epoch["steps"])
+        skipped = self._count("in_epoch skipped", in_epoch["skipped"])
+        if steps > step:
+            raise AdanoiseError(f"the state's in_epoch steps ({steps}) exceed the run's steps ({step}): {_DAMAGED}")
+        if skipped > steps:
+            raise AdanoiseError(
+                f"the state's in_epoch skipped steps ({skipped}) exceed its steps ({steps}): {_DAMAGED}"
+            )
+        counted = steps - skipped
+        home = self.noise._home
+        offset = None
+        norms: list[torch.Tensor] = []
+        if version == 2:
+            offset = in_epoch["norm_sum"]
+            if not _real(offset) or not 0 <= offset <= _FLOAT32_MAX * max(counted, 1) or (counted == 0 and offset):
+                raise AdanoiseError(
+                    f"the state's in_epoch norm_sum must be a finite number >= 0, and 0 without steps "
+                    f"(got {offset!r} over {counted} steps): {_DAMAGED}"
+                )
+            offset = float(offset)
+        else:
+            values = in_epoch["norms"]
+            if not isinstance(values, (list, tuple)) or len(values) != counted:
+                got = f"{len(values)} norms" if isinstance(values, (list, tuple)) else type(values).__name__
+                raise AdanoiseError(
+                    f"the state's in_epoch norms must be a list of one norm per counted step ({counted}), "
+                    f"got {got}: {_DAMAGED}"
+                )
+            bad = [v for v in values if not _real(v) or not 0 <= v <= _FLOAT32_MAX]
+            if bad:
+                raise AdanoiseError(
+                    f"the state's in_epoch norms must be finite float32 numbers >= 0 (got {bad[0]!r}): {_DAMAGED}"
+                )
+            if values:
+                norms = list(torch.tensor([float(v) for v in values], dtype=torch.float32, device=home).unbind(0))
+        start = in_epoch["start"]
+        params = self.noise.params
+        if not isinstance(start, (list, tuple)) or len(start) != len(params):
+            raise AdanoiseError(
+                f"the state's epoch-start weights are not one tensor per parameter ({len(params)}): {_DAMAGED}"
+            )
+        taken = []
+        for i, (s, p) in enumerate(zip(start, params)):
+            if not isinstance(s, torch.Tensor) or s.shape != p.shape or s.dtype != p.dtype:
+                got = f"{tuple(s.shape)} {s.dtype}" if isinstance(s, torch.Tensor) else type(s).__name__
+                raise AdanoiseError(
+                    f"the state's epoch-start weights of parameter {i} do not fit it ({got} there, "
+                    f"{tuple(p.shape)} {p.dtype} here): {_DAMAGED}"
+                )
+            if not bool(torch.isfinite(s).all()):
+                raise AdanoiseError(f"the state's epoch-start weights of parameter {i} are not finite: {_DAMAGED}")
+            taken.append(s.detach().to(device=p.device, copy=True))
+        return {"norms": norms, "norm_offset": offset, "steps": steps, "skipped": skipped, "start": taken}
+
+
+def _real(value: Any) -> bool:
+    """A real number that is not a bool, and finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

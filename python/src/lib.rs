@@ -18,6 +18,12 @@ create_exception!(
     "A value adanoise cannot work with; the message says what was wrong and what to do."
 );
 
+/// The weight-noise reading of a new `NoisePolicy` (and so of a new `AdaptiveNoise`) that
+/// names none: `relative` reproduces the study's tables, `absolute` (its text read
+/// literally) does not. A recorded state or config that names none means `absolute`,
+/// which was the only reading when it was written.
+const WEIGHT_NOISE_SCALE_FOR_NEW_RUNS: &str = "relative";
+
 fn error(e: impl std::fmt::Display) -> PyErr {
     AdanoiseError::new_err(e.to_string())
 }
@@ -281,7 +287,8 @@ impl CosineRestarts {
 }
 
 /// Who sets the noise, with its parameters: the adaptive scheduler's decisions, or a
-/// constant or annealed gradient noise; and how weight noise is scaled.
+/// constant or annealed gradient noise; and how weight noise is scaled (`relative` unless
+/// `weight_noise_scale` says otherwise).
 #[pyclass(module = "adanoise._adanoise", frozen)]
 struct NoisePolicy {
     inner: PolicyConfig,
@@ -296,7 +303,7 @@ impl NoisePolicy {
         noise_sigma = defaults::NOISE_SIGMA,
         anneal_eta = defaults::ANNEAL_ETA,
         anneal_gamma = defaults::ANNEAL_GAMMA,
-        weight_noise_scale = "absolute"
+        weight_noise_scale = WEIGHT_NOISE_SCALE_FOR_NEW_RUNS
     ))]
     fn new(
         policy: &str,
@@ -338,7 +345,7 @@ impl NoisePolicy {
         self.inner.policy.into()
     }
 
-    /// "absolute", "relative" or "none".
+    /// "relative" (the default), "absolute" or "none".
     #[getter]
     fn weight_noise_scale(&self) -> &'static str {
         self.inner.weight_scale.into()
@@ -388,7 +395,8 @@ impl NoisePolicy {
     }
 }
 
-/// The study's defaults (Tables IV and V and the baseline policies), by config key.
+/// The study's defaults (Tables IV and V and the baseline policies) and the weight-noise
+/// reading of new runs, by config key.
 #[pyfunction]
 fn defaults_dict<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -399,6 +407,7 @@ fn defaults_dict<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     d.set_item("lr_min", defaults::LR_MIN)?;
     d.set_item("restart_epochs", defaults::RESTART_EPOCHS)?;
     d.set_item("t_mult", defaults::T_MULT)?;
+    d.set_item("weight_noise_scale", WEIGHT_NOISE_SCALE_FOR_NEW_RUNS)?;
     let scheduler = serde_json::to_string(&NoiseSchedulerConfig::default()).map_err(error)?;
     d.set_item(
         "noise_scheduler",

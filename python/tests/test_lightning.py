@@ -13,6 +13,7 @@ lightning = pytest.importorskip("lightning")
 
 from adanoise import AdanoiseError  # noqa: E402
 from adanoise.lightning import AdaptiveNoiseCallback  # noqa: E402
+from adanoise.torch import AdaptiveNoise  # noqa: E402
 
 from conftest import run_adanoise  # noqa: E402
 from helpers import FIRING, data, model  # noqa: E402
@@ -120,3 +121,140 @@ def test_a_run_resumed_from_a_lightning_checkpoint_decides_as_an_uninterrupted_o
     checkpointing(4, rest, ckpt_path=str(tmp_path / "last.ckpt"))
     got = [d.to_dict() for d in first.decisions + rest.decisions]
     assert got == [d.to_dict() for d in whole.decisions]
+
+
+class Observer(lightning.pytorch.Callback):
+    """What the noise callback observed at each epoch's end (this one runs after it)."""
+
+    def __init__(self, noise_callback):
+        self.of = noise_callback
+        self.seen = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        noise = self.of.noise
+        self.seen.append((noise.last_grad_norm, noise.last_weight_update, noise.last_decision.to_dict()))
+
+
+def trainer_with(*callbacks, epochs=2, **options):
+    return lightning.pytorch.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=list(callbacks),
+        enable_progress_bar=False, enable_model_summary=False,
+        **{"enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks), **options},
+    )
+
+
+ModelCheckpoint = lightning.pytorch.callbacks.ModelCheckpoint
+
+
+def test_checkpoints_at_every_step_change_nothing_the_callback_observes(tmp_path):
+    def observed(checkpoint):
+        callback = AdaptiveNoiseCallback(noise="gaussian", seed=0, **FIRING)
+        observer = Observer(callback)
+        extra = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1)] if checkpoint else []
+        trainer_with(callback, observer, *extra, epochs=3).fit(
+            Module(), train_dataloaders=loader(), val_dataloaders=loader()
+        )
+        return observer.seen
+
+    plain = observed(checkpoint=False)
+    assert observed(checkpoint=True) == plain
+    assert any(d["grad_sigma"] > 0 for *_, d in plain), "the thresholds should make noise fire"
+
+
+def test_a_lightning_run_directory_resumes_from_its_checkpoint_redoing_the_epochs_past_it(tmp_path):
+    run = tmp_path / "runs" / "mlp"
+    checkpoints = tmp_path / "checkpoints"
+
+    def fitting(epochs, ckpt_path=None):
+        callback = AdaptiveNoiseCallback(epochs=4, noise="gaussian", seed=0, run_dir=str(run), model="mlp", **FIRING)
+        every_epoch = ModelCheckpoint(dirpath=checkpoints, save_top_k=-1, filename="{epoch}")
+        trainer_with(callback, every_epoch, epochs=epochs).fit(
+            Module(), train_dataloaders=loader(), val_dataloaders=loader(), ckpt_path=ckpt_path
+        )
+        return callback
+
+    fitting(3)
+    first = (run / "metrics.jsonl").read_text().splitlines()
+    # Resumed from the checkpoint after epoch 2, to more epochs: epoch 3 is redone.
+    callback = fitting(4, ckpt_path=str(checkpoints / "epoch=1.ckpt"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    assert lines[:2] == first[:2]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_done"] == 4
+    config = (run / "config.toml").read_text()
+    assert "epochs = 4\n" in config and 'weight_noise_scale = "relative"\n' in config
+    assert callback.noise.policy.weight_noise_scale == "relative"
+    assert "mlp" in run_adanoise("report", str(tmp_path / "runs"))
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(check_val_every_n_epoch=2), "check_val_every_n_epoch=1"),
+        (dict(limit_val_batches=0), "limit_val_batches"),
+        (dict(val_check_interval=3), "val_check_interval"),
+    ],
+    ids=["every 2 epochs", "validation off", "last validation mid-epoch"],
+)
+def test_a_trainer_that_does_not_validate_at_every_epochs_end_is_refused_before_training(options, match):
+    callback = AdaptiveNoiseCallback(noise="gaussian", seed=0, **FIRING)
+    trainer = trainer_with(callback, **options)
+    with pytest.raises(AdanoiseError, match=match) as refused:
+        trainer.fit(Module(), train_dataloaders=loader(), val_dataloaders=loader())
+    assert "validation loss" in str(refused.value)
+    assert trainer.global_step == 0
+
+
+def test_a_module_without_validation_is_told_that_validation_did_not_run():
+    callback = AdaptiveNoiseCallback(noise="gaussian", seed=0, **FIRING)
+    with pytest.raises(AdanoiseError, match="validation did not run"):
+        trainer_with(callback).fit(Module(), train_dataloaders=loader())
+
+
+class PerStepModule(Module):
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)  # Lightning's default here: per step only
+        return loss
+
+
+def test_a_training_loss_logged_per_step_only_is_refused_at_the_first_batch():
+    callback = AdaptiveNoiseCallback(noise="gaussian", seed=0, **FIRING)
+    trainer = trainer_with(callback)
+    with pytest.raises(AdanoiseError, match="on_epoch=True"):
+        trainer.fit(PerStepModule(), train_dataloaders=loader(), val_dataloaders=loader())
+    assert trainer.global_step == 1
+
+
+def test_a_state_restored_for_a_refused_fit_is_not_taken_by_the_next_fit():
+    module = Module()
+    noise = AdaptiveNoise(module.parameters(), 2, "gaussian", 0, **FIRING)
+    noise.start_epoch()
+    for x, y in loader():
+        F.cross_entropy(module.net(x), y).backward()
+        noise.before_step()
+    noise.end_epoch(train_loss=1.0, val_loss=1.0)
+    callback = AdaptiveNoiseCallback(noise="gaussian", seed=0, **FIRING)
+    callback.load_state_dict({"noise": noise.state_dict()})  # as Lightning restores a checkpoint
+    with pytest.raises(AdanoiseError, match="max_epochs"):
+        trainer_with(callback, epochs=-1).fit(module, train_dataloaders=loader(), val_dataloaders=loader())
+    trainer_with(callback, epochs=2).fit(Module(), train_dataloaders=loader(), val_dataloaders=loader())
+    assert [d.epoch for d in callback.decisions] == [1, 2], "the second fit does not resume"
+
+
+def test_a_fit_resumes_from_the_middle_of_an_epoch_and_explains_a_checkpoint_it_cannot_continue(tmp_path):
+    def fitting(epochs, callback, ckpt_path=None):
+        every_validation = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{step}")
+        trainer_with(callback, every_validation, epochs=epochs, val_check_interval=0.5).fit(
+            Module(), train_dataloaders=loader(), val_dataloaders=loader(), ckpt_path=ckpt_path
+        )
+
+    fitting(1, AdaptiveNoiseCallback(epochs=2, noise="gaussian", seed=0, **FIRING))
+    middle = AdaptiveNoiseCallback(epochs=2, noise="gaussian", seed=0, **FIRING)
+    fitting(2, middle, ckpt_path=str(tmp_path / "step=2.ckpt"))
+    assert [d.epoch for d in middle.decisions] == [1, 2]
+    assert middle.noise.step == 2 * len(data())
+    with pytest.raises(AdanoiseError, match="save_on_train_epoch_end=True"):
+        fitting(2, AdaptiveNoiseCallback(epochs=2, noise="gaussian", seed=0, **FIRING), str(tmp_path / "step=4.ckpt"))

@@ -39,6 +39,8 @@ THRESHOLDS = dict(
     sigma_min=0.01,
     sigma_max=0.05,
 )
+# Named on both sides, so that the comparison holds whatever either side's default is.
+WEIGHT_NOISE_SCALE = "relative"
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2471, 0.2435, 0.2616]).view(1, 3, 1, 1)
 
@@ -78,7 +80,9 @@ def adapter_decisions(data_dir: Path):
     opt = torch.optim.SGD(net.parameters(), lr=LR, weight_decay=1e-4)  # the command's default
     steps = len(x) // BATCH + (len(x) % BATCH > 0)
     lr = CosineRestartsLR(opt, epochs=EPOCHS, steps_per_epoch=steps)
-    noise = AdaptiveNoise(net.parameters(), EPOCHS, "gaussian", seed=0, **THRESHOLDS)
+    noise = AdaptiveNoise(
+        net.parameters(), EPOCHS, "gaussian", seed=0, weight_noise_scale=WEIGHT_NOISE_SCALE, **THRESHOLDS
+    )
     g = torch.Generator().manual_seed(0)
     decisions = []
     for _ in range(EPOCHS):
@@ -105,7 +109,8 @@ def command_decisions(data_dir: Path, out: Path):
     run_adanoise(
         "train", "--model", "baby-cnn", "--optimizer", "sgd", "--lr", str(LR),
         "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--noise", "gaussian",
-        "--threads", "1", "--offline", "--data-dir", str(data_dir), "--out", str(out), *sets,
+        "--threads", "1", "--offline", "--data-dir", str(data_dir), "--out", str(out),
+        "--weight-noise-scale", WEIGHT_NOISE_SCALE, *sets,
     )
     lines = (out / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)["decision"] for line in lines]

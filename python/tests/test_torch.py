@@ -123,7 +123,9 @@ def test_a_state_dict_round_trip_mid_run_continues_identically():
     net2.load_state_dict(saved[0])
     opt2 = torch.optim.SGD(net2.parameters(), lr=LR)
     opt2.load_state_dict(saved[1])
-    noise2 = AdaptiveNoise(net2.parameters(), epochs=EPOCHS, noise="gaussian", seed=3, **FIRING)
+    noise2 = AdaptiveNoise(
+        net2.parameters(), epochs=EPOCHS, noise="gaussian", seed=3, weight_noise_scale="absolute", **FIRING
+    )
     noise2.load_state_dict(saved[2])
     rest, (net_resumed, *_) = train("gaussian", start=(net2, opt2, noise2, 4))
     got = [r[3].to_dict() for r in first + rest]
@@ -178,3 +180,20 @@ def test_the_lr_scheduler_follows_the_schedule_and_resumes():
     sched2.load_state_dict(state)
     opt2.param_groups[0]["lr"] = sched2.get_last_lr()[0]
     assert opt2.param_groups[0]["lr"] == reference.lr_at(12)
+
+
+def test_the_lr_scheduler_resumes_into_a_longer_schedule():
+    shape = dict(steps_per_epoch=3, restart_epochs=1)
+    opt = torch.optim.SGD(model().parameters(), lr=0.05)
+    short = CosineRestartsLR(opt, epochs=2, **shape)
+    for _ in range(6):
+        opt.step()
+        short.step()
+    opt2 = torch.optim.SGD(model().parameters(), lr=0.05)
+    longer = CosineRestartsLR(opt2, epochs=4, **shape)
+    longer.load_state_dict(short.state_dict())
+    reference = CosineRestarts(0.05, epochs=4, **shape)
+    for t in range(6, 12):
+        opt2.step()
+        longer.step()
+        assert opt2.param_groups[0]["lr"] == reference.lr_at(min(t + 1, 11))

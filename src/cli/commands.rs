@@ -8,7 +8,7 @@ use crate::bench::{self, BenchOptions};
 use crate::models::{ModelKind, trainable_params};
 use crate::noise::NoiseSchedulerConfig;
 use crate::noise::replay::{read_observations, replay};
-use crate::report::{Format, figures, find_runs, render, tables};
+use crate::report::{Format, figures, find_some_runs, render, tables};
 use crate::schedule::CosineRestartsConfig;
 use crate::train::config::WEIGHT_NOISE_SCALE_KEY;
 use crate::train::interrupt::EXIT_INTERRUPTED;
@@ -72,6 +72,7 @@ pub(crate) fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         .as_ref()
         .map(|out| out.join(crate::train::run_dir::CONFIG_FILE))
         .filter(|path| args.resume && path.is_file());
+    refuse_resuming_nothing(args, run_config.is_some())?;
     let mut table = match (&args.config, &run_config) {
         (Some(path), _) => TrainConfig::read_table(path)?,
         // `--resume --out RUN`: the run's own config supplies every option not given.
@@ -94,6 +95,31 @@ pub(crate) fn resolve_train_config(args: &TrainArgs) -> Result<TrainConfig> {
         }
         _ => TrainConfig::for_new_run(table),
     }
+}
+
+/// `--resume` of a folder that holds no run, with nothing that says what to train: say so,
+/// rather than ask for the options a new run needs as if the user had meant one.
+fn refuse_resuming_nothing(args: &TrainArgs, has_run: bool) -> Result<()> {
+    let defines_a_run = args.config.is_some() || args.model.is_some();
+    if !args.resume || has_run || defines_a_run {
+        return Ok(());
+    }
+    let Some(out) = &args.out else {
+        anyhow::bail!(
+            "--resume needs the run directory to continue: pass --out RUN (the folder holding its config.toml)"
+        );
+    };
+    let what = if !out.exists() {
+        "does not exist"
+    } else if out.is_dir() {
+        "holds no run (no config.toml)"
+    } else {
+        "is a file, not a run directory"
+    };
+    anyhow::bail!(
+        "--resume --out {}: the folder {what}, so there is no run to continue. Check the path; to start a new run there, leave out --resume and give --model, --optimizer and --lr",
+        out.display()
+    )
 }
 
 fn train_command(args: TrainArgs) -> Result<ExitCode> {
@@ -239,13 +265,7 @@ pub(super) fn exit_code(code: i32) -> ExitCode {
 }
 
 fn report_command(args: &ReportArgs) -> Result<()> {
-    let runs = find_runs(&args.dir, 4, &mut Console::new())?;
-    if runs.is_empty() {
-        anyhow::bail!(
-            "{} holds no run directory (a folder with config.toml)",
-            args.dir.display()
-        );
-    }
+    let runs = find_some_runs(&args.dir, 4, &mut Console::new())?;
     let tables = tables::build(&runs, args.lr_selection);
     let text = match args.format {
         Format::Md => render::markdown(&tables),
@@ -264,13 +284,7 @@ fn report_command(args: &ReportArgs) -> Result<()> {
 }
 
 fn plot_command(dir: &std::path::Path) -> Result<()> {
-    let runs = find_runs(dir, 4, &mut Console::new())?;
-    if runs.is_empty() {
-        anyhow::bail!(
-            "{} holds no run directory (a folder with config.toml)",
-            dir.display()
-        );
-    }
+    let runs = find_some_runs(dir, 4, &mut Console::new())?;
     for run in &runs {
         if run.history.is_empty() {
             println!("{}: no epoch recorded yet, skipped", run.dir.display());

@@ -166,7 +166,7 @@ pub(crate) struct TrainArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
     /// CPU threads (default: all cores).
-    #[arg(long, value_parser = toml_integer::<usize>)]
+    #[arg(long, value_parser = at_least_one)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// Where batches are assembled: auto (on the device for GPUs, on the host for the CPU),
@@ -211,6 +211,25 @@ pub(crate) struct TrainArgs {
 
 /// Parses an integer option of a run's config. TOML holds integers up to 2^63 - 1, so a
 /// larger one is refused here, where clap names the option, rather than by the TOML writer.
+/// Parses a count that must be at least 1 (threads, workers, steps), within TOML's range.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match toml_integer::<usize>(text)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// Parses a standard deviation: a finite number from 0 to f32's largest (noise is drawn in
+/// f32).
+fn noise_sigma(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("not a number ({e})"))?;
+    if value.is_finite() && (0.0..=f32::MAX as f64).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("must be a number from 0 to {:e}", f32::MAX))
+    }
+}
+
 fn toml_integer<T: TryFrom<u64>>(text: &str) -> Result<T, String> {
     let value: u64 = text
         .parse()
@@ -286,7 +305,7 @@ pub(crate) struct SweepArgs {
     /// The sweep file: [base] training options and [grid] lists of values.
     pub file: PathBuf,
     /// Cells run at once (each gets a share of the CPU threads).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub workers: usize,
     /// Only the cells with this value (KEY=VALUE, repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
@@ -307,7 +326,7 @@ pub(crate) struct SweepArgs {
     #[arg(long, value_enum)]
     pub device: Option<DeviceKind>,
     /// Threads per cell [cores / workers].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub threads: Option<usize>,
     /// Run only the cell with this index (of the cell list pinned in the output directory).
     #[arg(long)]
@@ -323,16 +342,17 @@ pub(crate) struct SweepArgs {
     #[arg(long, requires = "slurm")]
     pub partition: Option<String>,
     /// GPUs per array task.
-    #[arg(long, requires = "slurm")]
+    #[arg(long, requires = "slurm", value_parser = clap::value_parser!(u32).range(1..))]
     pub gpus_per_task: Option<u32>,
     /// CPUs per array task (also the cell's thread count) [1].
-    #[arg(long, requires = "slurm")]
+    #[arg(long, requires = "slurm", value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus_per_task: Option<u32>,
-    /// Time limit per task, HH:MM:SS; a cell checkpoints and requeues itself before it.
-    #[arg(long, requires = "slurm")]
+    /// Time limit per task, as Slurm writes it (MINUTES, HH:MM:SS, D-HH:MM:SS, ...); a cell
+    /// checkpoints and requeues itself before it.
+    #[arg(long, requires = "slurm", value_parser = crate::experiments::slurm::parse_time_limit)]
     pub time: Option<String>,
     /// At most this many tasks at once.
-    #[arg(long, requires = "slurm")]
+    #[arg(long, requires = "slurm", value_parser = clap::value_parser!(u32).range(1..))]
     pub array_parallelism: Option<u32>,
     /// Extra sbatch option, e.g. --sbatch-arg=--account=lab (repeatable).
     #[arg(long, requires = "slurm", allow_hyphen_values = true)]
@@ -390,22 +410,22 @@ pub(crate) struct BenchArgs {
     pub model: ModelKind,
     #[arg(long, value_enum, default_value_t = OptimizerKind::SgdMomentum)]
     pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Timed steps (after the warm-up).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     pub steps: usize,
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub threads: Option<usize>,
     /// Also compute the global gradient norm every step, as training does.
     #[arg(long)]
     pub grad_norm: bool,
     /// Add Gaussian gradient noise of this standard deviation every step (implies --grad-norm).
-    #[arg(long)]
+    #[arg(long, value_parser = noise_sigma)]
     pub grad_noise: Option<f64>,
     /// Time plain steps, steps with the gradient norm, and steps with the norm and gradient
     /// noise (--grad-noise, default 0.01), interleaved, and print the overheads.

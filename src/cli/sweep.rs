@@ -194,7 +194,7 @@ fn checked_against_file(
 
 /// Runs every cell not done, `--workers` at a time, and says how it went.
 fn all_cells(args: &SweepArgs, sweep: &Sweep) -> Result<ExitCode> {
-    crate::train::interrupt::install()?;
+    crate::train::interrupt::install_for_sweep()?;
     let logging = CellLogging {
         tensorboard: args.tensorboard.clone(),
         tensorboard_every: args.tensorboard_every,
@@ -282,7 +282,7 @@ fn print_cells(sweep: &Sweep) {
         "index", "state", "epochs", "val acc"
     );
     for cell in &sweep.cells {
-        let s = cell_status(&sweep.cell_dir(cell), cell.config.epochs);
+        let s = cell_status(&sweep.cell_dir(cell), &cell.config);
         let acc = s
             .final_val_acc
             .map_or("-".to_string(), |a| format!("{a:.4}"));

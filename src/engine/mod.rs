@@ -201,6 +201,15 @@ impl EngineData {
     }
 }
 
+/// The engine that trains on `device`, by name: its checkpoints hold tensors in its own
+/// format, which the other engine cannot read.
+pub fn engine_name(device: DeviceKind) -> &'static str {
+    match device {
+        DeviceKind::Libtorch | DeviceKind::LibtorchCpu => "LibTorch",
+        _ => "Burn",
+    }
+}
+
 /// Refuses, before anything is built or written, a backend this binary lacks or cannot
 /// reach and a precision it cannot compute in.
 pub fn check(spec: &EngineSpec) -> Result<()> {

@@ -1,11 +1,13 @@
 //! The state of a sweep cell, read from its run directory: done, failed,
-//! running (another process holds its lock) or pending; and the per-cell lock,
-//! an OS file lock that dies with the process holding it.
+//! running (another process holds its lock), pending, or a run of another
+//! configuration than the sweep file's cell (the file was edited since it ran).
+//! One rule decides whether a run directory is the cell's: its `config.toml`
+//! equals the cell's configuration, up to where the run executes.
 
 use crate::fsio::write_atomic;
 use crate::train::lock::is_locked;
-use crate::train::run_dir::{RunDir, read_metrics_file};
-use crate::train::{RunStatus, Summary};
+use crate::train::run_dir::{CONFIG_FILE, RunDir, read_config, read_metrics_file};
+use crate::train::{RunStatus, Summary, TrainConfig};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -28,6 +30,9 @@ pub enum CellState {
     Done,
     /// Failed (see its `failed.json`) or diverged.
     Failed,
+    /// Its directory holds a run of another configuration: the sweep file was edited
+    /// since it ran, and the run is not this cell's.
+    Differs,
 }
 
 /// Why a cell failed, as recorded in its `failed.json`.
@@ -78,8 +83,27 @@ fn read_failure(cell_dir: &Path) -> Option<Failure> {
     serde_json::from_str(&text).ok()
 }
 
-/// Reads the state of the cell in `cell_dir` (which may not exist yet).
-pub fn cell_status(cell_dir: &Path, epochs: u64) -> CellStatus {
+/// Whether the run in `cell_dir` (if any) is of `config`, up to where it executes: `Err`
+/// with what differs, one "key: recorded -> now" per option, when it is not.
+pub fn run_matches(cell_dir: &Path, config: &TrainConfig) -> Result<(), String> {
+    let path = cell_dir.join(CONFIG_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let diffs = match read_config(&path) {
+        Ok((recorded, _)) => recorded.differences(config),
+        Err(e) => vec![format!("its {CONFIG_FILE} is unreadable: {e:#}")],
+    };
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(diffs.join("; "))
+    }
+}
+
+/// Reads the state of the cell of `config` in `cell_dir` (which may not exist yet).
+pub fn cell_status(cell_dir: &Path, config: &TrainConfig) -> CellStatus {
+    let epochs = config.epochs;
     let summary: Option<Summary> = RunDir {
         path: cell_dir.to_path_buf(),
     }
@@ -104,6 +128,11 @@ pub fn cell_status(cell_dir: &Path, epochs: u64) -> CellStatus {
         final_val_acc,
         error: None,
     };
+    if let Err(differences) = run_matches(cell_dir, config) {
+        status.state = CellState::Differs;
+        status.error = Some(differences);
+        return status;
+    }
     // A finished run is done even while locked: a process that takes a finished cell's lock
     // (a second sweep that raced for it, or a probe of the lock) only opens it and leaves.
     if summary
@@ -128,13 +157,28 @@ mod tests {
     use super::*;
     use crate::train::lock::RunLock;
 
+    fn config(epochs: u64) -> TrainConfig {
+        TrainConfig::for_new_run(
+            format!("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1\nepochs = {epochs}")
+                .parse()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_locked_cell_is_running_until_released() {
         let dir = tempfile::tempdir().unwrap();
         let lock = RunLock::acquire(dir.path()).unwrap();
-        assert_eq!(cell_status(dir.path(), 3).state, CellState::Running);
+        assert_eq!(
+            cell_status(dir.path(), &config(3)).state,
+            CellState::Running
+        );
         drop(lock);
-        assert_eq!(cell_status(dir.path(), 3).state, CellState::Pending);
+        assert_eq!(
+            cell_status(dir.path(), &config(3)).state,
+            CellState::Pending
+        );
     }
 
     /// A second sweep process may hold a finished cell's lock for the instant it takes to see
@@ -148,11 +192,14 @@ mod tests {
         let lock = RunLock::acquire(dir.path()).unwrap();
         run.write_summary(&Summary::from_history(&[], 3, RunStatus::Running, None))
             .unwrap();
-        assert_eq!(cell_status(dir.path(), 3).state, CellState::Running);
+        assert_eq!(
+            cell_status(dir.path(), &config(3)).state,
+            CellState::Running
+        );
         run.write_summary(&Summary::from_history(&[], 3, RunStatus::Finished, None))
             .unwrap();
-        assert_eq!(cell_status(dir.path(), 3).state, CellState::Done);
+        assert_eq!(cell_status(dir.path(), &config(3)).state, CellState::Done);
         drop(lock);
-        assert_eq!(cell_status(dir.path(), 3).state, CellState::Done);
+        assert_eq!(cell_status(dir.path(), &config(3)).state, CellState::Done);
     }
 }

@@ -76,6 +76,7 @@ pub fn run_sweep(
     observer: &mut dyn Observer,
 ) -> Result<SweepOutcome> {
     let workers = workers.max(1);
+    refuse_edited_cells(sweep)?;
     sweep.write_cells()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads_each = (cores / workers).max(1);
@@ -160,12 +161,52 @@ fn ask_to_stop(child: &Child) {
     }
 }
 
+/// Refuses a sweep some of whose cell directories hold runs of another configuration (the
+/// sweep file, or the options it is resolved with, changed since they ran): a finished run
+/// must never pass for the cell of the file as it is now, nor an interrupted one go on
+/// under other settings.
+pub fn refuse_edited_cells(sweep: &Sweep) -> Result<()> {
+    let edited: Vec<(&Cell, String)> = sweep
+        .cells
+        .iter()
+        .filter_map(|cell| {
+            super::cell_state::run_matches(&sweep.cell_dir(cell), &cell.config)
+                .err()
+                .map(|diffs| (cell, diffs))
+        })
+        .collect();
+    if edited.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = edited
+        .iter()
+        .take(5)
+        .map(|(cell, diffs)| format!("{} ({diffs})", cell.name))
+        .collect();
+    let more = match edited.len() {
+        n if n > 5 => format!(" and {} more", n - 5),
+        _ => String::new(),
+    };
+    let all: Vec<String> = edited.iter().map(|(_, d)| d.clone()).collect();
+    bail!(
+        "{} of the {} cells in {} hold runs of another configuration than {} now gives them: {}{more}. \
+         The sweep file (or an option it is resolved with) changed since they ran, so their results are not this file's. \
+         Restore the file, run the edited file into another directory (--out), or delete those cell directories to train them again{}",
+        edited.len(),
+        sweep.cells.len(),
+        sweep.out.display(),
+        sweep.file.display(),
+        listed.join(", "),
+        crate::train::run_dir::reading_hint(&all)
+    )
+}
+
 /// Counts `cell` if it is done or held by another process; true when it still has to run.
 fn still_to_run(sweep: &Sweep, cell: &Cell, outcome: &mut SweepOutcome) -> bool {
-    match cell_status(&sweep.cell_dir(cell), cell.config.epochs).state {
+    match cell_status(&sweep.cell_dir(cell), &cell.config).state {
         CellState::Done => outcome.done_before += 1,
         CellState::Running => outcome.busy += 1,
-        CellState::Pending | CellState::Failed => return true,
+        CellState::Pending | CellState::Failed | CellState::Differs => return true,
     }
     false
 }
@@ -283,7 +324,7 @@ fn cell_outcome(
     seconds: f64,
 ) -> CellOutcome {
     let dir = sweep.cell_dir(cell);
-    let s = cell_status(&dir, cell.config.epochs);
+    let s = cell_status(&dir, &cell.config);
     if status.code() == Some(crate::train::interrupt::EXIT_INTERRUPTED) {
         CellOutcome::Interrupted
     } else if status.code() == Some(EXIT_CELL_BUSY) {

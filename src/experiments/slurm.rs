@@ -58,6 +58,59 @@ pub struct Submission {
     pub unix_time: u64,
 }
 
+/// Checks a time limit as sbatch's `--time` takes it (`MINUTES`, `MINUTES:SECONDS`,
+/// `HOURS:MINUTES:SECONDS`, `DAYS-HOURS`, `DAYS-HOURS:MINUTES`,
+/// `DAYS-HOURS:MINUTES:SECONDS`), so that a mistyped one is refused here rather than by
+/// sbatch after the task list was written.
+pub fn parse_time_limit(text: &str) -> Result<String, String> {
+    time_limit_seconds(text)
+        .map(|_| text.to_string())
+        .ok_or_else(|| {
+            format!(
+                "'{text}' is not a Slurm time limit: write MINUTES, HH:MM:SS or D-HH:MM:SS (e.g. 25:00:00 or 1-01:00:00)"
+            )
+        })
+}
+
+/// The seconds of a Slurm time limit, `None` when it is not one.
+pub fn time_limit_seconds(text: &str) -> Option<u64> {
+    let number = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (days, rest) = match text.split_once('-') {
+        Some((d, rest)) => (Some(number(d)?), rest),
+        None => (None, text),
+    };
+    let parts: Vec<u64> = rest.split(':').map(number).collect::<Option<_>>()?;
+    let seconds = match (days, parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, s]) => m * 60 + s,
+        (None, [h, m, s]) => h * 3600 + m * 60 + s,
+        (Some(d), [h]) => d * 86400 + h * 3600,
+        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
+        (Some(d), [h, m, s]) => d * 86400 + h * 3600 + m * 60 + s,
+        _ => return None,
+    };
+    (seconds > 0).then_some(seconds)
+}
+
+/// An `#SBATCH` option's value, in double quotes when it holds white space (sbatch splits
+/// a directive's words at white space outside quotes) .
+fn directive_value(value: &str) -> Result<String> {
+    if value.contains(['"', '\n', '\r']) {
+        bail!(
+            "'{value}' cannot be written into an #SBATCH line (it holds a double quote or a line break): choose another --out"
+        );
+    }
+    Ok(if value.contains(char::is_whitespace) {
+        format!("\"{value}\"")
+    } else {
+        value.to_string()
+    })
+}
+
 /// Quotes a path for a POSIX shell (paths cannot hold the NUL byte shells refuse).
 fn sh_quote(path: &Path) -> Result<String> {
     let text = path.to_string_lossy();
@@ -97,12 +150,18 @@ pub fn script(
         s.push_str(&line);
         s.push('\n');
     };
-    directive(format!("--job-name=adanoise-{name}"));
+    directive(format!(
+        "--job-name={}",
+        directive_value(&format!("adanoise-{name}"))?
+    ));
     let parallel = options
         .array_parallelism
         .map_or(String::new(), |n| format!("%{n}"));
     directive(format!("--array=0-{}{parallel}", tasks - 1));
-    directive(format!("--output={}/{SLURM_DIR}/%A_%a.out", out.display()));
+    directive(format!(
+        "--output={}",
+        directive_value(&format!("{}/{SLURM_DIR}/%A_%a.out", out.display()))?
+    ));
     directive("--open-mode=append".into());
     directive("--requeue".into());
     directive(format!("--signal=B:USR1@{}", options.signal_grace_s));
@@ -186,11 +245,13 @@ pub enum Submitted {
 /// Writes the task list and the script for the cells not done, and submits it (or, with
 /// `dry_run`, only writes them).
 pub fn submit(sweep: &Sweep, options: &SlurmOptions) -> Result<Submitted> {
+    check_signal_grace(options)?;
+    super::runner::refuse_edited_cells(sweep)?;
     sweep.write_cells()?;
     let pending: Vec<usize> = sweep
         .cells
         .iter()
-        .filter(|c| cell_status(&sweep.cell_dir(c), c.config.epochs).state != CellState::Done)
+        .filter(|c| cell_status(&sweep.cell_dir(c), &c.config).state != CellState::Done)
         .map(|c| c.index)
         .collect();
     if pending.is_empty() {
@@ -262,6 +323,22 @@ pub fn submit(sweep: &Sweep, options: &SlurmOptions) -> Result<Submitted> {
         serde_json::to_string_pretty(&all)?.as_bytes(),
     )?;
     Ok(Submitted::Submitted(submission))
+}
+
+/// Refuses a signal grace that does not fit in the time limit: the cell would be told to
+/// checkpoint before it started, or never.
+fn check_signal_grace(options: &SlurmOptions) -> Result<()> {
+    let Some(limit) = options.time.as_deref().and_then(time_limit_seconds) else {
+        return Ok(());
+    };
+    let grace = u64::from(options.signal_grace_s);
+    if grace >= limit {
+        bail!(
+            "--signal-grace {grace} s is not shorter than --time {} ({limit} s): a cell would be told to checkpoint before it could train; give a grace well below the limit (e.g. 120)",
+            options.time.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// Every job array submitted for the sweep in `out`.

@@ -233,11 +233,41 @@ impl SweepFile {
         &self.path
     }
 
-    /// The base table with `--set`, `--data-dir` and `--device` applied.
+    /// The keys the grid sets: each axis's own, and those its linked tables set.
+    fn grid_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (axis, values) in &self.axes {
+            let mut linked = false;
+            for value in values {
+                if let toml::Value::Table(t) = value {
+                    linked = true;
+                    keys.extend(t.keys().cloned());
+                }
+            }
+            if !linked {
+                keys.push(axis.clone());
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The base table with `--set`, `--data-dir` and `--device` applied. A `--set` of a key
+    /// the grid sets is refused: the grid would override it in every cell, so it would
+    /// change nothing while looking as if it had.
     fn overridden_base(&self, overrides: &BaseOverrides) -> Result<toml::Table> {
         let mut base = self.base.clone();
+        let grid = self.grid_keys();
         for assignment in &overrides.set {
             let (key, value) = parse_assignment(assignment)?;
+            if grid.contains(&key) {
+                bail!(
+                    "--set {assignment} changes the sweep's [base], but `{key}` is set by the grid of {} in every cell, so it would change nothing: \
+                     use --only {key}=VALUE to run the cells of one value, or edit the grid",
+                    self.path.display()
+                );
+            }
             set_dotted(&mut base, &key, value);
         }
         if let Some(dir) = &overrides.data_dir {
@@ -308,11 +338,7 @@ impl SweepFile {
         let path = &self.path;
         let base = self.overridden_base(&overrides.base)?;
         let out = self.out_dir(overrides.out.as_deref())?;
-        let filters: Vec<(String, String)> = overrides
-            .only
-            .iter()
-            .map(|f| parse_assignment(f).map(|(k, v)| (k, show_value(&v))))
-            .collect::<Result<_>>()?;
+        let filters = Filters::parse(&overrides.only)?;
         let mut cells = Vec::new();
         for flat in 0..self.cell_count() {
             let (table, values, names) = self.cell_table(&base, flat);
@@ -331,9 +357,8 @@ impl SweepFile {
                 ))
                 .with_context(invalid);
             }
-            let keep = filters
-                .iter()
-                .all(|(k, v)| cell_value(&values, &table, k).as_deref() == Some(v.as_str()));
+            filters.check_keys(path, &self.grid_keys(), &config)?;
+            let keep = filters.keep(&values, &config);
             if keep {
                 let name = if names.is_empty() {
                     "run".to_string()
@@ -427,11 +452,58 @@ fn check_cells(path: &Path, cells: &[Cell]) -> Result<()> {
     Ok(())
 }
 
-fn cell_value(values: &[(String, String)], table: &toml::Table, key: &str) -> Option<String> {
+/// `--only` filters: a cell is kept when, for every key filtered, its value is one of the
+/// values given for that key (`--only lr=0.1 --only lr=0.01` keeps both rates).
+struct Filters(Vec<(String, Vec<String>)>);
+
+impl Filters {
+    fn parse(only: &[String]) -> Result<Self> {
+        let mut filters: Vec<(String, Vec<String>)> = Vec::new();
+        for text in only {
+            let (key, value) = parse_assignment(text)?;
+            let value = show_value(&value);
+            match filters.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, values)) => values.push(value),
+                None => filters.push((key, vec![value])),
+            }
+        }
+        Ok(Self(filters))
+    }
+
+    /// Refuses a key that is neither set by the grid nor a training option (a misspelling
+    /// would otherwise filter every cell out, or none).
+    fn check_keys(&self, path: &Path, grid: &[String], config: &TrainConfig) -> Result<()> {
+        for (key, _) in &self.0 {
+            if !grid.contains(key) && config_value(config, key).is_none() {
+                bail!(
+                    "--only {key}=...: `{key}` is neither a grid key of {} ({}) nor a training option; check its spelling",
+                    path.display(),
+                    grid.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn keep(&self, values: &[(String, String)], config: &TrainConfig) -> bool {
+        self.0.iter().all(|(key, wanted)| {
+            cell_value(values, config, key).is_some_and(|v| wanted.contains(&v))
+        })
+    }
+}
+
+/// A cell's value for `key`: its grid value, else its resolved config's (dotted keys reach
+/// `[noise_scheduler]`), as names and filters write it.
+fn cell_value(values: &[(String, String)], config: &TrainConfig, key: &str) -> Option<String> {
     if let Some((_, v)) = values.iter().find(|(k, _)| k == key) {
         return Some(v.clone());
     }
-    let mut current = table;
+    config_value(config, key)
+}
+
+fn config_value(config: &TrainConfig, key: &str) -> Option<String> {
+    let table = toml::Table::try_from(config).ok()?;
+    let mut current = &table;
     let mut parts = key.split('.').peekable();
     while let Some(part) = parts.next() {
         let value = current.get(part)?;

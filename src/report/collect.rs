@@ -107,8 +107,44 @@ impl RunRecord {
     }
 }
 
-/// Every run directory at most `depth` levels under `root` (the root itself included).
+/// [`find_runs`] for a command that needs at least one run: an error that says why there is
+/// none (no run directory, or none that could be read, with the first reason).
+pub fn find_some_runs(
+    root: &Path,
+    depth: usize,
+    observer: &mut dyn Observer,
+) -> Result<Vec<RunRecord>> {
+    let mut unreadable = Vec::new();
+    let runs = find_runs_noting(root, depth, observer, &mut unreadable)?;
+    if !runs.is_empty() {
+        return Ok(runs);
+    }
+    match unreadable.first() {
+        None => bail!(
+            "{} holds no run directory (a folder with config.toml)",
+            root.display()
+        ),
+        Some((dir, why)) => bail!(
+            "none of the {} run directories under {} could be read; the first, {}: {why}. Fix or remove what is named, then run the command again",
+            unreadable.len(),
+            root.display(),
+            dir.display()
+        ),
+    }
+}
+
+/// Every run directory at most `depth` levels under `root` (the root itself included); one
+/// that cannot be read is reported to `observer` and left out.
 pub fn find_runs(root: &Path, depth: usize, observer: &mut dyn Observer) -> Result<Vec<RunRecord>> {
+    find_runs_noting(root, depth, observer, &mut Vec::new())
+}
+
+fn find_runs_noting(
+    root: &Path,
+    depth: usize,
+    observer: &mut dyn Observer,
+    unreadable: &mut Vec<(PathBuf, String)>,
+) -> Result<Vec<RunRecord>> {
     if !root.is_dir() {
         bail!(
             "{} is not a directory; give a sweep's output directory or a run directory",
@@ -126,10 +162,13 @@ pub fn find_runs(root: &Path, depth: usize, observer: &mut dyn Observer) -> Resu
     for dir in dirs {
         match RunRecord::read(&dir, observer) {
             Ok(run) => runs.push(run),
-            Err(e) => observer.on(&Event::Warning(&format!(
-                "skipping {}: {e:#}",
-                dir.display()
-            ))),
+            Err(e) => {
+                observer.on(&Event::Warning(&format!(
+                    "skipping {}: {e:#}",
+                    dir.display()
+                )));
+                unreadable.push((dir, format!("{e:#}")));
+            }
         }
     }
     Ok(runs)

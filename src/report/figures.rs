@@ -98,6 +98,31 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// A tick label of at most about 8 characters, whatever the value's size: plain for the
+/// values a run usually has, in exponent form for huge or tiny ones (a diverging loss
+/// would otherwise print 30 digits across the figure).
+fn value_tick(v: &f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if (1e-3..1e5).contains(&a) {
+        let text = format!("{v:.4}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        text.to_string()
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+/// An epoch tick: whole numbers only (the axis is continuous, epochs are not).
+fn epoch_tick(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{:.0}", v.round())
+    } else {
+        String::new()
+    }
+}
+
 /// A small filled circle at the point of a one-epoch series, which a line cannot show.
 fn dots(
     points: impl Iterator<Item = (f64, f64)>,
@@ -158,12 +183,15 @@ impl Figure for Figure1<'_> {
             .configure_mesh()
             .x_desc("epoch")
             .y_desc("gradient norm")
+            .x_label_formatter(&epoch_tick)
+            .y_label_formatter(&value_tick)
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(err)?;
         chart
             .configure_secondary_axes()
             .y_desc("validation loss")
+            .y_label_formatter(&value_tick)
             .draw()
             .map_err(err)?;
         draw_cooldowns(&mut chart, h, n, (g0, g1))?;
@@ -356,6 +384,8 @@ impl Figure for CurvesFigure<'_> {
                 .configure_mesh()
                 .x_desc("epoch")
                 .y_desc(what)
+                .x_label_formatter(&epoch_tick)
+                .y_label_formatter(&value_tick)
                 .draw()
                 .map_err(err)?;
             for (label, get, color) in
@@ -470,6 +500,26 @@ pub fn plot_run(run: &RunRecord) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_stay_short_and_epochs_whole() {
+        for v in [
+            1e300,
+            -3.5e40,
+            1.234_567e-9,
+            123_456.0,
+            0.123_456_7,
+            2.0,
+            0.0,
+        ] {
+            let text = value_tick(&v);
+            assert!(text.len() <= 10, "{v}: {text}");
+        }
+        assert_eq!(value_tick(&2.5), "2.5");
+        assert_eq!(value_tick(&1e30), "1.00e30");
+        assert_eq!(epoch_tick(&3.0), "3");
+        assert_eq!(epoch_tick(&2.5), "");
+    }
 
     #[test]
     fn a_single_value_gets_a_readable_range() {

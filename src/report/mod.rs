@@ -7,5 +7,5 @@ pub mod render;
 pub mod stats;
 pub mod tables;
 
-pub use collect::{RunRecord, find_runs};
+pub use collect::{RunRecord, find_runs, find_some_runs};
 pub use render::Format;

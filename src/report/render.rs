@@ -129,10 +129,11 @@ fn note(row: &Row) -> String {
     if row.at_lr.diverged > 0 {
         parts.push("a seed diverged at this rate".to_string());
     }
-    if row.duplicates > 0 {
+    if !row.duplicates.is_empty() {
         parts.push(format!(
-            "{} duplicate run(s) of a seed already counted left out",
-            row.duplicates
+            "{} duplicate run(s) of a seed already counted left out ({})",
+            row.duplicates.len(),
+            row.duplicates.join(", ")
         ));
     }
     parts.extend(row.note.clone());
@@ -211,7 +212,8 @@ pub fn markdown(tables: &Tables) -> String {
         let _ = writeln!(out, "| {} |", headers.join(" | "));
         let _ = writeln!(out, "|{}", " --- |".repeat(headers.len()));
         for row in rows {
-            let _ = writeln!(out, "| {} |", cells(row, tables).join(" | "));
+            let cells: Vec<String> = cells(row, tables).iter().map(|c| md_cell(c)).collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
         }
         out.push('\n');
     }
@@ -220,16 +222,27 @@ pub fn markdown(tables: &Tables) -> String {
         let _ = writeln!(
             out,
             "No finished run for {} ({} diverged, {} unfinished).\n",
-            group.label, c.diverged, c.unfinished
+            md_cell(&group.label),
+            c.diverged,
+            c.unfinished
         );
     }
     if !tables.unfinished.is_empty() {
         let _ = writeln!(out, "Runs not finished:\n");
         for (dir, state) in &tables.unfinished {
-            let _ = writeln!(out, "- {dir}: {state}");
+            let _ = writeln!(out, "- {}: {}", md_cell(dir), md_cell(state));
         }
     }
     out
+}
+
+/// Text as one Markdown table cell or list item: a `|` would end the cell and a line break
+/// the row, whatever a user named a model or a folder.
+fn md_cell(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .replace('|', "\\|")
 }
 
 /// One CSV record per row.
@@ -392,6 +405,8 @@ pub fn latex_escape(s: &str) -> String {
             }
             '~' => out.push_str("\\textasciitilde{}"),
             '^' => out.push_str("\\textasciicircum{}"),
+            // A line break or other control character would end the row or the paragraph.
+            c if c.is_control() => out.push(' '),
             other => out.push(other),
         }
     }

@@ -118,9 +118,10 @@ pub struct Row {
     pub lrs_tried: Vec<LrTried>,
     /// Why `lr` is not the shared one, when `--lr-selection shared` could not apply.
     pub note: Option<String>,
-    /// Runs of the same seed at `lr` beyond the first (identical runs a grid made twice,
-    /// e.g. `noise = none` under two settings that only matter with noise): not counted.
-    pub duplicates: usize,
+    /// Runs of a seed at `lr` left out for a more complete run of the same seed (identical
+    /// runs a grid made twice, e.g. `noise = none` under two settings that only matter
+    /// with noise, or a copy of a run beside it): their directories, not counted.
+    pub duplicates: Vec<String>,
     /// Every run of the row's group (any rate) that did not finish, with its state.
     pub not_finished: Vec<(String, String)>,
     /// The finished runs behind the row.
@@ -301,17 +302,22 @@ pub fn build(runs: &[RunRecord], selection: LrSelection) -> Tables {
         },
         ..Default::default()
     };
-    let mut groups: BTreeMap<GroupKey, Vec<&RunRecord>> = BTreeMap::new();
+    let mut all: BTreeMap<GroupKey, Vec<&RunRecord>> = BTreeMap::new();
     for (run, variant) in runs.iter().zip(variant_labels(runs)) {
-        if !run.finished() {
+        all.entry(group_key(run, variant)).or_default().push(run);
+    }
+    let mut groups: BTreeMap<GroupKey, (Vec<&RunRecord>, Vec<&RunRecord>)> = BTreeMap::new();
+    for (key, runs) in all {
+        let (kept, left_out) = one_run_per_seed(&runs);
+        for run in kept.iter().filter(|r| !r.finished()) {
             tables
                 .unfinished
                 .push((run.dir.display().to_string(), run.state()));
         }
-        groups.entry(group_key(run, variant)).or_default().push(run);
+        groups.insert(key, (kept, left_out));
     }
     let mut entries: Vec<(&[&RunRecord], Option<Row>)> = Vec::new();
-    for (key, runs) in &groups {
+    for (key, (runs, _)) in &groups {
         let row = per_noise_row(runs).map(|mut row| {
             row.variant = key.5.clone();
             row
@@ -338,7 +344,21 @@ pub fn build(runs: &[RunRecord], selection: LrSelection) -> Tables {
     if selection == LrSelection::Shared {
         share_baseline_lr(&mut entries);
     }
-    let mut rows: Vec<Row> = entries.into_iter().filter_map(|(_, row)| row).collect();
+    let left_out = groups.values().map(|(_, left_out)| left_out);
+    let mut rows: Vec<Row> = entries
+        .into_iter()
+        .zip(left_out)
+        .filter_map(|((_, row), left_out)| {
+            row.map(|mut row| {
+                row.duplicates = left_out
+                    .iter()
+                    .filter(|r| r.config.lr == row.lr)
+                    .map(|r| r.dir.display().to_string())
+                    .collect();
+                row
+            })
+        })
+        .collect();
     add_deltas(&mut rows);
     for optimizer in OptimizerKind::VARIANTS {
         let mine: Vec<Row> = rows
@@ -410,18 +430,38 @@ fn per_noise_row(runs: &[&RunRecord]) -> Option<Row> {
     Some(row_at(runs, best.0))
 }
 
-/// The runs of one seed beyond the first, in directory order: a grid that makes the same
-/// run twice (settings that change nothing for it) must not count its seed twice.
-fn split_duplicate_seeds<'a>(runs: &[&'a RunRecord]) -> (Vec<&'a RunRecord>, usize) {
+/// One run per learning rate and seed of a row, and the others left out: a grid that makes
+/// the same run twice (settings that change nothing for it), or a copy of a run left beside
+/// it, must not count its seed twice. The run kept is the most complete: a finished one
+/// before a diverged one before an unfinished one, then the one with more epochs recorded,
+/// then the first in directory order; so a finished run is never set aside for a copy that
+/// is still running.
+fn one_run_per_seed<'a>(runs: &[&'a RunRecord]) -> (Vec<&'a RunRecord>, Vec<&'a RunRecord>) {
+    let completeness = |r: &RunRecord| {
+        let status = match r.summary.as_ref().map(|s| s.status) {
+            Some(RunStatus::Finished) => 2,
+            Some(RunStatus::Diverged) => 1,
+            _ => 0,
+        };
+        (status, r.history.len())
+    };
     let mut sorted: Vec<&RunRecord> = runs.to_vec();
-    sorted.sort_by(|a, b| a.dir.cmp(&b.dir));
+    sorted.sort_by(|a, b| {
+        completeness(b)
+            .cmp(&completeness(a))
+            .then_with(|| a.dir.cmp(&b.dir))
+    });
     let mut seen = std::collections::HashSet::new();
-    let unique: Vec<&RunRecord> = sorted
-        .into_iter()
-        .filter(|r| seen.insert(r.config.seed))
-        .collect();
-    let duplicates = runs.len() - unique.len();
-    (unique, duplicates)
+    let (mut kept, mut left_out) = (Vec::new(), Vec::new());
+    for run in sorted {
+        if seen.insert((run.config.lr.to_bits(), run.config.seed)) {
+            kept.push(run);
+        } else {
+            left_out.push(run);
+        }
+    }
+    kept.sort_by(|a, b| a.dir.cmp(&b.dir));
+    (kept, left_out)
 }
 
 /// The row of a group at learning rate `lr` (which has a finished run).
@@ -439,7 +479,7 @@ fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
             }
         })
         .collect();
-    let (at, duplicates) = split_duplicate_seeds(&lrs[&lr.to_bits()]);
+    let at = &lrs[&lr.to_bits()];
     let finished: Vec<&RunRecord> = at.iter().copied().filter(|r| r.finished()).collect();
     let finals: Vec<&EpochMetrics> = finished.iter().filter_map(|r| r.final_epoch()).collect();
     let stat =
@@ -469,10 +509,10 @@ fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
         grad_noise_epochs: avg(|n| n.0),
         weight_noise_epochs: avg(|n| n.1),
         cooldown_epochs: adaptive.then(|| avg(|n| n.2)),
-        at_lr: Counts::of(&at),
+        at_lr: Counts::of(at),
         lrs_tried,
         note: None,
-        duplicates,
+        duplicates: Vec::new(),
         not_finished: runs
             .iter()
             .filter(|r| !r.finished())

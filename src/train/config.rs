@@ -199,6 +199,7 @@ impl TrainConfig {
                 if missing.len() == 1 { "it" } else { "them" }
             );
         }
+        check_named_values(&table)?;
         let config: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
@@ -302,6 +303,9 @@ impl TrainConfig {
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
+        if self.threads == Some(0) {
+            bail!("--threads must be at least 1 (leave it out to use every core)");
+        }
         if self.schedule_length() < self.epochs {
             bail!(
                 "--schedule-epochs {} is shorter than --epochs {}: the LR schedule must cover the whole run",
@@ -369,6 +373,40 @@ impl TrainConfig {
             .map(|k| format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k))))
             .collect()
     }
+}
+
+/// The names an option that takes one of a list accepts.
+fn names<T: clap::ValueEnum>() -> Vec<String> {
+    T::value_variants()
+        .iter()
+        .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+        .collect()
+}
+
+/// Refuses an option that takes one of a list of names but holds another type (`noise = 1`),
+/// naming the choices: the deserialiser would only say "invalid type: unit variant".
+fn check_named_values(table: &toml::Table) -> Result<()> {
+    let named: [(&str, Vec<String>); 8] = [
+        ("model", names::<ModelKind>()),
+        ("optimizer", names::<OptimizerKind>()),
+        ("device", names::<DeviceKind>()),
+        ("data_placement", names::<DataPlacement>()),
+        ("precision", names::<Precision>()),
+        ("noise", names::<NoiseKind>()),
+        ("noise_policy", names::<NoisePolicy>()),
+        ("weight_noise_scale", names::<WeightNoiseScale>()),
+    ];
+    for (key, choices) in named {
+        match table.get(key) {
+            Some(toml::Value::String(_)) | None => {}
+            Some(other) => bail!(
+                "the training configuration's `{key}` must be one of {} as a quoted string (e.g. {key} = \"{}\"); got {other}",
+                choices.join(", "),
+                choices[0]
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// `{a = {b = 1}}` -> `{"a.b" = 1}`, so nested options are compared one by one.

@@ -17,6 +17,13 @@ static SIGINTS: AtomicUsize = AtomicUsize::new(0);
 /// What a second Ctrl-C prints as it exits.
 const EXIT_NOW: &[u8] = b"\ninterrupted again: exiting now; a checkpoint being written is abandoned, the last complete one stays (continue with --resume)\n";
 
+/// What a second Ctrl-C prints as a sweep exits: the sweep writes no checkpoint; its cells,
+/// separate processes told to stop at the first signal, end by themselves.
+const SWEEP_EXITS_NOW: &[u8] = b"\ninterrupted again: the sweep exits now. The cells it ran were told to stop and end by themselves: each finishes its checkpoint, or abandons it if this Ctrl-C reached it too (its last complete one stays); run the same sweep command again to continue\n";
+
+/// Whether this process is a sweep running cells in other processes.
+static RUNS_CELLS: AtomicBool = AtomicBool::new(false);
+
 fn flag() -> &'static Arc<AtomicBool> {
     FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
 }
@@ -35,7 +42,12 @@ pub fn install() -> std::io::Result<()> {
             signal_hook::low_level::register(SIGINT, || {
                 if SIGINTS.fetch_add(1, Ordering::SeqCst) >= 1 {
                     crate::fsio::in_progress::remove();
-                    libc::write(2, EXIT_NOW.as_ptr().cast(), EXIT_NOW.len());
+                    let message = if RUNS_CELLS.load(Ordering::SeqCst) {
+                        SWEEP_EXITS_NOW
+                    } else {
+                        EXIT_NOW
+                    };
+                    libc::write(2, message.as_ptr().cast(), message.len());
                     libc::_exit(130);
                 }
             })?;
@@ -45,6 +57,13 @@ pub fn install() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`install`] for a sweep that runs its cells in other processes: a second Ctrl-C says
+/// what becomes of theirs, not of a checkpoint of its own.
+pub fn install_for_sweep() -> std::io::Result<()> {
+    RUNS_CELLS.store(true, Ordering::SeqCst);
+    install()
 }
 
 /// Whether a stop was asked for.

@@ -38,6 +38,10 @@ pub struct ExtraState {
     /// What the run trained on, so that a checkpoint of other data is refused.
     #[serde(default)]
     pub data: Option<crate::data::fingerprint::DataFingerprint>,
+    /// The engine that wrote the tensors (`Burn`, `LibTorch`), so that a checkpoint of the
+    /// other engine is refused by name rather than as unreadable bytes.
+    #[serde(default)]
+    pub engine: Option<String>,
 }
 
 /// Writes the checkpoint after `epochs_done` whole epochs and `step` optimiser steps.

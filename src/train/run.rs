@@ -332,12 +332,25 @@ impl<'a> Run<'a> {
                 );
             }
         }
+        let engine = engine::engine_name(self.config.device);
+        if let Some(writer) = extra.engine.as_deref().filter(|w| *w != engine) {
+            bail!(
+                "{} was written by the {writer} engine, but this run trains on the {engine} engine (--device {}): it belongs to another run; restore this run's own checkpoint.bin or start a new run",
+                self.dir.checkpoint_path().display(),
+                self.config.device
+            );
+        }
         let record = EngineRecord {
             model: ckpt.model,
             optimizer: ckpt.optimizer,
             epoch_start: ckpt.epoch_start_model,
         };
-        self.engine.restore(record, extra.loss_scale)?;
+        self.engine.restore(record, extra.loss_scale).with_context(|| {
+            format!(
+                "the {engine} engine cannot read the tensors of {} (written by another engine, or damaged); restore this run's own checkpoint.bin or start a new run",
+                self.dir.checkpoint_path().display()
+            )
+        })?;
         self.schedule.set_step(ckpt.state.step);
         self.noise = extra.noise;
         self.resume_epoch = extra.partial;
@@ -422,6 +435,7 @@ impl<'a> Run<'a> {
             loss_scale: self.engine.loss_scale(),
             seed: Some(self.config.seed),
             data: Some(self.fingerprint.clone()),
+            engine: Some(engine::engine_name(self.config.device).to_string()),
         };
         self.lock.check()?;
         let path = self.dir.checkpoint_path();
