@@ -217,6 +217,7 @@ fn bench_engine(options: &BenchOptions, split: &Split) -> Result<Box<dyn Engine>
         batch_size: options.batch_size,
         seed: 0,
         threads: options.threads,
+        label_smoothing: 0.0,
     };
     engine::check(&spec)?;
     let data = EngineData {
@@ -260,6 +261,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchResult> {
                 samples: &samples,
                 lr: 1e-3,
                 grad_noise: grad_noise(*variant, &mut seed),
+                relabel: None,
                 measure_norm: *variant != StepKind::Plain,
             })?;
             engine.synchronize()?;

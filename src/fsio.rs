@@ -44,16 +44,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    // The name is known to the signal handler before the file exists, so that no moment
+    // leaves a file a second Ctrl-C would not remove.
+    let mut registered = None;
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!("{TEMPORARY_PREFIX}{}-", std::process::id()))
-        .tempfile_in(dir)
+        .make_in(dir, |path| {
+            registered = None;
+            registered = Some(in_progress::Registered::new(path));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+        })
         .with_context(|| format!("could not write into {}", dir.display()))?;
-    let _in_progress = in_progress::Registered::new(tmp.path());
     tmp.write_all(bytes)?;
     set_readable(tmp.as_file())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path)
         .with_context(|| format!("could not replace {}", path.display()))?;
+    drop(registered);
     Ok(())
 }
 

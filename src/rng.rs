@@ -23,6 +23,16 @@ pub enum Purpose {
     WeightNoise = 6,
     /// The validation split (per class).
     ValidationSplit = 7,
+    /// Anti-PGD's draws `xi_n` (per global step).
+    AntiPgd = 8,
+    /// Langevin dynamics' noise (per global step).
+    Langevin = 9,
+    /// Perturbed gradient descent's perturbations (per global step).
+    Perturbation = 10,
+    /// Label noise (per global step).
+    LabelNoise = 11,
+    /// Shrink and perturb's noise (per epoch).
+    ShrinkPerturb = 12,
 }
 
 /// The generator for `purpose` in `epoch` of a run seeded with `seed`.

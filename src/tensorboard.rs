@@ -293,6 +293,31 @@ impl<'a> TensorBoardObserver<'a> {
             w.scalar("epoch/test_loss", step, loss)?;
             w.scalar("epoch/test_acc", step, acc)?;
         }
+        // What the field's policies inject, each only for the policy that does.
+        let applied = &m.noise_applied;
+        let policy_scalars = [
+            ("noise/shrink", applied.shrink),
+            ("noise/step_weight_sigma", applied.step_weight_sigma),
+            (
+                "noise/perturbations",
+                applied.perturbed_steps.as_ref().map(|s| s.len() as f64),
+            ),
+            ("noise/label_noise", applied.label_noise),
+        ];
+        for (tag, value) in policy_scalars {
+            if let Some(value) = value {
+                w.scalar(tag, step, value)?;
+            }
+        }
+        if let Some(steps) = applied.perturbed_steps.as_ref().filter(|s| !s.is_empty()) {
+            let steps: Vec<String> = steps.iter().map(u64::to_string).collect();
+            let text = format!(
+                "epoch {}: perturbed after steps {}",
+                m.epoch,
+                steps.join(", ")
+            );
+            w.text("noise/perturbations", step, &text)?;
+        }
         if let Some(d) = &m.decision {
             let text = if d.flags.is_empty() {
                 format!("after epoch {}: no flags", m.epoch)

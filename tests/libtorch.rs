@@ -30,6 +30,7 @@ fn spec(model: ModelKind, device: DeviceKind) -> EngineSpec {
         batch_size: 8,
         seed: 3,
         threads: None,
+        label_smoothing: 0.0,
     }
 }
 
@@ -198,6 +199,7 @@ fn weight_noise_has_the_scale_of_its_reading_on_both_engines() {
                 seed: 5,
             },
             scale,
+            shrink: 1.0,
         };
         engine
             .start_epoch(Some(noise(WeightNoiseScale::Relative)))
@@ -297,11 +299,13 @@ fn a_checkpoint_of_the_other_engine_is_refused_by_name() {
     };
     let (burn_config, burn) = run(DeviceKind::Cpu, "burn");
     let (torch_config, torch) = run(DeviceKind::LibtorchCpu, "torch");
-    for (config, dir, from, writer) in [
-        (&burn_config, &burn, &torch, "LibTorch"),
-        (&torch_config, &torch, &burn, "Burn"),
+    let checkpoint = |dir: &std::path::Path| std::fs::read(dir.join("checkpoint.bin")).unwrap();
+    let (burn_checkpoint, torch_checkpoint) = (checkpoint(&burn), checkpoint(&torch));
+    for (config, dir, other, writer) in [
+        (&burn_config, &burn, &torch_checkpoint, "LibTorch"),
+        (&torch_config, &torch, &burn_checkpoint, "Burn"),
     ] {
-        std::fs::copy(from.join("checkpoint.bin"), dir.join("checkpoint.bin")).unwrap();
+        std::fs::write(dir.join("checkpoint.bin"), other).unwrap();
         let resume = RunOptions {
             resume: true,
             ..offline()
@@ -310,6 +314,91 @@ fn a_checkpoint_of_the_other_engine_is_refused_by_name() {
         assert!(
             err.contains(&format!("written by the {writer} engine")),
             "{err}"
+        );
+    }
+}
+
+/// Under each of the field's policies and label smoothing, the two engines agree on the
+/// first epochs: label noise and smoothing to float rounding (the run draws the labels
+/// for both), the weight policies to their noise's small effect (each engine draws with
+/// its own generator); the perturbations fire at the same steps, and each run resumes
+/// bit-identically on LibTorch too.
+#[test]
+fn both_engines_agree_under_every_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_binary_release(&data, 80, 40, 2).unwrap();
+    let cases = [
+        ("noise = 'none'\nlabel_smoothing = 0.1", 1e-3),
+        (
+            "noise = 'uniform'\nnoise_policy = 'label-noise'\nlabel_noise = 0.3",
+            1e-3,
+        ),
+        (
+            "noise = 'gaussian'\nnoise_policy = 'anti-pgd'\nanti_pgd_sigma = 0.001",
+            1e-2,
+        ),
+        (
+            "noise = 'gaussian'\nnoise_policy = 'langevin'\nlangevin_temperature = 2e-5",
+            1e-2,
+        ),
+        (
+            "noise = 'uniform'\nnoise_policy = 'perturbed'\nperturb_threshold = 1e9\nperturb_interval = 3\nperturb_radius = 0.05",
+            1e-2,
+        ),
+        (
+            "noise = 'gaussian'\nnoise_policy = 'shrink-perturb'\nshrink_every = 1\nshrink_factor = 0.9\nshrink_sigma = 0.001",
+            1e-2,
+        ),
+    ];
+    for (i, (policy, tolerance)) in cases.iter().enumerate() {
+        let run = |device: DeviceKind, options: RunOptions, name: &str| {
+            let config = common::config_from(
+                &format!(
+                    "model = 'baby-cnn'\noptimizer = 'sgd-momentum'\nlr = 0.01\nepochs = 2\nbatch_size = 20\nseed = 3\nthreads = 1\ndevice = '{device}'"
+                ),
+                &data,
+                policy,
+            );
+            train(&config, &tmp.path().join(format!("{name}{i}")), &options).unwrap()
+        };
+        let burn = run(DeviceKind::Cpu, offline(), "burn").history;
+        let torch = run(DeviceKind::LibtorchCpu, offline(), "torch").history;
+        for (b, t) in burn.iter().zip(&torch) {
+            for (what, x, y) in [
+                ("train loss", b.train_loss, t.train_loss),
+                ("val loss", b.val_loss, t.val_loss),
+                ("grad norm", b.grad_norm, t.grad_norm),
+            ] {
+                assert!(
+                    close(x, y, *tolerance),
+                    "{policy}, epoch {}: {what} {x} (Burn) against {y} (LibTorch)",
+                    b.epoch
+                );
+            }
+            assert_eq!(b.noise_applied, t.noise_applied, "{policy}");
+        }
+        let stopped = run(
+            DeviceKind::LibtorchCpu,
+            RunOptions {
+                stop_at_step: Some(6),
+                ..offline()
+            },
+            "stopped",
+        );
+        assert!(stopped.interrupted);
+        let resumed = run(
+            DeviceKind::LibtorchCpu,
+            RunOptions {
+                resume: true,
+                ..offline()
+            },
+            "stopped",
+        );
+        assert_eq!(
+            deterministic(&resumed.history),
+            deterministic(&torch),
+            "{policy}"
         );
     }
 }

@@ -108,7 +108,7 @@ fn the_baseline_policies_inject_their_sigma_at_every_step() {
     let sigma = |t: f64| (0.02 / (1.0 + t).powf(0.5)).sqrt();
     for m in &annealed.history {
         let first = 6.0 * (m.epoch - 1) as f64;
-        let applied = m.noise_applied;
+        let applied = m.noise_applied.clone();
         assert!((applied.grad_sigma - sigma(first)).abs() < 1e-15, "{m:?}");
         assert!((applied.grad_sigma_end.unwrap() - sigma(first + 5.0)).abs() < 1e-15);
         assert_eq!(applied.weight_sigma, 0.0);

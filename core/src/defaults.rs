@@ -25,6 +25,15 @@
 //! | [`NOISE_SIGMA`] | 0.01 | standard deviation | constant policy (beyond the study) |
 //! | [`ANNEAL_ETA`] | 0.01 | variance scale | Neelakantan et al. 2015 |
 //! | [`ANNEAL_GAMMA`] | 0.55 | decay exponent | Neelakantan et al. 2015 |
+//! | [`ANTI_PGD_SIGMA`] | 1e-3 | standard deviation per weight | anti-pgd (beyond the study): a tenth of Table V's smallest sigma, since it stays in the weights |
+//! | [`PERTURB_THRESHOLD`] | 1 | gradient L2 norm | perturbed (beyond the study): about a third of a small CNN's norm on CIFAR-10 |
+//! | [`PERTURB_INTERVAL`] | 400 | optimiser steps | perturbed: about one CIFAR-10 epoch at batch 128 |
+//! | [`PERTURB_RADIUS`] | 1 | L2 norm over all weights | perturbed |
+//! | [`LANGEVIN_TEMPERATURE`] | 2e-5 | temperature | langevin: 1 / 50,000, the Bayesian posterior of a mean loss over CIFAR-10's training set |
+//! | [`LABEL_NOISE`] | 0.1 | probability | label-noise (beyond the study) |
+//! | [`SHRINK_EVERY`] | 50 | epochs | shrink-perturb: Table IV's first cosine cycle |
+//! | [`SHRINK_FACTOR`] | 0.4 | factor | shrink-perturb: Ash and Adams 2020 |
+//! | [`SHRINK_SIGMA`] | 1e-3 | standard deviation per weight | shrink-perturb (beyond the study) |
 
 /// Epochs to train.
 pub const EPOCHS: u64 = 300;
@@ -70,6 +79,27 @@ pub const NOISE_SIGMA: f64 = 0.01;
 pub const ANNEAL_ETA: f64 = 0.01;
 /// `gamma` of the annealed policy.
 pub const ANNEAL_GAMMA: f64 = 0.55;
+
+/// Anti-PGD's standard deviation of each draw, per weight.
+pub const ANTI_PGD_SIGMA: f64 = 1e-3;
+/// Perturbed gradient descent's gradient-norm threshold.
+pub const PERTURB_THRESHOLD: f64 = 1.0;
+/// Perturbed gradient descent's fewest steps between two perturbations.
+pub const PERTURB_INTERVAL: u64 = 400;
+/// Perturbed gradient descent's radius, over all weights together.
+pub const PERTURB_RADIUS: f64 = 1.0;
+/// Langevin dynamics' temperature.
+pub const LANGEVIN_TEMPERATURE: f64 = 2e-5;
+/// Label noise's probability of replacing a label.
+pub const LABEL_NOISE: f64 = 0.1;
+/// Shrink and perturb's period, in epochs.
+pub const SHRINK_EVERY: u64 = 50;
+/// Shrink and perturb's factor on the weights.
+pub const SHRINK_FACTOR: f64 = 0.4;
+/// Shrink and perturb's noise standard deviation, per weight.
+pub const SHRINK_SIGMA: f64 = 1e-3;
+/// Label smoothing (none: PyTorch's default).
+pub const LABEL_SMOOTHING: f64 = 0.0;
 
 /// A help line with its default appended, as command lines show it: `text [default]`.
 pub fn with_default(text: &str, default: impl std::fmt::Display) -> String {

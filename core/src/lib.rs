@@ -9,8 +9,10 @@
 //! - [`scheduler`]: the adaptive noise scheduler: flags, sigmas, cooldown, the
 //!   decision record and the scheduler's resumable state.
 //! - [`formulas`]: the closed forms the scheduler and the policies use.
-//! - [`policy`]: who sets the noise (the adaptive scheduler, a constant sigma, an
-//!   annealed one) and its distribution.
+//! - [`policy`]: who sets the noise (the adaptive scheduler, or a method of the
+//!   field: constant or annealed gradient noise, anti-PGD, perturbed gradient
+//!   descent, Langevin dynamics, label noise, shrink and perturb) and its
+//!   distribution.
 //! - [`replay`]: reading recorded metrics and replaying the scheduler on them.
 //!
 //! The rules are written out in the repository's `docs/method.md`.
@@ -25,7 +27,9 @@ pub mod replay;
 pub mod scheduler;
 
 pub use lr_schedule::{CosineRestartsConfig, ScheduleError};
-pub use policy::{NoiseKind, NoisePolicy, PolicyConfig, WeightNoiseScale};
+pub use policy::{
+    AfterStep, EpochStart, NoiseKind, NoisePolicy, PerturbRule, PolicyConfig, WeightNoiseScale,
+};
 pub use scheduler::{
     Decision, Flag, NoiseScheduler, NoiseSchedulerConfig, Observation, SchedulerError,
 };

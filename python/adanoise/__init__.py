@@ -35,5 +35,7 @@ __all__ = [
 
 
 def defaults() -> dict:
-    """The study's defaults (Tables IV and V), keyed as in a run's config.toml."""
+    """The study's defaults (Tables IV and V), every noise policy's parameters and label
+    smoothing, keyed as in a run's config.toml: the values `NoisePolicy`, `AdaptiveNoise`
+    and the command take for what is left out."""
     return defaults_dict()

@@ -70,17 +70,28 @@ class CosineRestarts:
     def total_steps(self) -> int: ...
 
 class NoisePolicy:
-    """Who sets the noise (adaptive, constant, annealed), with its parameters, and how
-    weight noise is scaled (relative, the default; absolute; none)."""
+    """Who sets the noise (adaptive, constant, annealed, anti-pgd, perturbed, langevin,
+    label-noise, shrink-perturb), with its parameters, and how the adaptive weight noise is
+    scaled (relative, the default; absolute; none). A parameter left out takes core's
+    default (`adanoise.defaults()`)."""
 
     def __init__(
         self,
         policy: str = "adaptive",
         *,
-        noise_sigma: float = 0.01,
-        anneal_eta: float = 0.01,
-        anneal_gamma: float = 0.55,
+        noise_sigma: float = ...,
+        anneal_eta: float = ...,
+        anneal_gamma: float = ...,
         weight_noise_scale: str = "relative",
+        anti_pgd_sigma: float = ...,
+        perturb_threshold: float = ...,
+        perturb_interval: int | None = None,
+        perturb_radius: float = ...,
+        langevin_temperature: float = ...,
+        label_noise: float = ...,
+        shrink_every: int | None = None,
+        shrink_factor: float = ...,
+        shrink_sigma: float = ...,
     ) -> None: ...
     @property
     def policy(self) -> str: ...
@@ -88,7 +99,15 @@ class NoisePolicy:
     def weight_noise_scale(self) -> str: ...
     def grad_sigma(self, decided: float, step: int) -> float: ...
     def weight_sigma(self, decided: float) -> float: ...
-    def check_injects(self, noise: str) -> None: ...
+    def epoch_start(self, epoch: int, decided: float) -> tuple[float, float, str] | None:
+        """`(shrink, sigma, scale)` of `w <- shrink * w + noise` at the start of `epoch`, or None."""
+    def after_step(self, lr: float) -> dict[str, Any]:
+        """What the policy does after a step's update at rate `lr`: {"kind": "nothing" |
+        "anticorrelated" | "langevin" | "perturbed", ...its parameters}."""
+    def perturb_fires(self, step: int, norm: float, last: int | None) -> bool: ...
+    def label_noise(self) -> float | None: ...
+    def label(self) -> str: ...
+    def check_injects(self, noise: str, epochs: int) -> None: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 def defaults_dict() -> dict[str, Any]: ...

@@ -10,15 +10,19 @@ The module must log its epoch's mean training loss and its validation loss
 `train_metric=` and `val_metric=`), and the Trainer must validate at the end of
 every epoch (the default): the scheduler decides after each epoch from that
 epoch's validation loss, so a Trainer that validates less often is refused when
-fitting starts. Weight noise lands at each training epoch's start; the gradient
-norm is measured and the gradient noise added in `on_before_optimizer_step`,
-once per optimiser step (after Lightning's gradient accumulation, and after its
-mixed-precision plugin unscaled the gradients: with "16-mixed" a step the
-scaler skips is skipped here too); the scheduler decides at the epoch's end,
-after validation. Under DDP every rank decides alike. With `run_dir=`, the run
-is also written as an `adanoise` run directory, which `adanoise report` and
-`adanoise plot` read; a fit resumed from a checkpoint (`ckpt_path=`) continues
-it, recording again the epochs it redoes.
+fitting starts. Weight noise (or shrink and perturb) lands at each training
+epoch's start; the gradient norm is measured and the gradient noise added in
+`on_before_optimizer_step`, once per optimiser step (after Lightning's gradient
+accumulation, and after its mixed-precision plugin unscaled the gradients: with
+"16-mixed" a step the scaler skips is skipped here too); the policies that act
+on the weights after the update (anti-PGD, perturbed gradient descent, Langevin
+dynamics) act from the optimiser's post-step hook, right after each optimiser
+step Lightning takes; the scheduler decides at the epoch's end, after
+validation. Under `policy="label-noise"` the module trains on
+`callback.noisy_labels(y, classes)`. Under DDP every rank decides alike. With
+`run_dir=`, the run is also written as an `adanoise` run directory, which
+`adanoise report` and `adanoise plot` read; a fit resumed from a checkpoint
+(`ckpt_path=`) continues it, recording again the epochs it redoes.
 """
 
 from __future__ import annotations
@@ -47,12 +51,12 @@ class AdaptiveNoiseCallback(pl.Callback):
 
     `epochs`: `E_max` of the noise damping (default: the trainer's `max_epochs`).
     `noise`, `seed`, `weight_noise_scale` ("relative", the default; "absolute"; "none")
-    and the other keywords are `AdaptiveNoise`'s (`policy`, the scheduler's thresholds).
-    `run_dir`: write the run there as an adanoise run directory, with `model` (a name),
-    `lr` (the initial peak rate), `batch_size` (the images of one optimiser step; default:
-    the training DataLoader's batch size times the processes times
-    `accumulate_grad_batches`) and `acc_metric` / `val_acc_metric` (the logged accuracies)
-    recorded with it.
+    and the other keywords are `AdaptiveNoise`'s (`policy` and its parameters, the
+    scheduler's thresholds). `run_dir`: write the run there as an adanoise run directory,
+    with `model` (a name), `lr` (the initial peak rate), `batch_size` (the images of one
+    optimiser step; default: the training DataLoader's batch size times the processes times
+    `accumulate_grad_batches`), `label_smoothing` (the training loss's, to label the run)
+    and `acc_metric` / `val_acc_metric` (the logged accuracies) recorded with it.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class AdaptiveNoiseCallback(pl.Callback):
         model: str = "other",
         lr: float | None = None,
         batch_size: int | None = None,
+        label_smoothing: float = 0.0,
         acc_metric: str = "train_acc",
         val_acc_metric: str = "val_acc",
         **noise_options: Any,
@@ -82,6 +87,7 @@ class AdaptiveNoiseCallback(pl.Callback):
         self.model_name = model
         self.lr = lr
         self.batch_size = batch_size
+        self.label_smoothing = label_smoothing
         self.acc_metric = acc_metric
         self.val_acc_metric = val_acc_metric
         self.options = {"weight_noise_scale": weight_noise_scale, **noise_options}
@@ -137,7 +143,7 @@ class AdaptiveNoiseCallback(pl.Callback):
             self.run = RunDirectory(
                 self.run_dir, model=self.model_name, optimizer=optimizer, lr=lr,
                 epochs=max_epochs or self.noise.scheduler.epochs, noise=self.noise,
-                batch_size=self._batch_size(trainer),
+                batch_size=self._batch_size(trainer), label_smoothing=self.label_smoothing,
             )
 
     def _batch_size(self, trainer: pl.Trainer) -> int:
@@ -156,6 +162,9 @@ class AdaptiveNoiseCallback(pl.Callback):
         self.noise.start_epoch()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        # The optimiser's post-step hook has acted on the batch's update already; this covers
+        # a strategy that steps the optimiser without its hooks (then it does what they did).
+        self.noise.after_step()
         self._batches += 1
         if self._batches == 1:
             self._check_epoch_means(trainer)
@@ -179,7 +188,17 @@ class AdaptiveNoiseCallback(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self.noise.before_step()
+        # With the optimiser, the adapter hooks its after-step action to the step that follows
+        # (a strategy's own optimiser wrapper is left alone: on_train_batch_end acts instead).
+        self.noise.before_step(optimizer if isinstance(optimizer, torch.optim.Optimizer) else None)
+
+    def noisy_labels(self, targets: torch.Tensor, classes: int) -> torch.Tensor:
+        """The labels the module trains the batch on under `policy="label-noise"`
+        (`AdaptiveNoise.noisy_labels`): call it in `training_step`, and log accuracy against
+        the true labels."""
+        if self.noise is None:
+            raise AdanoiseError("noisy_labels() before fitting started: call it in training_step")
+        return self.noise.noisy_labels(targets, classes)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_epoch_means(trainer)

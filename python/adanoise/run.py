@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._adanoise import AdanoiseError
+from ._adanoise import AdanoiseError, defaults_dict
 
 __all__ = ["RunDirectory", "optimizer_kind"]
 
@@ -45,6 +45,13 @@ _OPTIMIZERS = ("sgd", "sgd-momentum", "adam")
 _TOML_INT = (-(1 << 63), (1 << 63) - 1)
 # The key a resumed run may change: its length.
 _RESIZABLE = {"epochs"}
+# Keys a run's config gained after runs were recorded without them: a config that lacks one
+# was made with its default, as the command reads it.
+_ADDED_KEYS = (
+    "anti_pgd_sigma", "perturb_threshold", "perturb_interval", "perturb_radius",
+    "langevin_temperature", "label_noise", "shrink_every", "shrink_factor", "shrink_sigma",
+    "label_smoothing",
+)
 # The command's lock file: with the temporary files a killed write leaves, all a run
 # directory may hold before its config.toml.
 _LOCK_FILE = ".lock"
@@ -213,9 +220,11 @@ class RunDirectory:
     name. `lr`: the initial peak learning rate; `epochs`: the run's epochs. `noise`: the
     run's `AdaptiveNoise` (its kind, policy, seed and thresholds are recorded, and each
     epoch's decision is read from it). `weight_decay`: the L2 weight decay to record, where
-    the optimiser's groups differ (or it is given by name). `batch_size` (the images of one
-    optimiser step), `val_split`, `seed` and `extra` (more config keys) are recorded as
-    given; seeds and integers must fit a TOML integer (signed 64-bit).
+    the optimiser's groups differ (or it is given by name). `label_smoothing`: the training
+    loss's label smoothing (PyTorch's `F.cross_entropy(..., label_smoothing=)`; 0, the
+    default: none), recorded so that the report labels the run with it. `batch_size` (the
+    images of one optimiser step), `val_split`, `seed` and `extra` (more config keys) are
+    recorded as given; seeds and integers must fit a TOML integer (signed 64-bit).
 
     The directory must be new or empty, or hold a run recorded by a RunDirectory with the
     same settings that `noise` continues (an AdaptiveNoise loaded from the run's state):
@@ -235,6 +244,7 @@ class RunDirectory:
         val_split: int = 0,
         seed: int | None = None,
         weight_decay: float | None = None,
+        label_smoothing: float = 0.0,
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
@@ -242,7 +252,18 @@ class RunDirectory:
         self.epochs = int(epochs)
         if self.epochs < 1:
             raise AdanoiseError(f"epochs must be at least 1 (got {epochs!r})")
-        text = self._config_text(model, optimizer, lr, noise, batch_size, val_split, seed, weight_decay, extra)
+        if (
+            isinstance(label_smoothing, bool)
+            or not isinstance(label_smoothing, (int, float))
+            or not 0 <= label_smoothing < 1
+        ):
+            raise AdanoiseError(
+                f"label_smoothing must be a number from 0 to below 1, as PyTorch's label_smoothing "
+                f"(got {label_smoothing!r}): pass the one the training loss uses"
+            )
+        text = self._config_text(
+            model, optimizer, lr, noise, batch_size, val_split, seed, weight_decay, float(label_smoothing), extra
+        )
         # Everything is checked before the directory is touched.
         if self.path.exists() and not self.path.is_dir():
             raise AdanoiseError(f"{self.path} is a file, not a directory: choose another run directory")
@@ -261,7 +282,7 @@ class RunDirectory:
 
     def _config_text(
         self, model: str, optimizer: Any, lr: float, noise: Any, batch_size: int, val_split: int,
-        seed: int | None, weight_decay: float | None, extra: dict[str, Any] | None,
+        seed: int | None, weight_decay: float | None, label_smoothing: float, extra: dict[str, Any] | None,
     ) -> str:
         settings = noise.settings
         policy = settings["policy"]
@@ -289,6 +310,8 @@ class RunDirectory:
             "anneal_gamma": policy["anneal_gamma"],
             # Always written: a config without it is read as the reading of older runs.
             "weight_noise_scale": policy["weight_noise_scale"],
+            **{key: policy[key] for key in _ADDED_KEYS if key != "label_smoothing"},
+            "label_smoothing": label_smoothing,
         }
         decay = _weight_decay(optimizer, weight_decay)
         if decay is not None:
@@ -345,6 +368,10 @@ class RunDirectory:
                 f"{self.path}/config.toml was not written by a RunDirectory: {self.path} holds another run; "
                 "choose another run directory"
             )
+        defaults = defaults_dict()
+        for key in _ADDED_KEYS:
+            if key not in stored:
+                stored[key] = _toml_value(key, defaults[key])
         differ = [
             k for k in sorted(set(stored) | set(ours))
             if k not in _RESIZABLE and stored.get(k) != ours.get(k)

@@ -5,7 +5,9 @@
 use adanoise_core::defaults;
 use adanoise_core::lr_schedule::CosineRestartsConfig;
 use adanoise_core::scheduler::{self, NoiseSchedulerConfig, Observation};
-use adanoise_core::{NoiseKind, NoisePolicy as NoisePolicyKind, PolicyConfig, WeightNoiseScale};
+use adanoise_core::{
+    AfterStep, NoiseKind, NoisePolicy as NoisePolicyKind, PolicyConfig, WeightNoiseScale,
+};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -286,12 +288,27 @@ impl CosineRestarts {
     }
 }
 
-/// Who sets the noise, with its parameters: the adaptive scheduler's decisions, or a
-/// constant or annealed gradient noise; and how weight noise is scaled (`relative` unless
-/// `weight_noise_scale` says otherwise).
+/// Who sets the noise, with its parameters: the adaptive scheduler's decisions, or one of
+/// the field's methods (constant or annealed gradient noise, anti-PGD, perturbed gradient
+/// descent, Langevin dynamics, label noise, shrink and perturb); and how the adaptive
+/// weight noise is scaled (`relative` unless `weight_noise_scale` says otherwise). Every
+/// parameter left out takes core's default (`adanoise.defaults()`).
 #[pyclass(module = "adanoise._adanoise", frozen)]
 struct NoisePolicy {
     inner: PolicyConfig,
+}
+
+/// The policy named `name`, or a sentence listing the names (from the policy type's own
+/// list, so that a new policy is listed without a second list here).
+fn parse_policy(name: &str) -> PyResult<NoisePolicyKind> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|e| {
+        let text = e.to_string();
+        let names = text
+            .split_once("expected one of ")
+            .map(|(_, list)| list.replace('`', ""))
+            .unwrap_or(text);
+        error(format!("policy must be one of {names} (got {name:?})"))
+    })
 }
 
 #[pymethods]
@@ -303,43 +320,64 @@ impl NoisePolicy {
         noise_sigma = defaults::NOISE_SIGMA,
         anneal_eta = defaults::ANNEAL_ETA,
         anneal_gamma = defaults::ANNEAL_GAMMA,
-        weight_noise_scale = WEIGHT_NOISE_SCALE_FOR_NEW_RUNS
+        weight_noise_scale = WEIGHT_NOISE_SCALE_FOR_NEW_RUNS,
+        anti_pgd_sigma = defaults::ANTI_PGD_SIGMA,
+        perturb_threshold = defaults::PERTURB_THRESHOLD,
+        perturb_interval = None,
+        perturb_radius = defaults::PERTURB_RADIUS,
+        langevin_temperature = defaults::LANGEVIN_TEMPERATURE,
+        label_noise = defaults::LABEL_NOISE,
+        shrink_every = None,
+        shrink_factor = defaults::SHRINK_FACTOR,
+        shrink_sigma = defaults::SHRINK_SIGMA
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         policy: &str,
         noise_sigma: f64,
         anneal_eta: f64,
         anneal_gamma: f64,
         weight_noise_scale: &str,
+        anti_pgd_sigma: f64,
+        perturb_threshold: f64,
+        perturb_interval: Option<&Bound<'_, PyAny>>,
+        perturb_radius: f64,
+        langevin_temperature: f64,
+        label_noise: f64,
+        shrink_every: Option<&Bound<'_, PyAny>>,
+        shrink_factor: f64,
+        shrink_sigma: f64,
     ) -> PyResult<Self> {
-        let named = |what: &str, value: &str, all: &[&str]| {
-            error(format!(
-                "{what} must be one of {} (got {value:?})",
-                all.join(", ")
-            ))
-        };
         let inner = PolicyConfig {
-            policy: policy
-                .parse::<NoisePolicyKind>()
-                .map_err(|_| named("policy", policy, &["adaptive", "constant", "annealed"]))?,
+            policy: parse_policy(policy)?,
             noise_sigma,
             anneal_eta,
             anneal_gamma,
             weight_scale: weight_noise_scale
                 .parse::<WeightNoiseScale>()
                 .map_err(|_| {
-                    named(
-                        "weight_noise_scale",
-                        weight_noise_scale,
-                        &["absolute", "relative", "none"],
-                    )
+                    error(format!(
+                        "weight_noise_scale must be one of absolute, relative, none (got {weight_noise_scale:?})"
+                    ))
                 })?,
+            anti_pgd_sigma,
+            perturb_threshold,
+            perturb_interval: whole_number("perturb_interval", perturb_interval)?
+                .unwrap_or(defaults::PERTURB_INTERVAL),
+            perturb_radius,
+            langevin_temperature,
+            label_noise,
+            shrink_every: whole_number("shrink_every", shrink_every)?
+                .unwrap_or(defaults::SHRINK_EVERY),
+            shrink_factor,
+            shrink_sigma,
         };
         inner.validate().map_err(error)?;
         Ok(Self { inner })
     }
 
-    /// "adaptive", "constant" or "annealed".
+    /// "adaptive", "constant", "annealed", "anti-pgd", "perturbed", "langevin",
+    /// "label-noise" or "shrink-perturb".
     #[getter]
     fn policy(&self) -> &'static str {
         self.inner.policy.into()
@@ -357,32 +395,103 @@ impl NoisePolicy {
         self.inner.grad_sigma(decided, step)
     }
 
-    /// The weight noise's sigma at an epoch's start, given the adaptive decision's.
+    /// The adaptive weight noise's sigma at an epoch's start, given the adaptive decision's.
     fn weight_sigma(&self, decided: f64) -> f64 {
         self.inner.weight_sigma(decided)
     }
 
-    /// Refuses a policy that would inject nothing with noise `noise`, naming the option.
-    fn check_injects(&self, noise: &str) -> PyResult<()> {
+    /// What the policy does to the weights at the start of `epoch` (from 1), given the
+    /// adaptive decision's weight sigma: `None`, or `(shrink, sigma, scale)` for
+    /// `w <- shrink * w + noise`, the noise of standard deviation `sigma` read as `scale`
+    /// ("absolute", "relative") says.
+    fn epoch_start(&self, epoch: u64, decided: f64) -> Option<(f64, f64, &'static str)> {
+        self.inner
+            .epoch_start(epoch, decided)
+            .map(|s| (s.shrink, s.sigma, s.scale.into()))
+    }
+
+    /// What the policy does to the weights after a step's update at learning rate `lr`, as
+    /// a dict: `{"kind": "nothing"}`, `{"kind": "anticorrelated", "sigma": ...}`,
+    /// `{"kind": "langevin", "sigma": sqrt(2 lr T)}` or `{"kind": "perturbed", "threshold":
+    /// ..., "interval": ..., "radius": ...}`.
+    fn after_step<'py>(&self, py: Python<'py>, lr: f64) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        match self.inner.after_step(lr) {
+            AfterStep::Nothing => d.set_item("kind", "nothing")?,
+            AfterStep::Anticorrelated { sigma } => {
+                d.set_item("kind", "anticorrelated")?;
+                d.set_item("sigma", sigma)?;
+            }
+            AfterStep::Langevin { sigma } => {
+                d.set_item("kind", "langevin")?;
+                d.set_item("sigma", sigma)?;
+            }
+            AfterStep::Perturbed(rule) => {
+                d.set_item("kind", "perturbed")?;
+                d.set_item("threshold", rule.threshold)?;
+                d.set_item("interval", rule.interval)?;
+                d.set_item("radius", rule.radius)?;
+            }
+        }
+        Ok(d)
+    }
+
+    /// Perturbed gradient descent's rule: whether global step `step` (from 0), whose
+    /// gradient norm before noise was `norm`, perturbs, the last perturbation having been
+    /// at step `last` (None: none yet). False for every other policy.
+    #[pyo3(signature = (step, norm, last))]
+    fn perturb_fires(&self, step: u64, norm: f64, last: Option<u64>) -> bool {
+        match self.inner.after_step(0.0) {
+            AfterStep::Perturbed(rule) => rule.fires(step, norm, last),
+            _ => false,
+        }
+    }
+
+    /// The probability that a training label is replaced at a step: the label-noise
+    /// policy's, None for the others.
+    fn label_noise(&self) -> Option<f64> {
+        self.inner.label_noise()
+    }
+
+    /// A short label for reports, as the command's: "constant 0.01", "anti-pgd sigma
+    /// 0.001", ...
+    fn label(&self) -> String {
+        self.inner.label()
+    }
+
+    /// Refuses a policy that would inject nothing with noise `noise` over a run of
+    /// `epochs` epochs (or draw a distribution it does not), naming the option.
+    fn check_injects(&self, noise: &str, epochs: u64) -> PyResult<()> {
         let kind: NoiseKind = noise.parse().map_err(|_| {
             error(format!(
                 "noise must be one of none, gaussian, uniform (got {noise:?})"
             ))
         })?;
-        match self.inner.injects_nothing(kind) {
+        match self.inner.injects_nothing(kind, epochs) {
             Some(why) => Err(error(why)),
             None => Ok(()),
         }
     }
 
-    /// The policy and its parameters, keyed as in a run's config.
+    /// The policy and every parameter, keyed as in a run's config (`policy` is the config's
+    /// `noise_policy`).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let p = &self.inner;
         let d = PyDict::new(py);
         d.set_item("policy", self.policy())?;
-        d.set_item("noise_sigma", self.inner.noise_sigma)?;
-        d.set_item("anneal_eta", self.inner.anneal_eta)?;
-        d.set_item("anneal_gamma", self.inner.anneal_gamma)?;
+        d.set_item("noise_sigma", p.noise_sigma)?;
+        d.set_item("anneal_eta", p.anneal_eta)?;
+        d.set_item("anneal_gamma", p.anneal_gamma)?;
         d.set_item("weight_noise_scale", self.weight_noise_scale())?;
+        d.set_item("anti_pgd_sigma", p.anti_pgd_sigma)?;
+        d.set_item("perturb_threshold", p.perturb_threshold)?;
+        d.set_item("perturb_interval", p.perturb_interval)?;
+        d.set_item("perturb_radius", p.perturb_radius)?;
+        d.set_item("langevin_temperature", p.langevin_temperature)?;
+        d.set_item("label_noise", p.label_noise)?;
+        d.set_item("shrink_every", p.shrink_every)?;
+        d.set_item("shrink_factor", p.shrink_factor)?;
+        d.set_item("shrink_sigma", p.shrink_sigma)?;
         Ok(d)
     }
 
@@ -395,8 +504,29 @@ impl NoisePolicy {
     }
 }
 
-/// The study's defaults (Tables IV and V and the baseline policies) and the weight-noise
-/// reading of new runs, by config key.
+/// A keyword that counts something (steps, epochs): a whole number from 0 up, not a bool;
+/// None where it was left out.
+fn whole_number(key: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+        return Err(error(format!(
+            "{key} must be a whole number (got {})",
+            value.repr()?
+        )));
+    }
+    value.extract::<u64>().map(Some).map_err(|_| {
+        error(format!(
+            "{key} must be a whole number from 0 to 2**64 - 1 (got {})",
+            value.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    })
+}
+
+/// The study's defaults (Tables IV and V), the defaults of every noise policy's
+/// parameters and of label smoothing, and the weight-noise reading of new runs, by config
+/// key.
 #[pyfunction]
 fn defaults_dict<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -408,6 +538,21 @@ fn defaults_dict<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     d.set_item("restart_epochs", defaults::RESTART_EPOCHS)?;
     d.set_item("t_mult", defaults::T_MULT)?;
     d.set_item("weight_noise_scale", WEIGHT_NOISE_SCALE_FOR_NEW_RUNS)?;
+    d.set_item("noise_policy", NoisePolicyKind::default().name())?;
+    let policy = PolicyConfig::default();
+    d.set_item("noise_sigma", policy.noise_sigma)?;
+    d.set_item("anneal_eta", policy.anneal_eta)?;
+    d.set_item("anneal_gamma", policy.anneal_gamma)?;
+    d.set_item("anti_pgd_sigma", policy.anti_pgd_sigma)?;
+    d.set_item("perturb_threshold", policy.perturb_threshold)?;
+    d.set_item("perturb_interval", policy.perturb_interval)?;
+    d.set_item("perturb_radius", policy.perturb_radius)?;
+    d.set_item("langevin_temperature", policy.langevin_temperature)?;
+    d.set_item("label_noise", policy.label_noise)?;
+    d.set_item("shrink_every", policy.shrink_every)?;
+    d.set_item("shrink_factor", policy.shrink_factor)?;
+    d.set_item("shrink_sigma", policy.shrink_sigma)?;
+    d.set_item("label_smoothing", defaults::LABEL_SMOOTHING)?;
     let scheduler = serde_json::to_string(&NoiseSchedulerConfig::default()).map_err(error)?;
     d.set_item(
         "noise_scheduler",

@@ -16,7 +16,7 @@ from adanoise.lightning import AdaptiveNoiseCallback  # noqa: E402
 from adanoise.torch import AdaptiveNoise  # noqa: E402
 
 from conftest import run_adanoise  # noqa: E402
-from helpers import FIRING, data, model  # noqa: E402
+from helpers import FIRING, data, flat, model  # noqa: E402
 
 
 class Module(lightning.pytorch.LightningModule):
@@ -258,3 +258,60 @@ def test_a_fit_resumes_from_the_middle_of_an_epoch_and_explains_a_checkpoint_it_
     assert middle.noise.step == 2 * len(data())
     with pytest.raises(AdanoiseError, match="save_on_train_epoch_end=True"):
         fitting(2, AdaptiveNoiseCallback(epochs=2, noise="gaussian", seed=0, **FIRING), str(tmp_path / "step=4.ckpt"))
+
+
+class StillModule(Module):
+    """A module whose optimiser never moves the weights (learning rate 0): what moves them is
+    the noise policy alone."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_anti_pgd_acts_after_every_optimizer_step_lightning_takes():
+    sigma = 0.01
+    callback = AdaptiveNoiseCallback(noise="gaussian", seed=0, policy="anti-pgd", anti_pgd_sigma=sigma)
+    module = StillModule()
+    start = flat(module.net)
+    fit(callback, epochs=2, accumulate=2, module=module)
+    steps = 2 * len(data()) // 2
+    assert callback.noise.step == steps
+    moved = flat(module.net) - start
+    # xi_steps - xi_0: two draws, whatever the number of steps.
+    assert moved.std().item() == pytest.approx(sigma * 2**0.5, rel=0.06)
+    assert [d.epoch for d in callback.decisions] == [1, 2]
+    # The same steps in a plain loop that calls after_step() itself.
+    net = model()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    noise = AdaptiveNoise(net.parameters(), 2, "gaussian", seed=0, policy="anti-pgd", anti_pgd_sigma=sigma)
+    noise.start_epoch()
+    for x, y in data()[:steps]:
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        noise.before_step()
+        opt.step()
+        noise.after_step()
+    assert torch.equal(flat(net), flat(module.net))
+
+
+class NoisyLabelModule(Module):
+    """Trains on the callback's noisy labels, and counts how many it changed."""
+
+    changed = 0
+
+    def training_step(self, batch, index):
+        x, y = batch
+        callback = next(c for c in self.trainer.callbacks if isinstance(c, AdaptiveNoiseCallback))
+        noisy = callback.noisy_labels(y, 10)
+        NoisyLabelModule.changed += int((noisy != y).sum())
+        return super().training_step((x, noisy), index)
+
+
+def test_label_noise_in_lightning_trains_on_the_callbacks_labels():
+    callback = AdaptiveNoiseCallback(noise="uniform", seed=0, policy="label-noise", label_noise=1.0)
+    NoisyLabelModule.changed = 0
+    fit(callback, epochs=1, module=NoisyLabelModule())
+    images = sum(len(b[1]) for b in data())
+    # Every label redrawn uniformly: 9 in 10 change (binomial std about 5 over 256 labels).
+    assert abs(NoisyLabelModule.changed - 0.9 * images) < 25, NoisyLabelModule.changed
+    assert callback.noise.last_applied["label_noise"] == 1.0

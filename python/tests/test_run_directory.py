@@ -227,3 +227,79 @@ def test_a_refused_record_writes_nothing_and_a_cut_line_is_dropped_on_reopening(
     assert [m["epoch"] for m in recorded(path)] == [1, 2]
     assert json.loads((path / "summary.json").read_text())["final_epoch"]["decision"]["epoch"] == 2
     run.close()
+
+
+# -- the field's policies and label smoothing ---------------------------------------------
+
+POLICY_KEYS = (
+    "noise_sigma", "anneal_eta", "anneal_gamma", "anti_pgd_sigma", "perturb_threshold",
+    "perturb_interval", "perturb_radius", "langevin_temperature", "label_noise", "shrink_every",
+    "shrink_factor", "shrink_sigma",
+)
+
+
+def perturbed_run(path, label_smoothing=0.1):
+    """A run of the perturbed policy (firing at steps 0 and 3 of each four-step epoch pair),
+    recorded with label smoothing."""
+    net = model()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    noise = AdaptiveNoise(
+        net.parameters(), 2, "uniform", seed=0, policy="perturbed", perturb_threshold=1e6,
+        perturb_interval=3, perturb_radius=0.5, optimizer=opt,
+    )
+    run = RunDirectory(path, model="mlp", optimizer=opt, lr=0.1, epochs=2, noise=noise,
+                       label_smoothing=label_smoothing)
+    return (net, opt, noise), run
+
+
+def test_config_records_every_policy_parameter_and_label_smoothing_and_epochs_their_noise(tmp_path):
+    tomllib = pytest.importorskip("tomllib")
+    path = tmp_path / "run"
+    parts, run = perturbed_run(path)
+    for index in (1, 2):
+        epoch(parts, run, index)
+    run.finish()
+    config = tomllib.loads((path / "config.toml").read_text())
+    policy = parts[2].policy.to_dict()
+    assert config["noise_policy"] == "perturbed"
+    assert {k: config[k] for k in POLICY_KEYS} == {k: policy[k] for k in POLICY_KEYS}
+    assert (config["perturb_interval"], config["perturb_radius"], config["label_smoothing"]) == (3, 0.5, 0.1)
+    applied = [m["noise_applied"] for m in recorded(path)]
+    assert [a["perturbed_steps"] for a in applied] == [[0, 3], [6]]
+    with pytest.raises(AdanoiseError, match="label_smoothing must be a number from 0 to below 1"):
+        perturbed_run(tmp_path / "other", label_smoothing=1.0)
+
+
+def test_a_run_recorded_before_the_new_keys_reopens_and_gains_them(tmp_path):
+    path = tmp_path / "run"
+    parts = make()
+    run = open_run(path, parts)
+    epoch(parts, run, 1)
+    state = json.loads(json.dumps(parts[2].state_dict()))
+    run.close()
+    config = path / "config.toml"
+    newer = config.read_text()
+    added = [k for k in POLICY_KEYS[3:]] + ["label_smoothing"]
+    older = "".join(line + "\n" for line in newer.splitlines() if line.partition(" = ")[0] not in added)
+    assert older != newer
+    config.write_text(older)
+    resumed = make()
+    resumed[2].load_state_dict(state)
+    run = open_run(path, resumed)
+    assert config.read_text() == newer
+    run.close()
+    config.write_text(older.replace("noise_sigma = 0.01", "noise_sigma = 0.02"))
+    with pytest.raises(AdanoiseError, match="noise_sigma: 0.02 there, 0.01 here"):
+        open_run(path, resumed)
+
+
+def test_the_report_labels_a_new_policy_and_label_smoothing(tmp_path):
+    """Needs an `adanoise` that knows the new config keys."""
+    path = tmp_path / "runs" / "perturbed"
+    parts, run = perturbed_run(path)
+    for index in (1, 2):
+        epoch(parts, run, index)
+    run.finish()
+    report = run_adanoise("report", str(tmp_path / "runs"))
+    assert parts[2].policy.label() in report, report
+    assert "label smoothing 0.1" in report, report

@@ -414,6 +414,26 @@ def test_a_saved_state_is_a_copy_that_editing_leaves_the_object_alone():
     assert comparable(noise.state_dict()) == comparable(untouched[2].state_dict())
 
 
+def as_saved_by_version_2(state):
+    """A state of one of the gradient-noise policies as version 2 saved it: no perturbation
+    or label draws kept, none of the later policies' parameters, an epoch's norms summed."""
+    state["version"] = 2
+    assert state.pop("last_perturbation") is None
+    for key in NEW_POLICY_PARAMETERS:
+        del state["settings"]["policy"][key]
+    in_epoch = state["in_epoch"]
+    if in_epoch is not None:
+        assert (in_epoch.pop("perturbed"), in_epoch.pop("lrs"), in_epoch.pop("label_draws")) == ([], None, 0)
+        in_epoch["norm_sum"] = float(torch.tensor(in_epoch.pop("norms")).sum())
+    return state
+
+
+NEW_POLICY_PARAMETERS = (
+    "anti_pgd_sigma", "perturb_threshold", "perturb_interval", "perturb_radius", "langevin_temperature",
+    "label_noise", "shrink_every", "shrink_factor", "shrink_sigma",
+)
+
+
 def test_new_objects_read_weight_noise_as_relative_and_a_state_without_a_reading_as_absolute():
     from adanoise import NoisePolicy, defaults
 
@@ -421,8 +441,7 @@ def test_new_objects_read_weight_noise_as_relative_and_a_state_without_a_reading
     assert make()[2].policy.weight_noise_scale == "relative"
     net, opt, absolute = make(weight_noise_scale="absolute")
     train(net, opt, absolute, 0, 2 * len(data()))
-    older = json.loads(json.dumps(absolute.state_dict()))
-    older["version"] = 2
+    older = as_saved_by_version_2(json.loads(json.dumps(absolute.state_dict())))
     del older["settings"]["policy"]["weight_noise_scale"]
     with pytest.raises(AdanoiseError, match="weight_noise_scale: 'absolute' there, 'relative' here"):
         make()[2].load_state_dict(older)
@@ -442,10 +461,7 @@ def test_a_copy_or_pickle_of_the_object_is_refused_pointing_to_its_state():
 def test_a_mid_epoch_state_of_the_previous_version_continues_and_its_damaged_sum_is_refused():
     net, opt, noise = at_the_middle_of_epoch_2()
     state = snapshot(net, opt, noise)
-    older = state["noise"]
-    norms = older["in_epoch"].pop("norms")
-    older["in_epoch"]["norm_sum"] = float(torch.tensor(norms).sum())
-    older["version"] = 2
+    older = as_saved_by_version_2(state["noise"])
     for bad in (math.nan, -1.0, True):
         damaged = copy.deepcopy(older)
         damaged["in_epoch"]["norm_sum"] = bad
@@ -462,7 +478,7 @@ def test_a_mid_epoch_state_of_the_previous_version_continues_and_its_damaged_sum
     expected = train(net, opt, noise, *rest)
     assert [d.flags for d in decisions] == [d.flags for d in expected]
     assert resumed[2].last_grad_norm == pytest.approx(noise.last_grad_norm, rel=1e-6)
-    assert resumed[2].state_dict()["version"] == 3
+    assert resumed[2].state_dict()["version"] == 4
 
 
 def test_an_epoch_past_the_noise_schedule_is_refused_at_its_start():

@@ -238,14 +238,27 @@ fn cell_outcome(name: &str, outcome: &CellOutcome) {
 
 /// ` [grad noise 0.0255, weight noise 0.0100]` while noise is in force, else nothing.
 fn noise_note(applied: &NoiseApplied) -> String {
+    use adanoise_core::formulas::compact;
     let mut parts = Vec::new();
     if applied.grad_sigma > 0.0 {
         parts.push(format!("grad noise {:.4}", applied.grad_sigma));
+    }
+    if let Some(factor) = applied.shrink {
+        parts.push(format!("weights x{}", compact(factor)));
     }
     if applied.weight_sigma > 0.0 {
         let relative = applied.weight_scale == Some(adanoise_core::WeightNoiseScale::Relative);
         let unit = if relative { " x rms" } else { "" };
         parts.push(format!("weight noise {:.4}{unit}", applied.weight_sigma));
+    }
+    if let Some(sigma) = applied.step_weight_sigma {
+        parts.push(format!("weight noise {} per step", compact(sigma)));
+    }
+    if let Some(steps) = applied.perturbed_steps.as_ref().filter(|s| !s.is_empty()) {
+        parts.push(format!("{} perturbation(s)", steps.len()));
+    }
+    if let Some(p) = applied.label_noise {
+        parts.push(format!("label noise {}", compact(p)));
     }
     if parts.is_empty() {
         String::new()

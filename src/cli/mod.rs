@@ -183,8 +183,9 @@ pub(crate) struct TrainArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub noise: Option<NoiseKind>,
-    /// Who sets the noise: the adaptive scheduler, a constant sigma (--noise-sigma) at every
-    /// step, or an annealed one (--anneal-eta, --anneal-gamma) [default: adaptive].
+    /// Who sets the noise: the adaptive scheduler, or a method to compare it with: constant
+    /// or annealed gradient noise, anti-pgd, perturbed, langevin, label-noise (with --noise
+    /// uniform), shrink-perturb; each policy's options below [default: adaptive].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub noise_policy: Option<NoisePolicy>,
@@ -197,6 +198,36 @@ pub(crate) struct TrainArgs {
     #[arg(long, help = with_default("gamma of the annealed policy", defaults::ANNEAL_GAMMA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anneal_gamma: Option<f64>,
+    #[arg(long, help = with_default("anti-pgd: standard deviation of each draw xi, per weight (w += xi_{n+1} - xi_n after each step)", defaults::ANTI_PGD_SIGMA))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anti_pgd_sigma: Option<f64>,
+    #[arg(long, help = with_default("perturbed: gradient norm at or below which the weights are perturbed", defaults::PERTURB_THRESHOLD))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perturb_threshold: Option<f64>,
+    #[arg(long, value_parser = toml_integer::<u64>, help = with_default("perturbed: fewest optimiser steps between two perturbations", defaults::PERTURB_INTERVAL))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perturb_interval: Option<u64>,
+    #[arg(long, help = with_default("perturbed: radius of a perturbation of all weights together (uniform in the ball with --noise uniform)", defaults::PERTURB_RADIUS))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perturb_radius: Option<f64>,
+    #[arg(long, help = with_default("langevin: temperature T (noise variance 2 lr T after each step)", defaults::LANGEVIN_TEMPERATURE))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub langevin_temperature: Option<f64>,
+    #[arg(long, help = with_default("label-noise: probability that a training label is replaced by a uniformly drawn class at a step", defaults::LABEL_NOISE))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_noise: Option<f64>,
+    #[arg(long, value_parser = toml_integer::<u64>, help = with_default("shrink-perturb: every this many epochs", defaults::SHRINK_EVERY))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shrink_every: Option<u64>,
+    #[arg(long, help = with_default("shrink-perturb: factor lambda the weights are multiplied by", defaults::SHRINK_FACTOR))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shrink_factor: Option<f64>,
+    #[arg(long, help = with_default("shrink-perturb: standard deviation of the noise then added, per weight", defaults::SHRINK_SIGMA))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shrink_sigma: Option<f64>,
+    #[arg(long, help = with_default("Label smoothing of the training loss, as PyTorch's label_smoothing (with any policy)", defaults::LABEL_SMOOTHING))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_smoothing: Option<f64>,
     /// How weight noise is scaled: sigma times each tensor's root mean square (relative,
     /// which reproduces the study's tables), sigma per element (absolute, the study's text
     /// read literally), or no weight noise (none) [default: relative; a resumed run keeps

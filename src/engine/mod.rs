@@ -44,13 +44,53 @@ pub struct NoiseDraw {
     pub seed: u64,
 }
 
-/// Weight noise at an epoch's start: the draw, and how it scales with each tensor.
+/// What an epoch's start does to the weights: `w <- shrink w + noise`, the noise of the
+/// draw scaled with each tensor as `scale` says (the adaptive weight noise has no shrink;
+/// shrink and perturb has both).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WeightNoise {
-    /// The draw.
+    /// The draw (of sigma 0: no noise).
     pub draw: NoiseDraw,
     /// Absolute, relative to each tensor's root mean square, or none.
     pub scale: WeightNoiseScale,
+    /// The factor the weights are multiplied by before the noise (1: none).
+    pub shrink: f64,
+}
+
+/// What a policy adds to the weights right after a step's update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Perturbation {
+    /// The draw's noise, per element (Langevin dynamics).
+    Noise(NoiseDraw),
+    /// `next - previous`, two draws of the same distribution per element (anti-PGD's
+    /// `xi_{n+1} - xi_n`, each `xi` drawn again from its own seed rather than kept).
+    Difference {
+        /// `xi_{n+1}`.
+        next: NoiseDraw,
+        /// `xi_n`.
+        previous: NoiseDraw,
+    },
+    /// A vector over all trainable weights together, of radius `radius`: uniform in the
+    /// ball (`uniform`), or Gaussian with `radius^2 / d` per element for `d` weights, whose
+    /// norm is then about `radius` (`gaussian`). Perturbed gradient descent.
+    Ball {
+        /// The distribution.
+        kind: NoiseKind,
+        /// The radius.
+        radius: f64,
+        /// The seed of the draw.
+        seed: u64,
+    },
+}
+
+/// Label noise of one step: the batch positions whose label is replaced, and by which
+/// class (drawn by the run, so that every engine trains on the same labels).
+#[derive(Debug, Clone, Copy)]
+pub struct Relabel<'a> {
+    /// Whether each position's label is replaced.
+    pub replaced: &'a [bool],
+    /// The class each position takes where replaced (its own label elsewhere).
+    pub classes: &'a [i64],
 }
 
 /// One training step as the run asks for it.
@@ -68,12 +108,16 @@ pub struct Step<'a> {
     pub grad_noise: Option<NoiseDraw>,
     /// Whether to compute the global gradient norm (always, in training).
     pub measure_norm: bool,
+    /// Label noise: the labels the loss takes instead of the true ones at some positions
+    /// (accuracy and the recorded loss stay on the true labels).
+    pub relabel: Option<Relabel<'a>>,
 }
 
 /// The sums an epoch's steps add up on the engine's device, read back on request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochSums {
-    /// Sum over the steps of the batch's mean loss times its size.
+    /// Sum over the steps of the batch's mean loss times its size: the cross-entropy
+    /// against the true labels, without smoothing, whatever the loss trained on.
     pub loss: f64,
     /// Correct predictions.
     pub correct: i64,
@@ -107,11 +151,19 @@ pub trait Engine {
     fn trainable_params(&self) -> usize;
 
     /// Begins an epoch: remembers the weights as its start (for its weight update), then
-    /// adds the weight noise, if any.
+    /// shrinks them and adds the weight noise, if any.
     fn start_epoch(&mut self, noise: Option<WeightNoise>) -> Result<()>;
 
-    /// One optimiser step, in the method's order: forward, cross-entropy, backward, the
-    /// global gradient norm (before noise and weight decay), gradient noise, the optimiser.
+    /// Adds a policy's perturbation to the trainable weights, after a step's update.
+    fn perturb_weights(&mut self, perturbation: &Perturbation) -> Result<()>;
+
+    /// The global gradient norm of the last step (before noise), read back from the
+    /// device: for a policy that decides at every step.
+    fn last_grad_norm(&mut self) -> Result<f64>;
+
+    /// One optimiser step, in the method's order: forward, cross-entropy (against the
+    /// step's labels, smoothed as the spec says), backward, the global gradient norm
+    /// (before noise and weight decay), gradient noise, the optimiser.
     /// Adds the batch's loss, correct predictions and gradient norm to the epoch's sums.
     /// Returns false when the update was skipped (f16 gradients that were not finite).
     fn step(&mut self, step: &Step) -> Result<bool>;
@@ -165,6 +217,8 @@ pub struct EngineSpec {
     pub seed: u64,
     /// CPU threads (all cores when absent).
     pub threads: Option<usize>,
+    /// Label smoothing of the training loss (PyTorch's definition; 0: none).
+    pub label_smoothing: f64,
 }
 
 /// The images an engine trains and evaluates on.

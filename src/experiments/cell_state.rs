@@ -2,7 +2,9 @@
 //! running (another process holds its lock), pending, or a run of another
 //! configuration than the sweep file's cell (the file was edited since it ran).
 //! One rule decides whether a run directory is the cell's: its `config.toml`
-//! equals the cell's configuration, up to where the run executes.
+//! equals the cell's configuration, up to where the run executes (and, once the
+//! run has finished, the device it ran on: a sweep may finish its cells on
+//! another machine).
 
 use crate::fsio::write_atomic;
 use crate::train::lock::is_locked;
@@ -83,15 +85,28 @@ fn read_failure(cell_dir: &Path) -> Option<Failure> {
     serde_json::from_str(&text).ok()
 }
 
-/// Whether the run in `cell_dir` (if any) is of `config`, up to where it executes: `Err`
-/// with what differs, one "key: recorded -> now" per option, when it is not.
+/// Whether the run in `cell_dir` (if any) is of `config`, up to where it executes and,
+/// for a finished run, the device it ran on: `Err` with what differs, one "key: recorded ->
+/// now" per option, when it is not. (An unfinished run must go on where it started, as
+/// `--resume` requires.)
 pub fn run_matches(cell_dir: &Path, config: &TrainConfig) -> Result<(), String> {
     let path = cell_dir.join(CONFIG_FILE);
     if !path.exists() {
         return Ok(());
     }
-    let diffs = match read_config(&path) {
-        Ok((recorded, _)) => recorded.differences(config),
+    let finished = RunDir {
+        path: cell_dir.to_path_buf(),
+    }
+    .read_summary()
+    .ok()
+    .flatten()
+    .is_some_and(|s| s.status == RunStatus::Finished);
+    let diffs: Vec<String> = match read_config(&path) {
+        Ok((recorded, _)) => recorded
+            .differences(config)
+            .into_iter()
+            .filter(|d| !(finished && d.starts_with("device:")))
+            .collect(),
         Err(e) => vec![format!("its {CONFIG_FILE} is unreadable: {e:#}")],
     };
     if diffs.is_empty() {

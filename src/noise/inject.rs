@@ -81,7 +81,7 @@ pub fn host_noise(kind: NoiseKind, n: usize, sigma: f64, seed: u64) -> Vec<f32> 
 }
 
 /// One seed per parameter, from the seed of the draw and the parameter's position.
-fn param_seed(seed: u64, index: usize) -> u64 {
+pub(crate) fn param_seed(seed: u64, index: usize) -> u64 {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(index as u64);
     rng.next_u64()

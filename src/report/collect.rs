@@ -79,17 +79,18 @@ impl RunRecord {
         )
     }
 
-    /// Epochs that trained with gradient noise, with weight noise, and suppressed by a cooldown.
+    /// Epochs that trained with gradient noise, with weight noise (at the start, after
+    /// steps, or a perturbation), and suppressed by a cooldown.
     pub fn noise_epochs(&self) -> (usize, usize, usize) {
         let grad = self
             .history
             .iter()
-            .filter(|m| m.noise_applied.grad_sigma > 0.0)
+            .filter(|m| m.noise_applied.grad_noise())
             .count();
         let weight = self
             .history
             .iter()
-            .filter(|m| m.noise_applied.weight_sigma > 0.0)
+            .filter(|m| m.noise_applied.weight_noise())
             .count();
         // A decision with a cooldown after epoch e suppresses epoch e + 1.
         let cooldown = self

@@ -1,7 +1,7 @@
 //! Figures, as PNG and SVG (plotters): for a run, Figure 1 of the paper
 //! (gradient norm and validation loss per epoch, noisy epochs marked, cooldowns
 //! shaded), its LR schedule and its accuracy/loss curves; for a sweep, the final
-//! validation accuracy of every run.
+//! validation accuracy of every condition (its seeds, mean and interval).
 
 use super::collect::RunRecord;
 use crate::noise::NoiseKind;
@@ -269,7 +269,15 @@ fn epoch_noise(h: &[EpochMetrics], would: bool) -> Vec<(f64, f64)> {
                     .and_then(|p| p.decision.as_ref())
                     .map_or((0.0, 0.0), |d| (d.grad_sigma, d.weight_sigma))
             } else {
-                (m.noise_applied.grad_sigma, m.noise_applied.weight_sigma)
+                // Any weight noise (the policies' after-step noise and perturbations too)
+                // gets a marker; its size is not drawn.
+                let applied = &m.noise_applied;
+                let weight = if applied.weight_noise() {
+                    applied.weight_sigma.max(f64::MIN_POSITIVE)
+                } else {
+                    0.0
+                };
+                (applied.grad_sigma, weight)
             }
         })
         .collect()
@@ -417,42 +425,100 @@ impl Figure for CurvesFigure<'_> {
     }
 }
 
-/// Final validation accuracy of every finished run of a sweep, one bar each.
+/// Final validation accuracy of a sweep's conditions at a glance: one line per report row
+/// (condition), grouped by model and optimiser; each seed a point, the mean a bar and its
+/// 95 % interval a line; the axis fitted to the data.
 pub struct SweepFigure<'a>(pub &'a [RunRecord]);
 
+/// One line of the sweep figure.
+struct SweepLine {
+    /// `model / optimizer` of its group.
+    group: String,
+    /// The condition: noise and policy, with the learning rate.
+    label: String,
+    /// Each finished seed's final validation accuracy.
+    seeds: Vec<f64>,
+    /// The mean and its 95 % interval (none for one seed).
+    mean: f64,
+    interval: Option<(f64, f64)>,
+}
+
 impl SweepFigure<'_> {
-    fn bars(&self) -> Vec<(String, f64)> {
-        let mut bars: Vec<(String, f64)> = self
-            .0
-            .iter()
-            .filter_map(|r| r.final_epoch().map(|m| (r.name(), m.val_acc)))
-            .collect();
-        bars.sort_by(|a, b| a.0.cmp(&b.0));
-        bars
+    fn lines(&self) -> Vec<SweepLine> {
+        let tables = super::tables::build(self.0, super::tables::LrSelection::PerNoise);
+        let mut lines = Vec::new();
+        for (optimizer, rows) in &tables.by_optimizer {
+            for row in rows {
+                let condition = if row.policy.is_empty() {
+                    row.noise.to_string()
+                } else {
+                    format!("{}, {}", row.noise, row.policy)
+                };
+                let model = if row.variant.is_empty() {
+                    row.model_name.clone()
+                } else {
+                    format!("{} ({})", row.model_name, row.variant)
+                };
+                lines.push(SweepLine {
+                    group: format!("{model} / {optimizer}"),
+                    label: format!("{condition}, lr {}", row.lr),
+                    seeds: row.seeds.iter().map(|(_, m)| m.val_acc).collect(),
+                    mean: row.val_acc.mean,
+                    interval: row.val_acc.interval(),
+                });
+            }
+        }
+        lines
+    }
+
+    /// The figure's label slots, top to bottom: each group's heading (no line), then its
+    /// lines; a line's slot index beside it.
+    fn slots(lines: &[SweepLine]) -> Vec<(String, Option<usize>)> {
+        let mut slots = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            if i == 0 || lines[i - 1].group != line.group {
+                slots.push((line.group.clone(), None));
+            }
+            slots.push((format!("    {}", line.label), Some(i)));
+        }
+        slots
     }
 }
 
 impl Figure for SweepFigure<'_> {
     fn size(&self) -> (u32, u32) {
-        (1000, 120 + 22 * self.bars().len().max(1) as u32)
+        let slots = Self::slots(&self.lines()).len().max(1);
+        (1000, 110 + 24 * slots as u32)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let bars = self.bars();
+        let lines = self.lines();
+        let slots = Self::slots(&lines);
+        let n = slots.len().max(1) as f64;
         root.fill(&WHITE).map_err(err)?;
-        let longest = bars.iter().map(|b| b.0.len()).max().unwrap_or(4) as u32;
+        let (lo, hi) = range(lines.iter().flat_map(|l| {
+            let interval = l.interval.map_or(Vec::new(), |(a, b)| vec![a, b]);
+            l.seeds.iter().copied().chain(interval)
+        }));
+        let longest = slots.iter().map(|s| s.0.chars().count()).max().unwrap_or(8) as u32;
         let mut chart = ChartBuilder::on(root)
-            .caption("final validation accuracy per run", ("sans-serif", 20))
+            .caption(
+                "final validation accuracy: each seed (dot), the mean (bar) and its 95 % interval (line)",
+                ("sans-serif", 18),
+            )
             .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size((longest * 7 + 10).min(480))
-            .build_cartesian_2d(0.0..1.0, 0.0..bars.len().max(1) as f64)
+            .y_label_area_size((longest * 7 + 14).clamp(120, 560))
+            .build_cartesian_2d(lo..hi, 0.0..n)
             .map_err(err)?;
-        let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        // Slot k (from the top) is drawn at n - k - 0.5: ticks every half slot land on every
+        // slot's middle.
+        let names: Vec<String> = slots.iter().rev().map(|s| s.0.clone()).collect();
         chart
             .configure_mesh()
             .x_desc("validation accuracy")
-            .y_labels(bars.len().max(1) * 2 + 1)
+            .x_label_formatter(&value_tick)
+            .y_labels(slots.len().max(1) * 2 + 1)
             .y_label_formatter(&|y| {
                 let i = y.floor() as usize;
                 if (y - y.floor() - 0.5).abs() < 1e-6 {
@@ -465,23 +531,33 @@ impl Figure for SweepFigure<'_> {
             .disable_y_mesh()
             .draw()
             .map_err(err)?;
-        chart
-            .draw_series(bars.iter().enumerate().map(|(i, (_, acc))| {
-                Rectangle::new(
-                    [(0.0, i as f64 + 0.15), (*acc, i as f64 + 0.85)],
-                    VAL_COLOR.mix(0.8).filled(),
+        for (k, (_, line)) in slots.iter().enumerate() {
+            let Some(line) = line.map(|i| &lines[i]) else {
+                continue;
+            };
+            let y = n - k as f64 - 0.5;
+            if let Some((a, b)) = line.interval {
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(a, y), (b, y)],
+                        VAL_COLOR.stroke_width(2),
+                    )))
+                    .map_err(err)?;
+            }
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(line.mean, y - 0.3), (line.mean, y + 0.3)],
+                    BLACK.stroke_width(3),
+                )))
+                .map_err(err)?;
+            chart
+                .draw_series(
+                    line.seeds
+                        .iter()
+                        .map(|v| Circle::new((*v, y), 4, GRAD_COLOR.mix(0.8).filled())),
                 )
-            }))
-            .map_err(err)?;
-        chart
-            .draw_series(bars.iter().enumerate().map(|(i, (_, acc))| {
-                Text::new(
-                    format!("{acc:.4}"),
-                    (acc + 0.005, i as f64 + 0.3),
-                    ("sans-serif", 12),
-                )
-            }))
-            .map_err(err)?;
+                .map_err(err)?;
+        }
         Ok(())
     }
 }

@@ -128,7 +128,7 @@ pub struct Row {
     pub runs: Vec<PathBuf>,
     /// (seed, final epoch) of the finished runs behind the row, for paired differences.
     #[serde(skip)]
-    seeds: Vec<(u64, EpochMetrics)>,
+    pub seeds: Vec<(u64, EpochMetrics)>,
 }
 
 /// A group of runs whose rows could not be computed: no run finished at any rate.
@@ -193,7 +193,7 @@ const MODEL_ORDER: [ModelKind; 5] = [
 ];
 
 /// Keys that define a row by themselves or vary within it (seeds), or say where a run ran.
-const NOT_VARIANTS: [&str; 15] = [
+const NOT_VARIANTS: [&str; 25] = [
     "model",
     "model_name",
     "optimizer",
@@ -203,6 +203,16 @@ const NOT_VARIANTS: [&str; 15] = [
     "noise_sigma",
     "anneal_eta",
     "anneal_gamma",
+    "anti_pgd_sigma",
+    "perturb_threshold",
+    "perturb_interval",
+    "perturb_radius",
+    "langevin_temperature",
+    "label_noise",
+    "shrink_every",
+    "shrink_factor",
+    "shrink_sigma",
+    "label_smoothing",
     "lr",
     "seed",
     "data_dir",
@@ -241,12 +251,20 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>
 /// policy (noisy runs only), variant.
 type GroupKey = (usize, usize, String, usize, String, String);
 
+/// What sets a row apart besides its noise type: the policy (noisy runs only) and label
+/// smoothing (`label smoothing 0.1`); empty for a run without either, the baseline.
 fn policy_label(run: &RunRecord) -> String {
-    if run.config.noise == NoiseKind::None {
-        String::new()
-    } else {
-        run.config.policy().label()
+    let mut parts = Vec::new();
+    if run.config.noise != NoiseKind::None {
+        parts.push(run.config.policy().label());
     }
+    if run.config.label_smoothing > 0.0 {
+        parts.push(format!(
+            "label smoothing {}",
+            adanoise_core::formulas::compact(run.config.label_smoothing)
+        ));
+    }
+    parts.join(", ")
 }
 
 /// The variant labels: the keys whose values differ between runs.
@@ -526,6 +544,14 @@ fn row_at(runs: &[&RunRecord], lr: f64) -> Row {
     }
 }
 
+impl Row {
+    /// Whether this is a baseline row, the one the others' Δ columns are taken against:
+    /// no noise and no label smoothing.
+    pub fn is_baseline(&self) -> bool {
+        self.noise == NoiseKind::None && self.policy.is_empty()
+    }
+}
+
 fn same_pair(a: &Row, b: &Row) -> bool {
     a.optimizer == b.optimizer && a.model_name == b.model_name && a.variant == b.variant
 }
@@ -535,10 +561,10 @@ fn share_baseline_lr(entries: &mut [(&[&RunRecord], Option<Row>)]) {
     let baselines: Vec<Row> = entries
         .iter()
         .filter_map(|(_, row)| row.clone())
-        .filter(|r| r.noise == NoiseKind::None)
+        .filter(|r| r.is_baseline())
         .collect();
     for (runs, slot) in entries.iter_mut() {
-        let Some(row) = slot.as_mut().filter(|r| r.noise != NoiseKind::None) else {
+        let Some(row) = slot.as_mut().filter(|r| !r.is_baseline()) else {
             continue;
         };
         let Some(base) = baselines.iter().find(|b| same_pair(b, row)) else {
@@ -563,12 +589,8 @@ fn share_baseline_lr(entries: &mut [(&[&RunRecord], Option<Row>)]) {
 
 /// The paired changes of every noisy row against its no-noise row.
 fn add_deltas(rows: &mut [Row]) {
-    let baselines: Vec<Row> = rows
-        .iter()
-        .filter(|r| r.noise == NoiseKind::None)
-        .cloned()
-        .collect();
-    for row in rows.iter_mut().filter(|r| r.noise != NoiseKind::None) {
+    let baselines: Vec<Row> = rows.iter().filter(|r| r.is_baseline()).cloned().collect();
+    for row in rows.iter_mut().filter(|r| !r.is_baseline()) {
         let Some(base) = baselines.iter().find(|b| same_pair(b, row)) else {
             continue;
         };

@@ -104,6 +104,37 @@ pub struct TrainConfig {
     /// recorded config that names none was written when `absolute` was the only reading.
     #[serde(default = "defaults::unrecorded_weight_noise_scale")]
     pub weight_noise_scale: WeightNoiseScale,
+    /// `anti-pgd`: the standard deviation of each draw, per weight.
+    #[serde(default = "defaults::anti_pgd_sigma")]
+    pub anti_pgd_sigma: f64,
+    /// `perturbed`: the gradient norm at or below which it perturbs.
+    #[serde(default = "defaults::perturb_threshold")]
+    pub perturb_threshold: f64,
+    /// `perturbed`: the fewest optimiser steps between two perturbations.
+    #[serde(default = "defaults::perturb_interval")]
+    pub perturb_interval: u64,
+    /// `perturbed`: the radius of a perturbation of all weights together.
+    #[serde(default = "defaults::perturb_radius")]
+    pub perturb_radius: f64,
+    /// `langevin`: the temperature `T` (noise variance `2 lr_t T` after each step).
+    #[serde(default = "defaults::langevin_temperature")]
+    pub langevin_temperature: f64,
+    /// `label-noise`: the probability that a training label is replaced at a step.
+    #[serde(default = "defaults::label_noise")]
+    pub label_noise: f64,
+    /// `shrink-perturb`: every this many epochs.
+    #[serde(default = "defaults::shrink_every")]
+    pub shrink_every: u64,
+    /// `shrink-perturb`: the factor the weights are multiplied by.
+    #[serde(default = "defaults::shrink_factor")]
+    pub shrink_factor: f64,
+    /// `shrink-perturb`: the standard deviation of the noise then added, per weight.
+    #[serde(default = "defaults::shrink_sigma")]
+    pub shrink_sigma: f64,
+    /// Label smoothing of the training loss, PyTorch's `label_smoothing` (0: none), with
+    /// any policy.
+    #[serde(default = "defaults::label_smoothing")]
+    pub label_smoothing: f64,
     /// Thresholds of the adaptive noise scheduler (Table V).
     #[serde(default)]
     pub noise_scheduler: NoiseSchedulerConfig,
@@ -163,6 +194,36 @@ mod defaults {
     }
     pub fn anneal_gamma() -> f64 {
         paper::ANNEAL_GAMMA
+    }
+    pub fn anti_pgd_sigma() -> f64 {
+        paper::ANTI_PGD_SIGMA
+    }
+    pub fn perturb_threshold() -> f64 {
+        paper::PERTURB_THRESHOLD
+    }
+    pub fn perturb_interval() -> u64 {
+        paper::PERTURB_INTERVAL
+    }
+    pub fn perturb_radius() -> f64 {
+        paper::PERTURB_RADIUS
+    }
+    pub fn langevin_temperature() -> f64 {
+        paper::LANGEVIN_TEMPERATURE
+    }
+    pub fn label_noise() -> f64 {
+        paper::LABEL_NOISE
+    }
+    pub fn shrink_every() -> u64 {
+        paper::SHRINK_EVERY
+    }
+    pub fn shrink_factor() -> f64 {
+        paper::SHRINK_FACTOR
+    }
+    pub fn shrink_sigma() -> f64 {
+        paper::SHRINK_SIGMA
+    }
+    pub fn label_smoothing() -> f64 {
+        paper::LABEL_SMOOTHING
     }
 }
 
@@ -268,6 +329,7 @@ impl TrainConfig {
             batch_size: self.batch_size,
             seed: self.seed,
             threads: self.threads,
+            label_smoothing: self.label_smoothing,
         }
     }
 
@@ -279,6 +341,15 @@ impl TrainConfig {
             anneal_eta: self.anneal_eta,
             anneal_gamma: self.anneal_gamma,
             weight_scale: self.weight_noise_scale,
+            anti_pgd_sigma: self.anti_pgd_sigma,
+            perturb_threshold: self.perturb_threshold,
+            perturb_interval: self.perturb_interval,
+            perturb_radius: self.perturb_radius,
+            langevin_temperature: self.langevin_temperature,
+            label_noise: self.label_noise,
+            shrink_every: self.shrink_every,
+            shrink_factor: self.shrink_factor,
+            shrink_sigma: self.shrink_sigma,
         }
     }
 
@@ -320,6 +391,12 @@ impl TrainConfig {
                 self.weight_decay
             );
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "--label-smoothing must be from 0 to below 1, as PyTorch's label_smoothing (got {})",
+                self.label_smoothing
+            );
+        }
         self.lr_schedule(1).validate()?;
         self.noise_scheduler.validate()?;
         self.policy().validate()?;
@@ -345,8 +422,13 @@ impl TrainConfig {
             (NoisePolicy::Adaptive, scale) => format!("-weights-{scale}"),
             (other, _) => format!("-{other}"),
         };
+        let smoothing = if self.label_smoothing > 0.0 {
+            format!("-ls{}", self.label_smoothing)
+        } else {
+            String::new()
+        };
         format!(
-            "{}-{}-{}{policy}-lr{}-s{}",
+            "{}-{}-{}{policy}{smoothing}-lr{}-s{}",
             self.model, self.optimizer, self.noise, self.lr, self.seed
         )
     }
@@ -354,7 +436,7 @@ impl TrainConfig {
     /// Refuses a noise policy that would inject nothing (a baseline policy with noise
     /// `none`, a zero sigma): such a run would be recorded and reported as a noisy one.
     pub fn check_injects(&self) -> Result<()> {
-        match self.policy().injects_nothing(self.noise) {
+        match self.policy().injects_nothing(self.noise, self.epochs) {
             Some(why) => bail!(why),
             None => Ok(()),
         }

@@ -1,18 +1,22 @@
-//! One training epoch, whatever engine holds the tensors: weight noise at its
-//! start, one engine step per batch of the epoch's plan (with the epoch's gradient
-//! noise), then evaluation. An epoch can stop between two steps (on a signal) and
-//! later go on from there, with the same batches, noise and sums as if it had
-//! never stopped.
+//! One training epoch, whatever engine holds the tensors: what the policy does to
+//! the weights at its start, one engine step per batch of the epoch's plan (with
+//! the policy's gradient noise and labels, and what it does to the weights after
+//! each update), then evaluation. An epoch can stop between two steps (on a
+//! signal) and later go on from there, with the same batches, noise and sums as
+//! if it had never stopped.
 
 use super::TrainConfig;
 use super::metrics::{EpochMetrics, NoiseApplied};
 use crate::data::plan::epoch_plan;
-use crate::engine::{Engine, EpochSums, EvalSet, NoiseDraw, Step, WeightNoise};
+use crate::engine::{
+    Engine, EpochSums, EvalSet, NoiseDraw, Perturbation, Relabel, Step, WeightNoise,
+};
 use crate::events::{Event, Observer, Progress};
 use crate::noise::NoiseKind;
+use crate::noise::labels::step_labels;
 use crate::rng::{Purpose, derived_seed};
 use crate::schedule::CosineRestarts;
-use adanoise_core::PolicyConfig;
+use adanoise_core::{AfterStep, PolicyConfig};
 use anyhow::Result;
 use burn::optim::lr_scheduler::LrScheduler;
 use serde::{Deserialize, Serialize};
@@ -48,6 +52,9 @@ pub struct PartialEpoch {
     /// Steps skipped for non-finite f16 gradients (not in the sums above).
     #[serde(default)]
     pub skipped_steps: u64,
+    /// Perturbed gradient descent: the global steps after which it perturbed, so far.
+    #[serde(default)]
+    pub perturbed_steps: Vec<u64>,
 }
 
 /// The noise of one epoch: its distribution, the policy, and the adaptive decision in
@@ -73,23 +80,37 @@ impl NoisePlan {
         self.policy.grad_sigma(self.decided_grad_sigma, step)
     }
 
-    /// The weight noise's sigma at the epoch's start (0: none).
-    pub fn weight_sigma(&self) -> f64 {
+    /// What an epoch of steps `first..=last`, at learning rates `lrs` (the first step's
+    /// and the last's), receives; perturbed gradient descent's perturbations are added when
+    /// they are known.
+    pub fn applied(&self, first: u64, last: u64, epoch: u64, lrs: (f64, f64)) -> NoiseApplied {
         if self.kind == NoiseKind::None {
-            return 0.0;
+            return NoiseApplied::default();
         }
-        self.policy.weight_sigma(self.decided_weight_sigma)
-    }
-
-    /// What an epoch of steps `first..=last` receives.
-    pub fn applied(&self, first: u64, last: u64) -> NoiseApplied {
+        let policy = &self.policy;
         let (start, end) = (self.grad_sigma(first), self.grad_sigma(last));
-        let weight_sigma = self.weight_sigma();
+        let at_start = policy.epoch_start(epoch, self.decided_weight_sigma);
+        let weight_sigma = at_start.map_or(0.0, |s| s.sigma);
+        let (step_sigma, step_sigma_end) =
+            match (policy.after_step(lrs.0), policy.after_step(lrs.1)) {
+                (AfterStep::Anticorrelated { sigma }, _) => (Some(sigma), None),
+                (AfterStep::Langevin { sigma }, AfterStep::Langevin { sigma: end }) => {
+                    (Some(sigma), (end != sigma).then_some(end))
+                }
+                _ => (None, None),
+            };
         NoiseApplied {
             grad_sigma: start,
             grad_sigma_end: (end != start).then_some(end),
             weight_sigma,
-            weight_scale: (weight_sigma > 0.0).then_some(self.policy.weight_scale),
+            weight_scale: (weight_sigma > 0.0)
+                .then_some(at_start.map_or(policy.weight_scale, |s| s.scale)),
+            shrink: at_start.map(|s| s.shrink).filter(|s| *s != 1.0),
+            step_weight_sigma: step_sigma,
+            step_weight_sigma_end: step_sigma_end,
+            perturbed_steps: matches!(policy.after_step(lrs.0), AfterStep::Perturbed(_))
+                .then(Vec::new),
+            label_noise: policy.label_noise(),
         }
     }
 }
@@ -112,6 +133,8 @@ pub struct EpochContext<'a> {
     pub should_stop: &'a dyn Fn(u64) -> bool,
     /// Steps between two TensorBoard points: the sums are read back at those steps too.
     pub read_every: Option<u64>,
+    /// How many classes the labels take (label noise draws among them).
+    pub classes: usize,
 }
 
 /// How an epoch ended.
@@ -125,7 +148,8 @@ pub enum EpochEnd {
     Diverged(String),
 }
 
-/// The host's side of the epoch's sums: counts and times (the engine keeps the rest).
+/// The host's side of the epoch's sums: counts, times and perturbations (the engine keeps
+/// the rest).
 struct Tally {
     seen: usize,
     seen_before: usize,
@@ -134,6 +158,7 @@ struct Tally {
     lr: f64,
     earlier_seconds: f64,
     last_read: Instant,
+    perturbed: Vec<u64>,
 }
 
 impl Tally {
@@ -146,6 +171,7 @@ impl Tally {
             lr: p.lr,
             earlier_seconds: p.train_seconds,
             last_read: Instant::now(),
+            perturbed: p.perturbed_steps.clone(),
         }
     }
 
@@ -160,6 +186,7 @@ impl Tally {
             lr: self.lr,
             train_seconds: self.earlier_seconds + seconds,
             skipped_steps: self.skipped,
+            perturbed_steps: self.perturbed,
         }
     }
 }
@@ -171,12 +198,14 @@ enum Interruption {
 }
 
 /// Runs epoch `ctx.epoch` on `engine`, from its start or from `resume` (a stopped epoch,
-/// whose starting weights the engine restored from the checkpoint).
+/// whose starting weights the engine restored from the checkpoint). `last_perturbation`
+/// is perturbed gradient descent's last perturbation step, kept across epochs.
 pub fn run_epoch(
     ctx: &EpochContext,
     engine: &mut dyn Engine,
     schedule: &mut CosineRestarts,
     resume: Option<PartialEpoch>,
+    last_perturbation: &mut Option<u64>,
     observer: &mut dyn Observer,
 ) -> Result<EpochEnd> {
     let started = Instant::now();
@@ -201,7 +230,15 @@ pub fn run_epoch(
         steps: ctx.steps,
         noise: &ctx.applied(),
     });
-    let (tally, interruption) = train_steps(ctx, engine, schedule, tally, started, observer)?;
+    let (tally, interruption) = train_steps(
+        ctx,
+        engine,
+        schedule,
+        tally,
+        last_perturbation,
+        started,
+        observer,
+    )?;
     match interruption {
         Some(Interruption::Diverged(message)) => Ok(EpochEnd::Diverged(message)),
         Some(Interruption::Stopped) => {
@@ -216,24 +253,96 @@ pub fn run_epoch(
 }
 
 impl EpochContext<'_> {
-    /// What this epoch receives, from its first step to its last.
+    /// What this epoch receives, from its first step to its last (without the
+    /// perturbations, which are known as they happen).
     fn applied(&self) -> NoiseApplied {
         let first = (self.epoch - 1) * self.steps;
-        self.noise.applied(first, first + self.steps - 1)
+        let last = first + self.steps - 1;
+        let schedule = self.config.lr_schedule(self.steps);
+        let lrs = (schedule.lr_at(first), schedule.lr_at(last));
+        self.noise.applied(first, last, self.epoch, lrs)
+    }
+
+    /// The seed of the policy's draw for `purpose` at global step `step`.
+    fn seed(&self, purpose: Purpose, step: u64) -> u64 {
+        derived_seed(self.config.seed, purpose, step)
     }
 }
 
-/// The weight noise of the epoch's start, seeded by the epoch.
+/// What the policy does to the weights at the epoch's start, seeded by the epoch: the
+/// adaptive weight noise, or shrink and perturb.
 fn weight_noise(ctx: &EpochContext) -> Option<WeightNoise> {
-    let sigma = ctx.noise.weight_sigma();
-    (sigma > 0.0).then(|| WeightNoise {
+    if ctx.noise.kind == NoiseKind::None {
+        return None;
+    }
+    let start = ctx
+        .noise
+        .policy
+        .epoch_start(ctx.epoch, ctx.noise.decided_weight_sigma)?;
+    let purpose = if start.shrink == 1.0 {
+        Purpose::WeightNoise
+    } else {
+        Purpose::ShrinkPerturb
+    };
+    Some(WeightNoise {
         draw: NoiseDraw {
             kind: ctx.config.noise,
-            sigma,
-            seed: derived_seed(ctx.config.seed, Purpose::WeightNoise, ctx.epoch),
+            sigma: start.sigma,
+            seed: derived_seed(ctx.config.seed, purpose, ctx.epoch),
         },
-        scale: ctx.noise.policy.weight_scale,
+        scale: start.scale,
+        shrink: start.shrink,
     })
+}
+
+/// What the policy does to the weights after the update of global step `step` (at learning
+/// rate `lr`), where it acts: anti-PGD and Langevin dynamics at every step, perturbed
+/// gradient descent where its rule fires (recorded in `tally`). Anti-PGD also acts after a
+/// skipped f16 step, so that its draws keep telescoping; the others act only on an update.
+fn after_step(
+    ctx: &EpochContext,
+    engine: &mut dyn Engine,
+    step: u64,
+    lr: f64,
+    applied: bool,
+    tally: &mut Tally,
+    last_perturbation: &mut Option<u64>,
+) -> Result<()> {
+    if ctx.noise.kind == NoiseKind::None {
+        return Ok(());
+    }
+    let kind = ctx.config.noise;
+    let draw = |purpose, at, sigma| NoiseDraw {
+        kind,
+        sigma,
+        seed: ctx.seed(purpose, at),
+    };
+    match ctx.noise.policy.after_step(lr) {
+        AfterStep::Nothing => {}
+        AfterStep::Anticorrelated { sigma } => {
+            engine.perturb_weights(&Perturbation::Difference {
+                next: draw(Purpose::AntiPgd, step + 1, sigma),
+                previous: draw(Purpose::AntiPgd, step, sigma),
+            })?;
+        }
+        AfterStep::Langevin { sigma } if applied => {
+            engine.perturb_weights(&Perturbation::Noise(draw(Purpose::Langevin, step, sigma)))?;
+        }
+        AfterStep::Perturbed(rule) if applied => {
+            let norm = engine.last_grad_norm()?;
+            if rule.fires(step, norm, *last_perturbation) {
+                engine.perturb_weights(&Perturbation::Ball {
+                    kind,
+                    radius: rule.radius,
+                    seed: ctx.seed(Purpose::Perturbation, step),
+                })?;
+                *last_perturbation = Some(step);
+                tally.perturbed.push(step);
+            }
+        }
+        AfterStep::Langevin { .. } | AfterStep::Perturbed(_) => {}
+    }
+    Ok(())
 }
 
 /// The gradient noise of global step `step`, seeded by that step: the same noise however
@@ -253,14 +362,22 @@ fn train_steps(
     engine: &mut dyn Engine,
     schedule: &mut CosineRestarts,
     mut tally: Tally,
+    last_perturbation: &mut Option<u64>,
     started: Instant,
     observer: &mut dyn Observer,
 ) -> Result<(Tally, Option<Interruption>)> {
     let config = ctx.config;
     let plan = epoch_plan(ctx.train_images, config.batch_size, config.seed, ctx.epoch);
+    let label_noise = ctx
+        .noise
+        .policy
+        .label_noise()
+        .filter(|_| ctx.noise.kind != NoiseKind::None);
     for (index, samples) in plan.enumerate().skip(tally.steps as usize) {
         let global = schedule.current_step();
         let grad_noise = step_noise(ctx, global);
+        let labels =
+            label_noise.map(|p| step_labels(config.seed, global, samples.len(), ctx.classes, p));
         tally.lr = schedule.step();
         let applied = engine.step(&Step {
             epoch: ctx.epoch,
@@ -269,7 +386,20 @@ fn train_steps(
             lr: tally.lr,
             grad_noise,
             measure_norm: true,
+            relabel: labels.as_ref().map(|l| Relabel {
+                replaced: &l.replaced,
+                classes: &l.classes,
+            }),
         })?;
+        after_step(
+            ctx,
+            engine,
+            global,
+            tally.lr,
+            applied,
+            &mut tally,
+            last_perturbation,
+        )?;
         tally.steps += 1;
         if applied {
             tally.seen += samples.len();
@@ -392,6 +522,10 @@ fn finish_epoch(
         None
     };
     let loss_scale = engine.loss_scale();
+    let mut noise_applied = ctx.applied();
+    if let Some(steps) = noise_applied.perturbed_steps.as_mut() {
+        *steps = tally.perturbed.clone();
+    }
     Ok(EpochEnd::Finished(Box::new(EpochMetrics {
         epoch: ctx.epoch,
         train_loss: sums.loss / seen,
@@ -406,7 +540,7 @@ fn finish_epoch(
         steps: schedule.current_step(),
         seconds: train_seconds + eval_started.elapsed().as_secs_f64(),
         images_per_s: seen / train_seconds,
-        noise_applied: ctx.applied(),
+        noise_applied,
         skipped_steps: loss_scale.map(|_| tally.skipped),
         loss_scale: loss_scale.map(|s| s.scale),
         decision: None,

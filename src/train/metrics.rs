@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct EpochMetrics {
     /// 1-based epoch number.
     pub epoch: u64,
-    /// Mean cross-entropy over the epoch's training images as trained (augmented).
+    /// Mean cross-entropy over the epoch's training images as trained (augmented), against
+    /// their true labels and without smoothing, whatever loss the policy trained on.
     pub train_loss: f64,
     /// Training accuracy over the same batches.
     pub train_acc: f64,
@@ -51,7 +52,7 @@ pub struct EpochMetrics {
 }
 
 /// The noise actually put into an epoch (zero for a `none` run, whatever was decided).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct NoiseApplied {
     /// Standard deviation of the gradient noise added at every step (0: none); for a
     /// policy whose sigma changes from step to step, the epoch's first step's.
@@ -66,12 +67,44 @@ pub struct NoiseApplied {
     /// How `weight_sigma` was applied, when weight noise was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_scale: Option<adanoise_core::WeightNoiseScale>,
+    /// Shrink and perturb: the factor the weights were multiplied by at the epoch's start,
+    /// before `weight_sigma`'s noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrink: Option<f64>,
+    /// Weight noise added after every step: anti-PGD's `sigma` of each draw, or Langevin
+    /// dynamics' `sqrt(2 lr T)` at the epoch's first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weight_sigma: Option<f64>,
+    /// Langevin dynamics' `sqrt(2 lr T)` at the epoch's last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weight_sigma_end: Option<f64>,
+    /// Perturbed gradient descent: the global steps (from 0) after which it perturbed the
+    /// weights, in this epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perturbed_steps: Option<Vec<u64>>,
+    /// Label noise: the probability that a training label was replaced at each step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_noise: Option<f64>,
 }
 
 impl NoiseApplied {
     /// Whether the epoch received any noise.
     pub fn any(&self) -> bool {
-        self.grad_sigma > 0.0 || self.weight_sigma > 0.0
+        self.grad_noise() || self.weight_noise() || self.label_noise.is_some()
+    }
+
+    /// Whether the gradients received noise.
+    pub fn grad_noise(&self) -> bool {
+        self.grad_sigma > 0.0
+    }
+
+    /// Whether the weights received noise (or were shrunk) at the epoch's start, after its
+    /// steps, or in a perturbation.
+    pub fn weight_noise(&self) -> bool {
+        self.weight_sigma > 0.0
+            || self.shrink.is_some()
+            || self.step_weight_sigma.is_some_and(|s| s > 0.0)
+            || self.perturbed_steps.as_ref().is_some_and(|s| !s.is_empty())
     }
 }
 

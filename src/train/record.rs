@@ -19,6 +19,9 @@ pub struct NoiseState {
     pub scheduler: NoiseScheduler,
     /// The decision taken after the last recorded epoch.
     pub next: Decision,
+    /// Perturbed gradient descent: the global step of its last perturbation.
+    #[serde(default)]
+    pub last_perturbation: Option<u64>,
 }
 
 /// What a checkpoint's `extra` holds.

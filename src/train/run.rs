@@ -144,6 +144,7 @@ fn train_locked(
             noise: run.noise_for_next_epoch(),
             should_stop: &should_stop,
             read_every: options.tensorboard.is_some().then_some(every),
+            classes: run.classes,
         };
         let resume = run.resume_epoch.take();
         match run_epoch(
@@ -151,6 +152,7 @@ fn train_locked(
             run.engine.as_mut(),
             &mut run.schedule,
             resume,
+            &mut run.noise.last_perturbation,
             observer,
         )? {
             EpochEnd::Finished(metrics) => run.record_epoch(*metrics, observer)?,
@@ -249,6 +251,8 @@ struct Run<'a> {
     /// Training, validation and (with a held-out split) test images.
     images: (usize, usize, Option<usize>),
     has_test: bool,
+    /// How many classes the labels take.
+    classes: usize,
 }
 
 impl<'a> Run<'a> {
@@ -278,6 +282,7 @@ impl<'a> Run<'a> {
         );
         let has_test = data.val.is_some();
         let train_images = data.train.len();
+        let classes = data.num_classes();
         let engine = engine::build(&config.engine_spec(), EngineData::of(data))?;
         let mut run = Run {
             config,
@@ -289,6 +294,7 @@ impl<'a> Run<'a> {
             noise: NoiseState {
                 scheduler: NoiseScheduler::new(config.noise_scheduler, config.schedule_length())?,
                 next: Decision::quiet(0),
+                last_perturbation: None,
             },
             history: Vec::new(),
             resume_epoch: None,
@@ -296,6 +302,7 @@ impl<'a> Run<'a> {
             train_images,
             images,
             has_test,
+            classes,
         };
         if let Opened::Resumed(_, ckpt, history) = opened {
             run.history = history;

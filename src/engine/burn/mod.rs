@@ -10,11 +10,15 @@ mod record;
 pub mod step;
 
 use super::host::HostBatches;
-use super::{Engine, EngineData, EngineRecord, EngineSpec, EpochSums, EvalSet, Step, WeightNoise};
+use super::{
+    Engine, EngineData, EngineRecord, EngineSpec, EpochSums, EvalSet, Perturbation, Relabel, Step,
+    WeightNoise,
+};
 use crate::data::placement::{BatchTensors, EvalSplit, PlacedSplit, batch_tensors};
 use crate::data::plan::SamplePlan;
 use crate::models::{Model, ModelKind, trainable_params};
 use crate::noise::add_weight_noise;
+use crate::noise::perturb::{add_weight_ball, add_weight_difference, shrink_weights};
 use crate::optim::OptimizerKind;
 use crate::rng::{Purpose, derived_seed, with_seeded_device};
 use crate::train::precision::LossScale;
@@ -22,7 +26,7 @@ use anyhow::{Context, Result};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::ModuleOptimizer;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use param_stats::WeightSnapshot;
 use precision::StepPrecision;
 use std::sync::Arc;
@@ -76,7 +80,8 @@ impl DeviceSums {
         }
     }
 
-    fn add(&mut self, out: &StepOutput, labels: Tensor<1, Int>, n: usize) {
+    /// Adds a step: its loss (`loss`, the recorded one) and its hits against `labels`.
+    fn add(&mut self, out: &StepOutput, loss: Tensor<1>, labels: Tensor<1, Int>, n: usize) {
         let hits = out
             .logits
             .clone()
@@ -86,7 +91,7 @@ impl DeviceSums {
             .equal(labels)
             .int()
             .sum();
-        self.loss = self.loss.clone() + out.loss.clone().inner().mul_scalar(n as f64);
+        self.loss = self.loss.clone() + loss.mul_scalar(n as f64);
         self.correct = self.correct.clone() + hits;
         if let Some(norm) = &out.grad_norm {
             self.grad_norm = self.grad_norm.clone() + norm.clone();
@@ -108,7 +113,13 @@ pub struct BurnEngine {
     optimizer: OptimizerKind,
     weight_decay: f64,
     precision: StepPrecision,
+    /// The training loss (label smoothing included).
     loss_fn: CrossEntropyLoss,
+    /// Whether the recorded loss differs from the trained one (label smoothing or label
+    /// noise): the recorded one is always plain cross-entropy on the true labels.
+    smoothing: bool,
+    /// The last step's global gradient norm, on the device.
+    last_norm: Option<Tensor<1>>,
     /// The training images on the device, or assembled on the host.
     train: Result<Arc<crate::data::device_data::DeviceSplit>, HostBatches>,
     val: EvalSplit,
@@ -135,8 +146,13 @@ impl BurnEngine {
             PlacedSplit::Device(split) => Ok(split),
             PlacedSplit::Host(split) => Err(HostBatches::new(split, spec.batch_size, spec.seed)),
         };
+        let smoothing = (spec.label_smoothing > 0.0).then_some(spec.label_smoothing as f32);
         Ok(Self {
-            loss_fn: CrossEntropyLossConfig::new().init(&device),
+            loss_fn: CrossEntropyLossConfig::new()
+                .with_smoothing(smoothing)
+                .init(&device),
+            smoothing: smoothing.is_some(),
+            last_norm: None,
             trainable: trainable_params(&model),
             template: model.clone(),
             model: Some(model),
@@ -188,18 +204,53 @@ impl Engine for BurnEngine {
         let model = self.model.take().expect("a step returns the model it took");
         self.epoch_start = Some(model.clone());
         self.model = Some(match noise {
-            Some(n) => add_weight_noise(model, n.draw.kind, n.draw.sigma, n.scale, n.draw.seed),
+            Some(n) => {
+                let shrunk = shrink_weights(model, n.shrink);
+                add_weight_noise(shrunk, n.draw.kind, n.draw.sigma, n.scale, n.draw.seed)
+            }
             None => model,
         });
         Ok(())
     }
 
+    fn perturb_weights(&mut self, perturbation: &Perturbation) -> Result<()> {
+        let model = self.model.take().expect("a step returns the model it took");
+        self.model = Some(match *perturbation {
+            Perturbation::Noise(d) => add_weight_noise(
+                model,
+                d.kind,
+                d.sigma,
+                adanoise_core::WeightNoiseScale::Absolute,
+                d.seed,
+            ),
+            Perturbation::Difference { next, previous } => {
+                add_weight_difference(model, next.kind, next.sigma, next.seed, previous.seed)
+            }
+            Perturbation::Ball { kind, radius, seed } => {
+                add_weight_ball(model, kind, radius, seed, self.trainable)
+            }
+        });
+        Ok(())
+    }
+
+    fn last_grad_norm(&mut self) -> Result<f64> {
+        let norm = self
+            .last_norm
+            .clone()
+            .context("no step measured a gradient norm yet")?;
+        Ok(norm.into_scalar::<f64>())
+    }
+
     fn step(&mut self, step: &Step) -> Result<bool> {
         let (images, labels) = self.batch(step);
         let n = labels.dims()[0];
+        let targets = match &step.relabel {
+            Some(relabel) => relabelled(labels.clone(), relabel, &self.plain),
+            None => labels.clone(),
+        };
         let input = StepInput {
             images: Tensor::from_inner(images),
-            labels: Tensor::from_inner(labels.clone()),
+            labels: Tensor::from_inner(targets),
             lr: step.lr,
             measure_norm: step.measure_norm,
             grad_noise: step.grad_noise,
@@ -214,8 +265,15 @@ impl Engine for BurnEngine {
         );
         let applied = !out.skipped;
         if applied {
-            self.sums.add(&out, labels, n);
+            let loss = if self.smoothing || step.relabel.is_some() {
+                let plain = CrossEntropyLossConfig::new().init(&self.plain);
+                plain.forward(out.logits.clone().inner(), labels.clone())
+            } else {
+                out.loss.clone().inner()
+            };
+            self.sums.add(&out, loss, labels, n);
         }
+        self.last_norm = out.grad_norm.clone();
         self.model = Some(out.model);
         Ok(applied)
     }
@@ -285,6 +343,16 @@ impl Engine for BurnEngine {
         };
         Ok(())
     }
+}
+
+/// The labels a step trains on: `labels`, with the replaced positions of `relabel` taking
+/// their drawn class.
+fn relabelled(labels: Tensor<1, Int>, relabel: &Relabel, plain: &Device) -> Tensor<1, Int> {
+    let n = relabel.replaced.len();
+    let mask = Tensor::<1, Bool>::from_data(TensorData::new(relabel.replaced.to_vec(), [n]), plain);
+    let classes =
+        Tensor::<1, Int>::from_data(TensorData::new(relabel.classes.to_vec(), [n]), plain);
+    labels.mask_where(mask, classes)
 }
 
 /// Mean cross-entropy and accuracy over `data`, in evaluation mode (BN running statistics).

@@ -16,7 +16,10 @@ mod noise;
 mod optim;
 mod record;
 
-use super::{Engine, EngineData, EngineRecord, EngineSpec, EpochSums, EvalSet, Step, WeightNoise};
+use super::{
+    Engine, EngineData, EngineRecord, EngineSpec, EpochSums, EvalSet, Perturbation, Relabel, Step,
+    WeightNoise,
+};
 use crate::device::DeviceKind;
 use crate::train::precision::{LossScale, Precision, initial_loss_scale};
 use anyhow::{Context, Result, bail};
@@ -86,6 +89,10 @@ pub struct TorchEngine {
     sums: DeviceSums,
     /// The trainable weights at the epoch's start.
     epoch_start: Option<Vec<Tensor>>,
+    /// Label smoothing of the training loss.
+    label_smoothing: f64,
+    /// The last step's global gradient norm, on the device.
+    last_norm: Option<Tensor>,
 }
 
 impl TorchEngine {
@@ -120,6 +127,8 @@ impl TorchEngine {
             precision: spec.precision,
             loss_scale: initial_loss_scale(spec.precision),
             epoch_start: None,
+            label_smoothing: spec.label_smoothing,
+            last_norm: None,
         })
     }
 
@@ -159,15 +168,43 @@ impl Engine for TorchEngine {
             .collect::<Result<Vec<_>, _>>()?;
         self.epoch_start = Some(snapshot);
         if let Some(n) = noise {
+            noise::shrink_weights(self.model.params(), n.shrink)?;
             noise::add_to_weights(self.model.params(), &n.draw, n.scale)?;
         }
         Ok(())
     }
 
+    fn perturb_weights(&mut self, perturbation: &Perturbation) -> Result<()> {
+        let params = self.model.params();
+        match *perturbation {
+            Perturbation::Noise(draw) => {
+                noise::add_to_weights(params, &draw, adanoise_core::WeightNoiseScale::Absolute)
+            }
+            Perturbation::Difference { next, previous } => {
+                noise::add_difference(params, &next, &previous)
+            }
+            Perturbation::Ball { kind, radius, seed } => {
+                noise::add_ball(params, kind, radius, seed, self.model.trainable_params())
+            }
+        }
+    }
+
+    fn last_grad_norm(&mut self) -> Result<f64> {
+        let norm = self
+            .last_norm
+            .as_ref()
+            .context("no step measured a gradient norm yet")?;
+        Ok(norm.f_double_value(&[])?)
+    }
+
     fn step(&mut self, step: &Step) -> Result<bool> {
         let batch = self.data.batch(step)?;
         let logits = self.logits(&batch, true)?;
-        let loss = cross_entropy(&logits, &batch.labels)?;
+        let targets = match &step.relabel {
+            Some(relabel) => relabelled(&batch.labels, relabel, self.device)?,
+            None => batch.labels.shallow_clone(),
+        };
+        let loss = smoothed_cross_entropy(&logits, &targets, self.label_smoothing)?;
         let scaled = match self.loss_scale {
             Some(s) => loss.f_mul_scalar(s.scale)?,
             None => loss.shallow_clone(),
@@ -187,8 +224,10 @@ impl Engine for TorchEngine {
         if let Some(norm) = &norm
             && !self.gradients_finite(norm)?
         {
+            self.last_norm = None;
             return Ok(false);
         }
+        self.last_norm = norm.as_ref().map(Tensor::shallow_clone);
         if let Some(draw) = &step.grad_noise {
             noise::add_to_gradients(&grads, draw)?;
         }
@@ -198,7 +237,13 @@ impl Engine for TorchEngine {
             .f_argmax(1, false)?
             .f_eq_tensor(&batch.labels)?
             .f_sum(Kind::Int64)?;
-        let _ = self.sums.loss.f_add_(&loss.f_detach()?.f_mul_scalar(n)?)?;
+        // The recorded loss is plain cross-entropy on the true labels, whatever was trained.
+        let recorded = if self.label_smoothing > 0.0 || step.relabel.is_some() {
+            cross_entropy(&logits.f_detach()?, &batch.labels)?
+        } else {
+            loss.f_detach()?
+        };
+        let _ = self.sums.loss.f_add_(&recorded.f_mul_scalar(n)?)?;
         let _ = self.sums.correct.f_add_(&hits)?;
         if let Some(norm) = norm.filter(|_| step.measure_norm) {
             let _ = self.sums.grad_norm.f_add_(&norm)?;
@@ -312,5 +357,20 @@ impl Engine for TorchEngine {
 /// The mean cross-entropy of `logits` against `labels`, as PyTorch's
 /// `F.cross_entropy` with its defaults (no class weights, no ignored index, no smoothing).
 fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    Ok(logits.f_cross_entropy_loss(labels, None::<Tensor>, Reduction::Mean, -100, 0.0)?)
+    smoothed_cross_entropy(logits, labels, 0.0)
+}
+
+/// [`cross_entropy`] with PyTorch's `label_smoothing`.
+fn smoothed_cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> {
+    Ok(logits.f_cross_entropy_loss(labels, None::<Tensor>, Reduction::Mean, -100, smoothing)?)
+}
+
+/// The labels a step trains on: `labels`, with the replaced positions of `relabel` taking
+/// their drawn class.
+fn relabelled(labels: &Tensor, relabel: &Relabel, device: Device) -> Result<Tensor> {
+    let mask = Tensor::f_from_slice(relabel.replaced)?.f_to_device(device)?;
+    let classes = Tensor::f_from_slice(relabel.classes)?
+        .f_to_device(device)?
+        .f_to_kind(labels.kind())?;
+    Ok(classes.f_where_self(&mask, labels)?)
 }

@@ -67,3 +67,84 @@ pub fn add_to_weights(params: &[Tensor], draw: &NoiseDraw, scale: WeightNoiseSca
     }
     Ok(())
 }
+
+/// Multiplies every parameter by `factor`, in place.
+pub fn shrink_weights(params: &[Tensor], factor: f64) -> Result<()> {
+    if factor == 1.0 {
+        return Ok(());
+    }
+    let _guard = tch::no_grad_guard();
+    for param in params {
+        let _ = param.shallow_clone().f_mul_scalar_(factor)?;
+    }
+    Ok(())
+}
+
+/// Adds `next - previous` to every parameter, in place: two draws of the same
+/// distribution, each parameter's seeded from its draw's seed.
+pub fn add_difference(params: &[Tensor], next: &NoiseDraw, previous: &NoiseDraw) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    for (i, param) in params.iter().enumerate() {
+        let a = sample(param, next.kind, next.sigma, param_seed(next.seed, i))?;
+        let b = sample(
+            param,
+            previous.kind,
+            previous.sigma,
+            param_seed(previous.seed, i),
+        )?;
+        if let (Some(a), Some(b)) = (a, b) {
+            let _ = param.shallow_clone().f_add_(&a.f_sub(&b)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds one vector over all `params` (of `count` elements together) of radius `radius`:
+/// uniform in the ball (`uniform`: a Gaussian direction, its length `radius u^(1/d)`), or
+/// Gaussian with `radius^2 / d` per element (`gaussian`), as the Burn engine draws it.
+pub fn add_ball(
+    params: &[Tensor],
+    kind: NoiseKind,
+    radius: f64,
+    seed: u64,
+    count: usize,
+) -> Result<()> {
+    let d = count.max(1) as f64;
+    let _guard = tch::no_grad_guard();
+    match kind {
+        NoiseKind::None => Ok(()),
+        NoiseKind::Gaussian => {
+            let draw = NoiseDraw {
+                kind,
+                sigma: radius / d.sqrt(),
+                seed,
+            };
+            add_to_weights(params, &draw, WeightNoiseScale::Absolute)
+        }
+        NoiseKind::Uniform => {
+            let unit: Vec<Tensor> = params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    sample(p, NoiseKind::Gaussian, 1.0, param_seed(seed, i))
+                        .map(|z| z.expect("a Gaussian draw"))
+                })
+                .collect::<Result<_>>()?;
+            let mut sum = 0.0;
+            for z in &unit {
+                sum += z
+                    .f_square()?
+                    .f_sum(tch::Kind::Double)?
+                    .f_double_value(&[])?;
+            }
+            if sum == 0.0 {
+                return Ok(());
+            }
+            let scale = radius * crate::noise::perturb::ball_fraction(seed, d) / sum.sqrt();
+            for (param, z) in params.iter().zip(unit) {
+                let _ = param.shallow_clone().f_add_(&z.f_mul_scalar(scale)?)?;
+            }
+            Ok(())
+        }
+    }
+}
