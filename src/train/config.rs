@@ -442,15 +442,38 @@ impl TrainConfig {
         }
     }
 
+    /// Whether `key` is a setting this run does not use: a parameter of another policy, or
+    /// of any policy (and the weight-noise reading) when the run has no noise.
+    fn idle_setting(&self, key: &str) -> bool {
+        use NoisePolicy::*;
+        let owner = match key {
+            "noise_sigma" => Constant,
+            "anneal_eta" | "anneal_gamma" => Annealed,
+            "weight_noise_scale" => Adaptive,
+            "anti_pgd_sigma" => AntiPgd,
+            "perturb_threshold" | "perturb_interval" | "perturb_radius" => Perturbed,
+            "langevin_temperature" => Langevin,
+            "label_noise" => LabelNoise,
+            "shrink_every" | "shrink_factor" | "shrink_sigma" => ShrinkPerturb,
+            _ => return false,
+        };
+        self.noise == NoiseKind::None || self.noise_policy != owner
+    }
+
     /// The differences that forbid resuming a run made with `other`, as "key: a -> b" lines.
+    /// Settings that change nothing for a run are left out: the parameters of the policies
+    /// it does not use (all of them, and the weight-noise reading, for a run without
+    /// noise), so that a sweep file that tunes one policy keeps the others' finished runs.
     pub fn differences(&self, other: &TrainConfig) -> Vec<String> {
         let a = flatten(toml::Table::try_from(self).expect("serialises"));
         let b = flatten(toml::Table::try_from(other).expect("serialises"));
         let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
         keys.sort();
         keys.dedup();
+        let idle = |k: &str| self.idle_setting(k) && other.idle_setting(k);
         keys.into_iter()
             .filter(|k| !LOCATION_KEYS.contains(&k.as_str()))
+            .filter(|k| !idle(k))
             .filter(|k| a.get(*k) != b.get(*k))
             .map(|k| format!("{k}: {} -> {}", show(a.get(k)), show(b.get(k))))
             .collect()
@@ -651,6 +674,35 @@ mod tests {
         assert_eq!(
             a.differences(&b),
             vec!["noise_scheduler.flag_window: 10 -> 5".to_string()]
+        );
+    }
+
+    #[test]
+    fn differences_leave_out_the_settings_a_run_does_not_use() {
+        let quiet =
+            TrainConfig::for_new_run(table("model = 'baby-cnn'\noptimizer = 'sgd'\nlr = 0.1"))
+                .unwrap();
+        let mut other = quiet.clone();
+        other.perturb_threshold = 3.0;
+        other.anti_pgd_sigma = 0.5;
+        other.weight_noise_scale = WeightNoiseScale::Absolute;
+        assert!(
+            quiet.differences(&other).is_empty(),
+            "no noise: none is used"
+        );
+        let anti = TrainConfig {
+            noise: NoiseKind::Gaussian,
+            noise_policy: NoisePolicy::AntiPgd,
+            ..quiet.clone()
+        };
+        let tuned = TrainConfig {
+            anti_pgd_sigma: 0.002,
+            perturb_threshold: 9.0,
+            ..anti.clone()
+        };
+        assert_eq!(
+            anti.differences(&tuned),
+            vec!["anti_pgd_sigma: 0.001 -> 0.002".to_string()]
         );
     }
 

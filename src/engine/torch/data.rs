@@ -373,6 +373,7 @@ mod tests {
                 lr: 0.1,
                 grad_noise: None,
                 measure_norm: false,
+                relabel: None,
             };
             let want = materialize(&split, samples, &Normalization::CIFAR10.table());
             let got = placed.batch(&step).unwrap();

@@ -176,15 +176,15 @@ mod tests {
             OptimizerKind::Adam,
         ] {
             let param = Tensor::from_slice(&W0.map(|x| x as f32)).set_requires_grad(true);
-            let mut optim = Optimizer::new(kind, WD as f32);
+            let mut optim = Optimizer::new(kind, WD);
             run(&mut optim, &param, &GRADS);
             assert_close(&values(&param), &weights_after(kind));
 
             // Two steps, the state saved and loaded into a fresh optimiser, the third step.
             let param = Tensor::from_slice(&W0.map(|x| x as f32)).set_requires_grad(true);
-            let mut first = Optimizer::new(kind, WD as f32);
+            let mut first = Optimizer::new(kind, WD);
             run(&mut first, &param, &GRADS[..2]);
-            let mut second = Optimizer::new(kind, WD as f32);
+            let mut second = Optimizer::new(kind, WD);
             second
                 .load(first.state().unwrap(), std::slice::from_ref(&param))
                 .unwrap();
