@@ -8,6 +8,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
+#[cfg(feature = "wgpu")]
+pub mod wgpu_adapter;
+
 /// Which backend runs a run's tensors.
 #[derive(
     Debug,
@@ -84,7 +87,10 @@ impl DeviceKind {
         let device = match self {
             Self::Cpu => Some(Device::flex()),
             #[cfg(feature = "wgpu")]
-            Self::Wgpu => Some(burn::backend::wgpu::WgpuDevice::default().into()),
+            Self::Wgpu => {
+                wgpu_adapter::check_not_software()?;
+                Some(burn::backend::wgpu::WgpuDevice::default().into())
+            }
             #[cfg(feature = "vulkan")]
             Self::Vulkan => Some(Device::vulkan(Default::default())),
             #[cfg(feature = "cuda")]

@@ -1,7 +1,8 @@
 //! The `wgpu` GPU backend (built with `--features wgpu`): a training run with the noise
 //! hooks and device-resident data, checked against the CPU. CI runs these on Mesa's
-//! software Vulkan device (lavapipe); where no Vulkan device exists they skip with a
-//! message, unless ADANOISE_REQUIRE_GPU=1 makes that a failure.
+//! software Vulkan device (lavapipe), asked for with ADANOISE_WGPU_SOFTWARE=1; where no
+//! GPU adapter exists (none at all, or only a CPU renderer such as Mesa's OpenGL llvmpipe)
+//! they skip with the reason, unless ADANOISE_REQUIRE_GPU=1 makes that a failure.
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -10,7 +11,7 @@ use adanoise::data::device_data::{DeviceSplit, byte_storage};
 use adanoise::data::plan::{epoch_plan, eval_plan};
 use adanoise::data::synthetic::write_binary_release;
 use adanoise::data::{IMAGE_BYTES, Normalization, Split, augment::materialize};
-use adanoise::device::DeviceKind;
+use adanoise::device::{DeviceKind, wgpu_adapter};
 use adanoise::models::ModelKind;
 use adanoise::noise::{NoiseKind, add_weight_noise};
 use adanoise::train::{Precision, RunStatus, train};
@@ -89,6 +90,19 @@ fn an_f16_run_on_the_gpu_tracks_the_f32_run() {
     let mut half = firing_config(&data, DeviceKind::Wgpu);
     half.precision = Precision::F16;
     half.noise = NoiseKind::None;
+    let adapter = wgpu_adapter::default_adapter().expect("gpu() found one");
+    if !adapter.shader_f16 {
+        // An adapter without 16-bit floats in its shaders: the run is refused, saying why.
+        let err = train(&half, &tmp.path().join("f16"), &offline()).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("cannot compute in f16"), "{err}");
+        assert!(
+            !tmp.path().join("f16").exists(),
+            "a refused run left a directory"
+        );
+        eprintln!("f16 not run: {err}");
+        return;
+    }
     let on_gpu = train(&half, &tmp.path().join("f16"), &offline()).unwrap();
     let mut full = firing_config(&data, DeviceKind::Cpu);
     full.noise = NoiseKind::None;

@@ -37,7 +37,7 @@ use step::{StepInput, StepOutput, train_step};
 pub fn check(spec: &EngineSpec) -> Result<()> {
     crate::device::set_cpu_threads(spec.threads);
     let device = spec.device.device()?;
-    precision::check_device(spec.precision, &device, spec.device.name())
+    precision::check_device(spec.precision, &device, spec.device)
 }
 
 /// Draws every lazily initialised parameter now, while the device RNG is freshly seeded.

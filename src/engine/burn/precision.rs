@@ -3,6 +3,7 @@
 //! graph, so the gradients arrive at the f32 weights) except BatchNorm, which normalises
 //! in f32; the loss is taken in f32. f16's loss scale is [`LossScale`]'s.
 
+use crate::device::DeviceKind;
 use crate::models::Model;
 use crate::train::precision::{LossScale, Precision, initial_loss_scale};
 use anyhow::{Result, bail};
@@ -19,12 +20,17 @@ pub fn compute_dtype(precision: Precision) -> Option<FloatDType> {
     }
 }
 
-/// An error, before any training, when `device` (named `device_name`) cannot compute in
-/// `precision`: WGSL, the `wgpu` backend's shader language, has no bf16, for one.
-pub fn check_device(precision: Precision, device: &Device, device_name: &str) -> Result<()> {
+/// An error, before any training, when `device` (of backend `kind`) cannot compute in
+/// `precision`: WGSL, the `wgpu` backend's shader language, has no bf16, for one, and a
+/// wgpu adapter without 16-bit floats in its shaders no f16.
+pub fn check_device(precision: Precision, device: &Device, kind: DeviceKind) -> Result<()> {
     let Some(dtype) = compute_dtype(precision) else {
         return Ok(());
     };
+    #[cfg(feature = "wgpu")]
+    if precision == Precision::F16 && kind == DeviceKind::Wgpu {
+        crate::device::wgpu_adapter::check_f16()?;
+    }
     if !device.supports_dtype(DType::from(dtype)) {
         let hint = match precision {
             Precision::Bf16 => {
@@ -33,7 +39,8 @@ pub fn check_device(precision: Precision, device: &Device, device_name: &str) ->
             _ => "use --precision f32 there, or another backend",
         };
         bail!(
-            "the {device_name} device cannot compute in {}: {hint}",
+            "the {} device cannot compute in {}: {hint}",
+            kind.name(),
             precision.name()
         );
     }
