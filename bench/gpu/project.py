@@ -6,10 +6,11 @@ sweep on one GPU, for adanoise and for PyTorch.
     python3 bench/gpu/project.py paper raw.jsonl concurrency.jsonl configs/paper.toml
 
 The projection: every cell trains `epochs` x 50,000 images and evaluates 10,000 per epoch;
-evaluation is a forward pass, counted as a third of a training step per image. Each model
-trains at the best aggregate rate measured for it (several cells at once), or, where no
-concurrency run covered it, at its single-process rate from the step table (adanoise: its
-fastest backend and precision; PyTorch: its fastest row).
+evaluation is a forward pass, counted as a third of a training step per image. Rates are
+f32's, the study's precision (the grid names none). Each model trains at the aggregate rate
+measured for it with several cells at once (the best N), where both adanoise and PyTorch
+have one, else both at their single-process rate from the step table (adanoise: its fastest
+backend).
 """
 import json
 import statistics
@@ -41,17 +42,25 @@ def table(conc_path):
     print()
 
 
-def step_rates(raw_path):
-    """Single-process images/s per (who, model): adanoise's best backend and precision,
-    PyTorch's best row."""
+def step_rates(raw_path, precision="f32"):
+    """Single-process images/s per (who, model) in `precision`: adanoise's best backend,
+    PyTorch's best row; each with the backend it was measured on."""
     rates = {}
     for line in open(raw_path) if raw_path else []:
+        if not line.strip():
+            continue
         who, payload = line.rstrip("\n").split("\t", 1)
         r = json.loads(payload)
+        if r.get("precision", precision) != precision:
+            continue
         key = ("adanoise" if who == "adanoise" else "pytorch", r["model"])
         group = (r.get("backend", ""), r.get("precision", ""), who)
         rates.setdefault(key, {}).setdefault(group, []).append(r["images_per_s"])
-    return {k: max(statistics.median(v) for v in groups.values()) for k, groups in rates.items()}
+    best = {}
+    for key, groups in rates.items():
+        (backend, _, _), values = max(groups.items(), key=lambda g: statistics.median(g[1]))
+        best[key] = (statistics.median(values), backend if key[0] == "adanoise" else "")
+    return best
 
 
 def grid_cells(paper_path):
@@ -88,7 +97,13 @@ def paper(raw_path, conc_path, paper_path):
         row = [model, str(len(runs))]
         hours = []
         for who in ("adanoise", "pytorch"):
-            rate = best.get((who, model)) or single.get((who, model))
+            if ("adanoise", model) in best and ("pytorch", model) in best:
+                rate, note = best[(who, model)], " (f32, cells at once)"
+            elif (who, model) in single:
+                rate, label = single[(who, model)]
+                note = f" (1 process{', ' + label if label else ''})"
+            else:
+                rate = None
             if not rate:
                 row.append("-")
                 hours.append(None)
@@ -96,7 +111,7 @@ def paper(raw_path, conc_path, paper_path):
             seconds = sum(e * (TRAIN_IMAGES + EVAL_IMAGES / 3) / rate for e in runs)
             totals[who] += seconds
             measured[who] += 1
-            row.append(f"{rate:,.0f}{'' if (who, model) in best else ' (1 process)'}")
+            row.append(f"{rate:,.0f}{note}")
             hours.append(seconds / 3600)
         row += [f"{h:.1f}" if h is not None else "-" for h in hours]
         print("| " + " | ".join(row) + " |")

@@ -132,12 +132,14 @@ impl TorchEngine {
         })
     }
 
-    /// The logits of `batch` (f32), computed in the run's precision.
+    /// The logits of `batch` (f32): training steps compute in the run's precision,
+    /// evaluation in f32 (as on the Burn engine), so that a bf16 or f16 run's accuracies
+    /// and losses are measured as an f32 run's are.
     fn logits(&self, batch: &DeviceBatch, train: bool) -> Result<Tensor> {
         let forward = || self.model.forward(&batch.images, train);
         let logits = match self.precision {
-            Precision::F32 => forward(),
-            _ => tch::autocast(true, forward),
+            Precision::Bf16 | Precision::F16 if train => tch::autocast(true, forward),
+            _ => forward(),
         };
         Ok(logits.f_to_kind(Kind::Float)?)
     }
