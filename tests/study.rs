@@ -377,3 +377,42 @@ fn every_format_names_what_did_not_finish_and_mixed_validation_is_said() {
         .unwrap();
     assert_eq!(constant.cooldown_epochs, None);
 }
+
+/// `--against adaptive`: every row's Δ is taken against the adaptive row of its model and
+/// optimiser, paired by seed; the adaptive row has none; an unknown policy is refused with
+/// the policies there are.
+#[test]
+fn deltas_can_be_taken_against_the_adaptive_row() {
+    use RunStatus::*;
+    let anti = "noise_policy = 'anti-pgd'";
+    let runs = vec![
+        record("none", 0.1, 0, 0.60, 0.1, Finished),
+        record("none", 0.1, 1, 0.62, 0.1, Finished),
+        record("gaussian", 0.1, 0, 0.55, 0.1, Finished),
+        record("gaussian", 0.1, 1, 0.58, 0.1, Finished),
+        record_with("gaussian", 0.1, 0, 0.65, 0.1, Finished, anti),
+        record_with("gaussian", 0.1, 1, 0.66, 0.1, Finished, anti),
+    ];
+    let mut t = tables::build(&runs, LrSelection::PerNoise);
+    let unknown = tables::deltas_against(&mut t, "langevin").unwrap_err();
+    assert!(format!("{unknown}").contains("adaptive"), "{unknown}");
+    tables::deltas_against(&mut t, "adaptive").unwrap();
+    let rows = &t.by_optimizer[0].1;
+    let find = |p: &str| rows.iter().find(|r| r.policy.starts_with(p)).unwrap();
+    let by_hand = |a: [f64; 2], b: [f64; 2]| ((a[0] - b[0]) + (a[1] - b[1])) / 2.0;
+    let base = rows.iter().find(|r| r.policy.is_empty()).unwrap();
+    let d = base.delta_val_acc.unwrap();
+    assert!(
+        (d.mean - by_hand([0.60, 0.62], [0.55, 0.58])).abs() < 1e-12,
+        "{d:?}"
+    );
+    let d = find("anti-pgd").delta_val_acc.unwrap();
+    assert!(
+        (d.mean - by_hand([0.65, 0.66], [0.55, 0.58])).abs() < 1e-12,
+        "{d:?}"
+    );
+    assert_eq!(d.n, 2);
+    assert!(find("adaptive").delta_val_acc.is_none());
+    let md = adanoise::report::render::markdown(&t);
+    assert!(md.contains("--against adaptive"), "{md}");
+}

@@ -266,7 +266,10 @@ pub(super) fn exit_code(code: i32) -> ExitCode {
 
 fn report_command(args: &ReportArgs) -> Result<()> {
     let runs = find_some_runs(&args.dir, 4, &mut Console::new())?;
-    let tables = tables::build(&runs, args.lr_selection);
+    let mut tables = tables::build(&runs, args.lr_selection);
+    if let Some(policy) = &args.against {
+        tables::deltas_against(&mut tables, policy)?;
+    }
     let text = match args.format {
         Format::Md => render::markdown(&tables),
         Format::Csv => render::csv(&tables)?,

@@ -412,6 +412,10 @@ pub(crate) struct ReportArgs {
     /// or shared (the no-noise row's best, for every noise type of that model and optimiser).
     #[arg(long, value_enum, default_value = "per-noise")]
     pub lr_selection: crate::report::tables::LrSelection,
+    /// Take the Δ columns against this policy's row of each model and optimiser
+    /// (e.g. `adaptive`) instead of the no-noise row.
+    #[arg(long, value_name = "POLICY")]
+    pub against: Option<String>,
     /// Write here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,

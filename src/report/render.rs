@@ -194,9 +194,15 @@ fn explanation(tables: &Tables) -> String {
             " Rows whose runs held out a validation split (val_split above 0) are validated on those held-out images, with the test set reported apart; rows with val_split=0 are validated on the test set, as in the study."
         }
     };
+    let against = match &tables.against {
+        None => "noisy row minus the no-noise row of the same model and optimiser".to_string(),
+        Some(policy) => format!(
+            "each row minus the `{policy}` row of the same model and optimiser (of the same noise type where there are several; --against {policy})"
+        ),
+    };
     format!(
         "Final-epoch metrics over seeds (mean ± sample std; 95 % confidence interval of the mean, Student's t). {selection}{validation} \
-Δ columns: noisy row minus the no-noise row of the same model and optimiser, paired by seed (same initialisation and data order) over the seeds both rows finished (their count in brackets), with the 95 % interval of the paired difference when there are two pairs or more; the loss gap is val loss - train loss. \
+Δ columns: {against}, paired by seed (same initialisation and data order) over the seeds both rows finished (their count in brackets), with the 95 % interval of the paired difference when there are two pairs or more; the loss gap is val loss - train loss. \
 Noise and cooldown epochs are per run (mean over seeds); for noise `none` only the cooldowns the scheduler would have imposed are counted, and for the constant and annealed policies, which follow no decision, none (-). \
 Seeds counts the finished runs at the row's rate; diverged and unfinished ones are named there and never silently dropped."
     )
@@ -274,6 +280,8 @@ struct CsvRow<'a> {
     delta_loss_gap: Option<f64>,
     delta_loss_gap_ci95: Option<f64>,
     delta_pairs: Option<usize>,
+    /// What the Δ columns are taken against: `none` (the no-noise row) or a policy.
+    delta_against: String,
     grad_noise_epochs: Option<f64>,
     weight_noise_epochs: Option<f64>,
     cooldown_epochs: Option<f64>,
@@ -330,6 +338,7 @@ fn csv_row<'a>(r: &'a Row, tables: &Tables) -> CsvRow<'a> {
         delta_loss_gap: r.delta_gap.map(|s| s.mean),
         delta_loss_gap_ci95: r.delta_gap.and_then(|s| s.ci95),
         delta_pairs: r.delta_val_acc.map(|s| s.n),
+        delta_against: tables.against.clone().unwrap_or_else(|| "none".into()),
         grad_noise_epochs: Some(r.grad_noise_epochs),
         weight_noise_epochs: Some(r.weight_noise_epochs),
         cooldown_epochs: r.cooldown_epochs,
@@ -367,6 +376,7 @@ fn csv_empty_row<'a>(group: &'a EmptyGroup, tables: &Tables) -> CsvRow<'a> {
         delta_loss_gap: None,
         delta_loss_gap_ci95: None,
         delta_pairs: None,
+        delta_against: tables.against.clone().unwrap_or_else(|| "none".into()),
         grad_noise_epochs: None,
         weight_noise_epochs: None,
         cooldown_epochs: None,

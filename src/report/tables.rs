@@ -181,6 +181,8 @@ pub struct Tables {
     pub empty: Vec<EmptyGroup>,
     /// Runs that are not finished, with their state.
     pub unfinished: Vec<(String, String)>,
+    /// The policy the Δ columns are taken against (`--against`); `None` for the no-noise row.
+    pub against: Option<String>,
 }
 
 /// The study's row order: the largest model first.
@@ -591,18 +593,75 @@ fn share_baseline_lr(entries: &mut [(&[&RunRecord], Option<Row>)]) {
 fn add_deltas(rows: &mut [Row]) {
     let baselines: Vec<Row> = rows.iter().filter(|r| r.is_baseline()).cloned().collect();
     for row in rows.iter_mut().filter(|r| !r.is_baseline()) {
-        let Some(base) = baselines.iter().find(|b| same_pair(b, row)) else {
-            continue;
-        };
-        let acc =
-            |r: &Row| -> Vec<(u64, f64)> { r.seeds.iter().map(|(s, m)| (*s, m.val_acc)).collect() };
-        let gap = |r: &Row| -> Vec<(u64, f64)> {
-            r.seeds
-                .iter()
-                .map(|(s, m)| (*s, m.val_loss - m.train_loss))
-                .collect()
-        };
-        row.delta_val_acc = paired(&acc(row), &acc(base));
-        row.delta_gap = paired(&gap(row), &gap(base));
+        if let Some(base) = baselines.iter().find(|b| same_pair(b, row)) {
+            set_deltas(row, base);
+        }
     }
+}
+
+/// `row`'s Δ columns, paired by seed against `base`.
+fn set_deltas(row: &mut Row, base: &Row) {
+    let acc =
+        |r: &Row| -> Vec<(u64, f64)> { r.seeds.iter().map(|(s, m)| (*s, m.val_acc)).collect() };
+    let gap = |r: &Row| -> Vec<(u64, f64)> {
+        r.seeds
+            .iter()
+            .map(|(s, m)| (*s, m.val_loss - m.train_loss))
+            .collect()
+    };
+    row.delta_val_acc = paired(&acc(row), &acc(base));
+    row.delta_gap = paired(&gap(row), &gap(base));
+}
+
+/// Whether `row` is a row of `policy`, named as `--noise-policy` names it (`adaptive`
+/// matches `adaptive, relative weight noise`) or as a label starts (`label smoothing`).
+fn of_policy(row: &Row, policy: &str) -> bool {
+    row.policy == policy
+        || row.policy.starts_with(&format!("{policy},"))
+        || row.policy.starts_with(&format!("{policy} "))
+}
+
+/// `--against POLICY`: every row's Δ columns taken against the `policy` row of its model
+/// and optimiser (of the same noise type where there are several) instead of the
+/// no-noise row; the policy's own rows get none. An error, naming the policies there
+/// are, when no row has that policy.
+pub fn deltas_against(tables: &mut Tables, policy: &str) -> anyhow::Result<()> {
+    let rows = || tables.by_optimizer.iter().flat_map(|(_, rows)| rows);
+    let references: Vec<Row> = rows().filter(|r| of_policy(r, policy)).cloned().collect();
+    if references.is_empty() {
+        let mut there: Vec<String> = rows()
+            .filter(|r| !r.policy.is_empty())
+            .map(|r| r.policy.clone())
+            .collect();
+        there.sort();
+        there.dedup();
+        anyhow::bail!(
+            "no row of these runs has the policy {policy:?} to take the Δ columns against; the rows' policies are: {}. Pass one of them (its first words are enough, as in --against adaptive), or leave --against out to compare with no noise",
+            if there.is_empty() {
+                "none (no noisy rows)".to_string()
+            } else {
+                there.join("; ")
+            }
+        );
+    }
+    for (_, rows) in tables.by_optimizer.iter_mut() {
+        for row in rows.iter_mut() {
+            row.delta_val_acc = None;
+            row.delta_gap = None;
+            if of_policy(row, policy) {
+                continue;
+            }
+            let candidates: Vec<&Row> = references.iter().filter(|b| same_pair(b, row)).collect();
+            let base = match candidates.iter().find(|b| b.noise == row.noise) {
+                Some(b) => Some(*b),
+                None if candidates.len() == 1 => Some(candidates[0]),
+                None => None,
+            };
+            if let Some(base) = base {
+                set_deltas(row, base);
+            }
+        }
+    }
+    tables.against = Some(policy.to_string());
+    Ok(())
 }
