@@ -7,7 +7,8 @@
 //! - `data/`: a synthetic CIFAR-10 binary release (5,100 training and 20 test images), so
 //!   the default `--data-dir data` and the `DATA` placeholder of the docs read it;
 //! - `configs/`: copies of the repository's sweep files whose `[base]` also sets
-//!   `epochs = 1` and `train_subset = 60`, and `tests/fixtures/`;
+//!   `epochs = 1` (2, and `shrink_every = 1`, where it sets `shrink_every`: shrink and
+//!   perturb first acts at the second epoch) and `train_subset = 60`, and `tests/fixtures/`;
 //! - `train` (not `--resume`) gets `--epochs 1` unless it gives `--epochs`, and
 //!   `--train-subset 60` unless it gives one: every run is short (the commands' other
 //!   options are kept as written);
@@ -130,7 +131,16 @@ fn scratch(root: &Path) -> tempfile::TempDir {
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             .as_table_mut()
             .unwrap();
-        base.insert("epochs".into(), toml::Value::Integer(1));
+        // Shrink and perturb acts at the start of an epoch after the first: such a file
+        // gets two epochs, shrinking once, at the second.
+        let shrinks = base.contains_key("shrink_every");
+        base.insert(
+            "epochs".into(),
+            toml::Value::Integer(if shrinks { 2 } else { 1 }),
+        );
+        if shrinks {
+            base.insert("shrink_every".into(), toml::Value::Integer(1));
+        }
         base.insert("train_subset".into(), toml::Value::Integer(60));
         std::fs::write(
             configs.join(path.file_name().unwrap()),
